@@ -1,0 +1,208 @@
+"""`Scheduler`: a bounded, pausable spawner over an anyio task group."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self, TypeVarTuple, Unpack
+
+from anyio import Event, Semaphore, create_task_group
+from anyio.abc import TaskGroup
+from anyio.lowlevel import checkpoint
+
+from ._gate import Gate
+
+PosArgs = TypeVarTuple("PosArgs")
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerStatistics:
+ paused: bool
+ max_workers: int
+ running: tuple[str, ...]
+ spawned: int
+ parked_spawns: int
+
+
+class Scheduler:
+ """Starts workers in an anyio task group, at most `max_workers` at once, behind a gate.
+
+ `async with Scheduler(max_workers=4) as s: await s.spawn(fn, arg, name="x")`.
+
+ Guarantees:
+
+ - `spawn` waits for a free slot, then for the gate, then starts the worker; it never
+   polls. The decision "the gate is open, start this worker" is taken under the same lock
+   that `pause()` takes, so admission is linearizable: once `pause()` has returned, on any
+   thread, no worker is admitted until `resume()`. A worker admitted before that counts as
+   running at the pause and finishes normally.
+ - `pause()`, `resume()` are idempotent, callable from any thread, and never wait for the
+   event loop (they hold the lock for a few attribute updates at most). After the
+   scheduler has exited they are harmless no-ops.
+ - `paused`, `running`, `running_at_pause` and `spawned` may be read from any thread.
+
+ A worker that raises propagates through the task group and cancels its siblings, as in
+ any anyio task group: catch inside the worker what should not stop the others.
+ """
+
+ def __init__(self, max_workers: int = 4, *, paused: bool = False) -> None:
+  if not isinstance(max_workers, int) or max_workers < 1:
+   raise ValueError(f"max_workers must be a whole number >= 1, got {max_workers!r}")
+  self._max_workers = max_workers
+  # One lock, shared with the gate, guards: the gate's state, `_running`, `_spawned` and
+  # `_running_at_pause`. Reentrant so that pause() can close the gate while holding it.
+  # Never held across an await.
+  self._lock = threading.RLock()
+  self._gate = Gate(not paused, lock=self._lock)
+  self._running: dict[int, str] = {}  # admitted and not yet finished: key -> name
+  self._spawned = 0  # workers admitted so far; also the key of the newest one
+  self._running_at_pause: tuple[str, ...] = ()
+  # Loop-side state, touched only from the scheduler's own loop:
+  self._tg: TaskGroup | None = None
+  self._slots: Semaphore | None = None
+  self._drained: Event | None = None  # set when `_running` empties; made on demand
+  self._parked = 0  # spawns waiting at the gate
+  self._entered = False
+
+ # -- the life cycle -------------------------------------------------------------------
+
+ async def __aenter__(self) -> Self:
+  if self._entered:
+   raise RuntimeError("a Scheduler can be entered only once; create a new one per run")
+  self._entered = True
+  self._slots = Semaphore(self._max_workers, fast_acquire=True)
+  tg = create_task_group()
+  await tg.__aenter__()
+  self._tg = tg
+  return self
+
+ async def __aexit__(
+  self,
+  exc_type: type[BaseException] | None,
+  exc: BaseException | None,
+  tb: TracebackType | None,
+ ) -> bool | None:
+  tg, self._tg = self._tg, None
+  assert tg is not None
+  return await tg.__aexit__(exc_type, exc, tb)
+
+ def cancel(self) -> None:
+  """Cancel every running worker and parked spawn. Call from the scheduler's loop."""
+  if self._tg is not None:
+   self._tg.cancel_scope.cancel()
+
+ # -- pause and resume: any thread -----------------------------------------------------
+
+ def pause(self) -> None:
+  """Stop admitting workers; in-flight ones go on. Idempotent, any thread, non-blocking."""
+  with self._lock:
+   if self._gate.is_open:
+    self._running_at_pause = tuple(self._running.values())
+   self._gate.close()
+
+ def resume(self) -> None:
+  """Admit workers again and wake parked spawns. Idempotent, any thread, non-blocking."""
+  self._gate.open()
+
+ @property
+ def paused(self) -> bool:
+  return not self._gate.is_open
+
+ @property
+ def max_workers(self) -> int:
+  return self._max_workers
+
+ @property
+ def spawned(self) -> int:
+  """How many workers have been admitted so far. Any thread."""
+  return self._spawned
+
+ @property
+ def running(self) -> tuple[str, ...]:
+  """Names of the workers admitted and not yet finished, oldest first. Any thread."""
+  with self._lock:
+   return tuple(self._running.values())
+
+ @property
+ def running_at_pause(self) -> tuple[str, ...]:
+  """Names of the workers that were in flight when the current (or last) pause began."""
+  return self._running_at_pause
+
+ def statistics(self) -> SchedulerStatistics:
+  with self._lock:
+   return SchedulerStatistics(
+    self.paused, self._max_workers, tuple(self._running.values()), self._spawned, self._parked
+   )
+
+ # -- spawning: the scheduler's own loop ----------------------------------------------
+
+ async def spawn(
+  self,
+  fn: Callable[[Unpack[PosArgs]], Awaitable[Any]],
+  *args: *PosArgs,
+  name: str | None = None,
+ ) -> None:
+  """Wait for a free slot and an open gate, then start `fn(*args)` in the task group.
+
+  Returns as soon as the worker is admitted (not when it finishes). Cancelling a parked
+  spawn starts nothing and gives its slot back.
+  """
+  tg, slots = self._tg, self._slots
+  if tg is None or slots is None:
+   raise RuntimeError(
+    "Scheduler.spawn() needs a running scheduler: "
+    "`async with Scheduler(max_workers=N) as s: await s.spawn(fn)`"
+   )
+  if name is None:
+   name = getattr(fn, "__qualname__", None) or repr(fn)
+  await slots.acquire()
+  try:
+   key = self._admit(name)
+   if key is None:
+    self._parked += 1
+    try:
+     while key is None:
+      await self._gate.wait()
+      key = self._admit(name)
+    finally:
+     self._parked -= 1
+  except BaseException:
+   slots.release()
+   raise
+  tg.start_soon(self._run, fn, args, key, name=name)
+
+ def _admit(self, name: str) -> int | None:
+  # The linearization point of admission: see the class docstring.
+  with self._lock:
+   if not self._gate.is_open:
+    return None
+   self._spawned = key = self._spawned + 1
+   self._running[key] = name
+   return key
+
+ async def _run(self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], key: int) -> None:
+  try:
+   await fn(*args)
+  finally:
+   with self._lock:
+    del self._running[key]
+    idle = not self._running
+   assert self._slots is not None
+   self._slots.release()
+   if idle and self._drained is not None:
+    self._drained.set()
+    self._drained = None
+
+ async def wait_drained(self) -> None:
+  """Return once no worker is in flight (at once if none is). Never polls.
+
+  Call from the scheduler's loop. With the scheduler paused this is "the pause has fully
+  taken effect": every worker running at the pause has finished.
+  """
+  while self._running:
+   if self._drained is None:
+    self._drained = Event()
+   await self._drained.wait()
+  await checkpoint()
