@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVarTuple, Unpack
 
-from anyio import Event, Semaphore, create_task_group
+from anyio import Event, Semaphore, WouldBlock, create_task_group
 from anyio.abc import TaskGroup
 from anyio.lowlevel import checkpoint
 
@@ -84,9 +84,13 @@ class Scheduler:
   exc: BaseException | None,
   tb: TracebackType | None,
  ) -> bool | None:
-  tg, self._tg = self._tg, None
+  tg = self._tg
   assert tg is not None
-  return await tg.__aexit__(exc_type, exc, tb)
+  try:
+   # Workers still finishing may spawn more (while not paused) until the group is done.
+   return await tg.__aexit__(exc_type, exc, tb)
+  finally:
+   self._tg = None
 
  def cancel(self) -> None:
   """Cancel every running worker and parked spawn. Call from the scheduler's loop."""
@@ -172,6 +176,39 @@ class Scheduler:
    slots.release()
    raise
   tg.start_soon(self._run, fn, args, key, name=name)
+
+ def try_spawn(
+  self,
+  fn: Callable[[*PosArgs], Awaitable[Any]],
+  *args: *PosArgs,
+  name: str | None = None,
+ ) -> bool:
+  """Start `fn(*args)` now if a slot is free and the gate is open; never waits.
+
+  Returns whether it started. The same admission as `spawn`, minus the waiting: a driver
+  that learns of new work inside a finishing worker can start it without a task switch.
+  Call from the scheduler's loop.
+  """
+  tg, slots = self._tg, self._slots
+  if tg is None or slots is None:
+   raise RuntimeError(
+    "Scheduler.try_spawn() needs a running scheduler: "
+    "`async with Scheduler(max_workers=N) as s: s.try_spawn(fn)`"
+   )
+  if slots.value == 0 or self.paused:  # cheap refusals first: raising WouldBlock is not
+   return False
+  try:
+   slots.acquire_nowait()
+  except WouldBlock:
+   return False
+  if name is None:
+   name = getattr(fn, "__qualname__", None) or repr(fn)
+  key = self._admit(name)
+  if key is None:
+   slots.release()
+   return False
+  tg.start_soon(self._run, fn, args, key, name=name)
+  return True
 
  def _admit(self, name: str) -> int | None:
   # The linearization point of admission: see the class docstring.

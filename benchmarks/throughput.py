@@ -1,0 +1,200 @@
+"""No-op tickets per second through ConductorEngine, next to the floor and a hand loop.
+
+Three ways to run N no-op units of work with at most W at once, on asyncio and trio:
+
+- raw:      the floor. An anyio task group and a Semaphore(W): take a slot, `start_soon` a
+            no-op task that frees it. No DAG, no pause, no bookkeeping.
+- graphlib: a hand-written DAG loop: `graphlib.TopologicalSorter` + the same semaphore and
+            task group, woken by completions.
+- conductor: `ExecutionEngine` + `ConductorEngine` (pausable scheduler, snapshots, status
+            bookkeeping). Validation of the DAG is included in its time.
+
+DAG shapes: wide (no edges), chain (each ticket depends on the previous one) and random
+(each ticket depends on up to 3 of the 50 tickets before it).
+
+    python benchmarks/throughput.py [--sizes 1000 10000 100000] [--workers 8] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import graphlib
+import json
+import os
+import platform
+import random
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import anyio
+
+from conductor.dag_engine import ExecutionEngine, Ticket
+from conductor.multi_agent_conductor import ConductorEngine
+
+Shape = Callable[[int], list[Ticket]]
+
+
+def wide(n: int) -> list[Ticket]:
+ return [Ticket(f"t{i}") for i in range(n)]
+
+
+def chain(n: int) -> list[Ticket]:
+ return [Ticket(f"t{i}", (f"t{i - 1}",) if i else ()) for i in range(n)]
+
+
+def random_dag(n: int) -> list[Ticket]:
+ rng = random.Random(n)
+ tickets = []
+ for i in range(n):
+  window = range(max(0, i - 50), i)
+  deps = rng.sample(window, k=min(len(window), rng.randrange(4)))
+  tickets.append(Ticket(f"t{i}", tuple(f"t{j}" for j in deps)))
+ return tickets
+
+
+SHAPES: dict[str, Shape] = {"wide": wide, "chain": chain, "random": random_dag}
+
+
+async def raw(tickets: list[Ticket], workers: int) -> None:
+ slots = anyio.Semaphore(workers, fast_acquire=True)
+
+ async def noop() -> None:
+  slots.release()
+
+ async with anyio.create_task_group() as tg:
+  for _ in tickets:
+   await slots.acquire()
+   tg.start_soon(noop)
+
+
+async def with_graphlib(tickets: list[Ticket], workers: int) -> None:
+ sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter()
+ for t in tickets:
+  sorter.add(t.id, *t.depends_on)
+ sorter.prepare()
+ slots = anyio.Semaphore(workers, fast_acquire=True)
+ wake = anyio.Event()
+
+ async def work(node: str) -> None:
+  nonlocal wake
+  sorter.done(node)
+  slots.release()
+  wake.set()
+
+ async with anyio.create_task_group() as tg:
+  while sorter.is_active():
+   ready = sorter.get_ready()
+   if not ready:
+    await wake.wait()
+    wake = anyio.Event()
+    continue
+   for node in ready:
+    await slots.acquire()
+    tg.start_soon(work, node)
+
+
+async def with_conductor(tickets: list[Ticket], workers: int) -> None:
+ async def noop(ticket: Ticket) -> None:
+  pass
+
+ snap = await ConductorEngine(ExecutionEngine(tickets), noop, max_workers=workers).run()
+ assert snap.counts.completed == len(tickets), snap.counts
+
+
+VARIANTS: dict[str, Callable[[list[Ticket], int], Awaitable[None]]] = {
+ "raw": raw,
+ "graphlib": with_graphlib,
+ "conductor": with_conductor,
+}
+
+
+async def _timed(
+ fn: Callable[[list[Ticket], int], Awaitable[None]], tickets: list[Ticket], workers: int
+) -> float:
+ start = time.perf_counter()
+ await fn(tickets, workers)
+ return time.perf_counter() - start
+
+
+def measure(variant: str, shape: str, n: int, *, workers: int, backend: str, repeat: int) -> float:
+ """Best of `repeat` wall times, in seconds, for one run of `n` tickets."""
+ best = float("inf")
+ for _ in range(repeat):
+  tickets = SHAPES[shape](n)  # fresh tickets each time: they carry run state
+  best = min(best, anyio.run(_timed, VARIANTS[variant], tickets, workers, backend=backend))
+ return best
+
+
+def main(argv: list[str] | None = None) -> int:
+ parser = argparse.ArgumentParser(
+  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+ )
+ parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
+ parser.add_argument("--workers", type=int, default=8)
+ parser.add_argument("--repeat", type=int, default=3)
+ parser.add_argument("--backends", nargs="+", default=["asyncio", "trio"])
+ parser.add_argument(
+  "--json", type=Path, default=Path(__file__).parent / "results" / "throughput.json"
+ )
+ args = parser.parse_args(argv)
+
+ machine = f"{platform.machine()} · {os.cpu_count()} cores · Python {platform.python_version()} · {platform.system()}"
+ print(f"throughput of no-op tickets, {args.workers} workers, best of {args.repeat} · {machine}\n")
+ header = f"{'backend':8} {'shape':7} {'tickets':>8} {'raw/s':>10} {'graphlib/s':>11} {'conductor/s':>12} {'vs raw':>7} {'growth':>7}"
+ print(header)
+ print("-" * len(header))
+ results = []
+ ok = True
+ for backend in args.backends:
+  for shape in SHAPES:
+   previous: float | None = None
+   for n in args.sizes:
+    times = {
+     v: measure(v, shape, n, workers=args.workers, backend=backend, repeat=args.repeat)
+     for v in VARIANTS
+    }
+    rates = {v: n / t for v, t in times.items()}
+    ratio = rates["conductor"] / rates["raw"]
+    growth = times["conductor"] / previous if previous else None
+    previous = times["conductor"]
+    ok &= ratio >= 0.5 and (growth is None or growth <= 11)
+    results.append(
+     {
+      "backend": backend,
+      "shape": shape,
+      "tickets": n,
+      "seconds": times,
+      "per_second": rates,
+      "ratio_to_raw": ratio,
+      "growth_10x": growth,
+     }
+    )
+    print(
+     f"{backend:8} {shape:7} {n:>8} {rates['raw']:>10,.0f} {rates['graphlib']:>11,.0f} "
+     f"{rates['conductor']:>12,.0f} {ratio:>6.0%} {'' if growth is None else f'{growth:.1f}x':>7}",
+     flush=True,
+    )
+ print(
+  f"\ntargets: conductor >= 50% of raw; 10x tickets -> <= 11x time: {'PASS' if ok else 'FAIL'}"
+ )
+ args.json.parent.mkdir(parents=True, exist_ok=True)
+ args.json.write_text(
+  json.dumps(
+   {
+    "machine": machine,
+    "workers": args.workers,
+    "repeat": args.repeat,
+    "results": results,
+    "targets_met": ok,
+   },
+   indent=1,
+  )
+ )
+ print(f"wrote {args.json}")
+ return 0
+
+
+if __name__ == "__main__":
+ sys.exit(main())

@@ -1,0 +1,7 @@
+"""`python -m conductor` is the `conductor` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,602 @@
+"""`ConductorEngine`: runs an `ExecutionEngine`'s DAG on a pausable `scheduler.Scheduler`.
+
+Where pause happens: `ConductorEngine.pause()` calls `Scheduler.pause()`, which closes the
+scheduler's gate under its admission lock. The run loop (`_drive`) hands every ready ticket
+to `Scheduler.spawn`, which parks at that gate. Nothing here polls: the loop wakes on a
+completion, on a free slot, or on the gate opening.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from anyio import CancelScope, Event, get_cancelled_exc_class
+
+from scheduler import Scheduler, ThreadBridge
+
+from .dag_engine import ExecutionEngine, Status, Ticket
+from .workers import WorkFailed, WorkResult, run_work
+
+Worker = Callable[[Ticket], Awaitable[WorkResult | None]]
+
+OUTPUT_TAIL = 4000  # characters of a ticket's output kept for display
+
+
+class MmaStatus(enum.StrEnum):
+ """The pipeline's status as the dashboard shows it."""
+
+ IDLE = "idle"  # not started, or stopped before finishing
+ PLANNING = "planning"  # setting up the run
+ EXECUTING = "executing"
+ PAUSED = "paused"  # no worker starts; the ones running at the pause may still finish
+ DONE = "done"  # every ticket completed
+ ERROR = "error"  # finished with failed or blocked tickets, or the run itself crashed
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+ todo: int = 0
+ in_progress: int = 0
+ completed: int = 0
+ failed: int = 0
+ blocked: int = 0
+
+ @property
+ def total(self) -> int:
+  return self.todo + self.in_progress + self.completed + self.failed + self.blocked
+
+
+@dataclass(frozen=True, slots=True)
+class RunningWorker:
+ ticket: str
+ attempt: int
+ started_at: float  # time.monotonic()
+
+
+@dataclass(frozen=True, slots=True)
+class TicketRow:
+ """One ticket as displayed: immutable, rebuilt whenever the ticket changes."""
+
+ id: str
+ status: Status
+ attempts: int
+ description: str
+ depends_on: tuple[str, ...]
+ work: str  # what it runs, for display
+ error: str | None
+ exit_code: int | None
+ output: str  # tail of the output
+ started_at: float | None  # time.monotonic() of the latest start
+ finished_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+ """An immutable view of a run; safe to keep and read from any thread.
+
+ `running_at_pause` are the workers that were in flight when the pause began (they finish
+ normally); `finishing` are those of them still running: it drains to zero. `ready` are
+ the tickets that start first on resume, in order; `pending` all tickets not yet started.
+ """
+
+ version: int
+ name: str
+ status: MmaStatus
+ counts: Counts
+ running: tuple[RunningWorker, ...]
+ paused: bool
+ pause_reason: str | None
+ paused_at: float | None  # time.time() when the current pause began
+ running_at_pause: tuple[str, ...]
+ finishing: tuple[str, ...]
+ ready: tuple[str, ...]
+ pending: tuple[str, ...]
+ awaiting_approval: tuple[str, ...]
+ elapsed: float  # seconds of run time, excluding time spent paused
+ spawned: int
+ max_workers: int
+ error: str | None  # why the run itself failed, if it did
+ rows: tuple[TicketRow, ...] = field(repr=False)
+
+ @property
+ def draining(self) -> bool:
+  return self.paused and bool(self.finishing)
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+ """A ticket changed status (or, with `ticket=None`, the pipeline was paused/resumed)."""
+
+ ticket: str | None
+ status: str  # a Status value, or "paused" / "resumed" / "interrupted"
+ attempt: int = 0
+ detail: str | None = None  # error, pause reason, ...
+ at: float = field(default_factory=time.time)
+
+
+Listener = Callable[[Transition], None]
+_NO_DETAILS: tuple[int | None, str, float | None, float | None] = (None, "", None, None)
+
+
+def describe_work(work: object) -> str:
+ """A short human description of a ticket's work spec."""
+ for attr in ("command", "target"):
+  value = getattr(work, attr, None)
+  if isinstance(value, str):
+   return value
+ seconds = getattr(work, "seconds", None)
+ if isinstance(seconds, int | float):
+  return f"sleep {seconds:g}s" + (" then fail" if getattr(work, "fail", False) else "")
+ return "" if work is None else type(work).__name__
+
+
+class ConductorEngine:
+ """Drives a DAG of tickets with at most `max_workers` workers, pausable from any thread.
+
+ `await run()` returns the final `Snapshot` when every ticket completed, when nothing can
+ progress any more (the rest failed or blocked), after `stop()` once running workers have
+ finished, or after `cancel()`.
+
+ Thread-safety: `pause`, `resume`, `stop`, `cancel`, `retry`, `queue`, `mma_status` and
+ `snapshot` may be called from any thread and never block on the event loop. Everything
+ else (the DAG engine, listeners) runs on the loop.
+ """
+
+ def __init__(
+  self,
+  engine: ExecutionEngine,
+  worker: Worker | None = None,
+  max_workers: int = 4,
+  *,
+  name: str = "pipeline",
+  paused: bool = False,
+  pause_reason: str | None = None,
+ ) -> None:
+  if not isinstance(max_workers, int) or max_workers < 1:
+   raise ValueError(f"max_workers must be a whole number >= 1, got {max_workers!r}")
+  self.engine = engine
+  self.name = name
+  self._worker: Worker = worker or run_work
+  self._max_workers = max_workers
+  self._listeners: list[Listener] = []
+
+  # `_control` guards the fields that pause/resume/run hand between threads:
+  # `_sched`, `_paused`, `_pause_reason`, `_paused_at`, `_active`, `_active_since`.
+  self._control = threading.Lock()
+  self._sched: Scheduler | None = None
+  self._paused = paused
+  self._pause_reason = pause_reason if paused else None
+  self._paused_at: float | None = time.time() if paused else None
+  self._active = 0.0  # run time accumulated before `_active_since`
+  self._active_since: float | None = None  # monotonic; None while paused or not running
+
+  self._phase = MmaStatus.IDLE  # IDLE, PLANNING, EXECUTING, DONE or ERROR
+  self._error: str | None = None
+  self._version = 0  # bumped on every change a snapshot shows
+
+  # Loop-side state.
+  self._ready: deque[Ticket] = deque()  # handed out by tick(), not yet admitted
+  self._parked: Ticket | None = None  # the next one, waiting in Scheduler.spawn
+  self._running: dict[str, RunningWorker] = {}
+  self._wake: Event | None = None  # set when a completion may unblock the run loop
+  self._drive_scope: CancelScope | None = None
+  self._index = {tid: i for i, tid in enumerate(engine.tickets)}
+  self._details: dict[str, tuple[int | None, str, float | None, float | None]] = {}
+  self._rows: list[TicketRow | None] = [None] * len(self._index)  # None: rebuild
+  self._started = False
+  self._spawned = 0  # workers admitted by the run, once it has ended
+  # The first published snapshot leaves out the rows: building them is O(tickets), and a
+  # reader gets a full one on its first request anyway.
+  self._bridge: ThreadBridge[Snapshot] = ThreadBridge(self._build_snapshot(rows=False))
+  self._refresh_posted = False
+
+ # -- observers ------------------------------------------------------------------------
+
+ def add_listener(self, listener: Listener) -> None:
+  """Call `listener(transition)` on the loop for every ticket transition, pause, resume."""
+  self._listeners.append(listener)
+
+ def _emit(
+  self, ticket: str | None, status: str, attempt: int = 0, detail: str | None = None
+ ) -> None:
+  if self._listeners:  # no Transition is built when nobody listens: this is the hot path
+   transition = Transition(ticket, status, attempt, detail)
+   for listener in self._listeners:
+    listener(transition)
+
+ # -- control: any thread --------------------------------------------------------------
+
+ def pause(self, reason: str | None = None) -> None:
+  """Stop starting workers; running ones finish. Any thread; non-blocking; idempotent.
+
+  As soon as this returns, `mma_status` reads "paused" and no worker starts until
+  `resume()`. Works before `run()` too: the run then starts paused.
+  """
+  with self._control:
+   was_paused = self._paused
+   self._paused = True
+   if not was_paused:
+    self._pause_reason = reason
+    self._paused_at = time.time()
+    if self._active_since is not None:
+     self._active += time.monotonic() - self._active_since
+     self._active_since = None
+   elif reason is not None:
+    self._pause_reason = reason
+   if self._sched is not None:
+    self._sched.pause()
+   self._version += 1
+  if not was_paused:
+   self._in_loop(lambda: self._emit(None, "paused", detail=reason))
+
+ def resume(self) -> None:
+  """Start workers again, where the run stopped. Any thread; non-blocking; idempotent."""
+  with self._control:
+   was_paused = self._paused
+   self._paused = False
+   self._pause_reason = None
+   self._paused_at = None
+   if self._sched is not None:
+    if self._active_since is None:
+     self._active_since = time.monotonic()
+    self._sched.resume()
+   self._version += 1
+  if was_paused:
+   self._in_loop(lambda: self._emit(None, "resumed"))
+
+ def stop(self) -> None:
+  """Start no more workers and end the run once the running ones have finished.
+
+  Tickets not started stay `todo`: a later run picks them up. Any thread; non-blocking.
+  """
+  self._in_loop(self._stop_in_loop)
+
+ def cancel(self) -> None:
+  """Cancel running workers too and end the run; interrupted tickets go back to `todo`.
+
+  Any thread; non-blocking; works while paused.
+  """
+  self._in_loop(self._cancel_in_loop)
+
+ def retry(self, ticket_id: str) -> None:
+  """Put a failed ticket, and the tickets it blocked, back in play. Any thread."""
+  self._in_loop(lambda: self._retry_in_loop(ticket_id))
+
+ def queue(self, ticket_id: str) -> None:
+  """Approve a ticket for starting when `auto_queue` is off. Any thread."""
+  self._in_loop(lambda: self._queue_in_loop(ticket_id))
+
+ @property
+ def mma_status(self) -> MmaStatus:
+  """The live status; "paused" as soon as `pause()` has returned. Any thread."""
+  phase = self._phase
+  if self._paused and phase in (MmaStatus.EXECUTING, MmaStatus.PLANNING):
+   return MmaStatus.PAUSED
+  return phase
+
+ @property
+ def paused(self) -> bool:
+  return self._paused
+
+ @property
+ def spawned(self) -> int:
+  """How many workers have been admitted in this run so far. Any thread; exact."""
+  sched = self._sched
+  return sched.spawned if sched is not None else self._spawned
+
+ @property
+ def max_workers(self) -> int:
+  return self._max_workers
+
+ def snapshot(self) -> Snapshot:
+  """An immutable view of the run. Any thread; never blocks.
+
+  On the loop it is exact. From another thread it is the latest one the loop published
+  (at most one loop turn old; a newer one is requested); `mma_status` is always live.
+  """
+  bridge = self._bridge
+  if bridge.in_loop_thread or not bridge.attached:
+   snap = self._build_snapshot()
+   bridge.publish(snap)
+   return snap
+  snap = bridge.snapshot
+  if snap.version != self._version and not self._refresh_posted:
+   self._refresh_posted = True
+   bridge.post(self._refresh)
+  return snap
+
+ def _refresh(self) -> None:
+  self._refresh_posted = False
+  self._bridge.publish(self._build_snapshot())
+
+ def _in_loop(self, fn: Callable[[], None]) -> None:
+  # Run `fn` on the loop: directly when already there or when no loop runs (before or
+  # after the run, nothing else touches the loop-side state). If the loop ends between
+  # the check and the post, the command is dropped: the run it was meant for is over.
+  bridge = self._bridge
+  if bridge.in_loop_thread or not bridge.attached:
+   fn()
+  else:
+   bridge.post(fn)
+
+ # -- the run --------------------------------------------------------------------------
+
+ async def run(self) -> Snapshot:
+  """Run the pipeline to its end (see the class docstring) and return the final snapshot.
+
+  Call once per engine.
+  """
+  if self._started:
+   raise RuntimeError("ConductorEngine.run() can be called only once per engine")
+  self._started = True
+  self._phase = MmaStatus.PLANNING
+  self._bridge.attach()
+  try:
+   async with Scheduler(self._max_workers, paused=True) as sched:
+    with self._control:
+     self._sched = sched
+     if not self._paused:
+      self._active_since = time.monotonic()
+      sched.resume()
+    self._phase = MmaStatus.EXECUTING
+    self._touch()
+    with CancelScope() as self._drive_scope:
+     await self._drive(sched)
+  except BaseException as exc:
+   self._phase = MmaStatus.ERROR
+   if not isinstance(exc, get_cancelled_exc_class()):
+    self._error = f"{type(exc).__name__}: {exc}"
+   raise
+  else:
+   self._phase = MmaStatus.DONE if self.engine.is_done else self._end_phase()
+  finally:
+   with self._control:
+    if self._active_since is not None:
+     self._active += time.monotonic() - self._active_since
+     self._active_since = None
+    if self._sched is not None:
+     self._spawned = self._sched.spawned
+    self._sched = None
+   self._drive_scope = None
+   while self._ready:  # handed out but never started: back to the engine, still todo
+    self.engine.requeue(self._ready.popleft().id)
+   self._touch()
+   final = self._build_snapshot()
+   self._bridge.publish(final)
+   self._bridge.detach()
+  return final
+
+ def _end_phase(self) -> MmaStatus:
+  counts = self.engine.counts()
+  if counts.get(Status.FAILED, 0) or counts.get(Status.BLOCKED, 0):
+   return MmaStatus.ERROR
+  return MmaStatus.IDLE  # stopped or cancelled with work left to do
+
+ async def _drive(self, sched: Scheduler) -> None:
+  engine, ready = self.engine, self._ready
+  while True:
+   self._pump(sched)
+   if ready:
+    # No free slot, or paused: wait for admission. The ticket leaves the queue first so
+    # that a worker finishing meanwhile (which pumps too) cannot start it a second time.
+    self._parked = ticket = ready.popleft()
+    try:
+     await sched.spawn(self._work, ticket, name=ticket.id)
+    except BaseException:
+     ready.appendleft(ticket)
+     raise
+    finally:
+     self._parked = None
+    self._start(ticket)  # admitted: started before any other task runs
+    continue
+   if not self._running and engine.is_settled and not engine.awaiting_approval():
+    return
+   self._wake = wake = Event()
+   await wake.wait()
+
+ def _pump(self, sched: Scheduler) -> None:
+  # Start every ready ticket that can start right now, in order, without waiting.
+  ready = self._ready
+  ready.extend(self.engine.tick())
+  while ready:
+   ticket = ready[0]
+   if not sched.try_spawn(self._work, ticket, name=ticket.id):
+    return
+   ready.popleft()
+   self._start(ticket)
+
+ def _notify(self) -> None:
+  wake, self._wake = self._wake, None
+  if wake is not None:
+   wake.set()
+
+ def _start(self, ticket: Ticket) -> None:
+  self.engine.start(ticket.id)
+  self._running[ticket.id] = RunningWorker(ticket.id, ticket.attempts, time.monotonic())
+  self._changed(ticket)
+  self._emit(ticket.id, Status.IN_PROGRESS, ticket.attempts)
+
+ async def _work(self, ticket: Ticket) -> None:
+  # Runs one attempt; turns every outcome into a DAG transition. Never raises except
+  # cancellation, so one failing ticket never stops its siblings.
+  exit_code: int | None = None
+  output = ""
+  try:
+   try:
+    result = await self._worker(ticket)
+   except get_cancelled_exc_class():
+    self._finish(ticket, None, "")
+    self.engine.requeue(ticket.id)
+    self._changed(ticket)
+    self._emit(ticket.id, "interrupted", ticket.attempts)
+    raise
+   except WorkFailed as exc:
+    exit_code, output = exc.exit_code, exc.output
+    self._failed(ticket, exc.error, exit_code, output)
+   except Exception as exc:
+    self._failed(ticket, f"{type(exc).__name__}: {exc}", None, "")
+   else:
+    if result is not None:
+     exit_code, output = result.exit_code, result.output
+    self._finish(ticket, exit_code, output)
+    self.engine.complete(ticket.id)
+    self._changed(ticket)
+    self._emit(ticket.id, Status.COMPLETED, ticket.attempts)
+  finally:
+   sched = self._sched
+   if sched is not None:
+    self._pump(sched)  # start the dependents this may have released, right here
+   self._notify()
+
+ def _failed(self, ticket: Ticket, error: str, exit_code: int | None, output: str) -> None:
+  self._finish(ticket, exit_code, output)
+  if ticket.attempts <= ticket.retries:
+   # An automatic retry: back to todo and handed out again, attempts keep counting.
+   self.engine.requeue(ticket.id)
+   ticket.error = error
+   self._changed(ticket)
+   self._emit(ticket.id, "retrying", ticket.attempts, error)
+   return
+  blocked = self.engine.fail(ticket.id, error)
+  self._changed(ticket)
+  self._emit(ticket.id, Status.FAILED, ticket.attempts, error)
+  for tid in blocked:
+   other = self.engine.tickets[tid]
+   self._changed(other)
+   self._emit(tid, Status.BLOCKED, other.attempts, other.error)
+
+ def _finish(self, ticket: Ticket, exit_code: int | None, output: str) -> None:
+  worker = self._running.pop(ticket.id, None)
+  started = worker.started_at if worker is not None else None
+  self._details[ticket.id] = (exit_code, output[-OUTPUT_TAIL:], started, time.monotonic())
+
+ def _changed(self, ticket: Ticket) -> None:
+  self._rows[self._index[ticket.id]] = None
+  self._version += 1
+
+ def _touch(self) -> None:
+  self._version += 1
+
+ def _stop_in_loop(self) -> None:
+  if self._sched is not None:
+   self._sched.pause()
+  if self._drive_scope is not None:
+   self._drive_scope.cancel()
+
+ def _cancel_in_loop(self) -> None:
+  self._stop_in_loop()
+  if self._sched is not None:
+   self._sched.cancel()
+
+ def _retry_in_loop(self, ticket_id: str) -> None:
+  ticket = self._ticket(ticket_id)
+  self.engine.retry(ticket_id)
+  for tid, t in self.engine.tickets.items():
+   row = self._rows[self._index[tid]]
+   if row is None or row.status != t.status:
+    self._changed(t)
+  self._emit(ticket_id, Status.TODO, ticket.attempts, "retry")
+  self._notify()
+
+ def _queue_in_loop(self, ticket_id: str) -> None:
+  self._ticket(ticket_id)
+  self.engine.queue(ticket_id)
+  self._touch()
+  self._notify()
+
+ def _ticket(self, ticket_id: str) -> Ticket:
+  try:
+   return self.engine.tickets[ticket_id]
+  except KeyError:
+   raise KeyError(f"no ticket {ticket_id!r} in pipeline {self.name!r}") from None
+
+ # -- snapshots ------------------------------------------------------------------------
+
+ def _row(self, i: int, ticket: Ticket) -> TicketRow:
+  row = self._rows[i]
+  if row is None:
+   exit_code, output, started, finished = self._details.get(ticket.id, _NO_DETAILS)
+   worker = self._running.get(ticket.id)
+   if worker is not None:  # running again: the last attempt's end is no longer news
+    started, finished = worker.started_at, None
+   row = TicketRow(
+    ticket.id,
+    ticket.status,
+    ticket.attempts,
+    ticket.description,
+    ticket.depends_on,
+    describe_work(ticket.work),
+    ticket.error,
+    exit_code,
+    output,
+    started,
+    finished,
+   )
+   self._rows[i] = row
+  return row
+
+ def _build_snapshot(self, *, rows: bool = True) -> Snapshot:
+  engine = self.engine
+  counts = engine.counts()
+  with self._control:
+   paused, reason, paused_at = self._paused, self._pause_reason, self._paused_at
+   elapsed = self._active
+   if self._active_since is not None:
+    elapsed += time.monotonic() - self._active_since
+   sched = self._sched
+  running = tuple(self._running.values())
+  at_pause = sched.running_at_pause if sched is not None and paused else ()
+  finishing = tuple(t for t in at_pause if t in self._running)
+  table = tuple(self._row(i, t) for i, t in enumerate(engine.tickets.values())) if rows else ()
+  return Snapshot(
+   version=self._version,
+   name=self.name,
+   status=self.mma_status,
+   counts=Counts(
+    counts.get(Status.TODO, 0),
+    counts.get(Status.IN_PROGRESS, 0),
+    counts.get(Status.COMPLETED, 0),
+    counts.get(Status.FAILED, 0),
+    counts.get(Status.BLOCKED, 0),
+   ),
+   running=running,
+   paused=paused,
+   pause_reason=reason,
+   paused_at=paused_at,
+   running_at_pause=at_pause,
+   finishing=finishing,
+   ready=tuple(t.id for t in (*((self._parked,) if self._parked else ()), *self._ready)),
+   pending=tuple(engine.pending()),
+   awaiting_approval=tuple(engine.awaiting_approval()),
+   elapsed=elapsed,
+   spawned=sched.spawned if sched is not None else self._spawned,
+   max_workers=self._max_workers,
+   error=self._error,
+   rows=table,
+  )
+
+
+async def run_pipeline(
+ engine: ExecutionEngine, worker: Worker | None = None, max_workers: int = 4
+) -> Snapshot:
+ """Convenience: run a DAG to its end with a fresh `ConductorEngine`."""
+ return await ConductorEngine(engine, worker, max_workers).run()
+
+
+__all__ = [
+ "ConductorEngine",
+ "Counts",
+ "MmaStatus",
+ "RunningWorker",
+ "Snapshot",
+ "TicketRow",
+ "Transition",
+ "Worker",
+ "describe_work",
+ "run_pipeline",
+]

@@ -1,0 +1,371 @@
+"""ConductorEngine: the spec's unit tests and the DAG run, on asyncio and trio."""
+
+from __future__ import annotations
+
+import random
+import sys
+import threading
+from collections import Counter
+from collections.abc import Iterator
+
+import anyio
+import pytest
+from anyio import create_task_group, fail_after, wait_all_tasks_blocked
+
+from conductor.dag_engine import ExecutionEngine, Status, Ticket
+from conductor.multi_agent_conductor import ConductorEngine, MmaStatus, Transition
+from conductor.workers import WorkFailed, WorkResult
+from scheduler import LoopHandle
+
+pytestmark = pytest.mark.anyio
+
+
+class Gatekeeper:
+ """A worker whose tickets each finish only when the test releases them."""
+
+ def __init__(self) -> None:
+  self.started: list[str] = []
+  self.release: dict[str, anyio.Event] = {}
+  self.fail: set[str] = set()
+
+ def event(self, tid: str) -> anyio.Event:
+  return self.release.setdefault(tid, anyio.Event())
+
+ async def __call__(self, ticket: Ticket) -> WorkResult:
+  self.started.append(ticket.id)
+  await self.event(ticket.id).wait()
+  if ticket.id in self.fail:
+   raise WorkFailed(f"{ticket.id} broke", exit_code=3, output="boom")
+  return WorkResult(output=f"{ticket.id} ok", exit_code=0)
+
+ def finish(self, *tids: str) -> None:
+  for tid in tids:
+   self.event(tid).set()
+
+
+def wide(n: int) -> list[Ticket]:
+ return [Ticket(f"t{i}") for i in range(n)]
+
+
+async def test_pause_stops_task_spawning() -> None:
+ gk = Gatekeeper()
+ conductor = ConductorEngine(ExecutionEngine(wide(6)), gk, max_workers=2)
+ with fail_after(10):
+  async with create_task_group() as tg:
+   tg.start_soon(conductor.run)
+   await wait_all_tasks_blocked()
+   assert sorted(gk.started) == ["t0", "t1"]
+   conductor.pause("rate limit")
+   assert conductor.mma_status is MmaStatus.PAUSED
+   snap = conductor.snapshot()
+   assert snap.paused and snap.pause_reason == "rate limit"
+   assert snap.running_at_pause == ("t0", "t1")
+   assert snap.finishing == ("t0", "t1")
+   gk.finish("t0", "t1")
+   await wait_all_tasks_blocked()
+   snap = conductor.snapshot()
+   assert sorted(gk.started) == ["t0", "t1"]  # free slots, but nothing starts while paused
+   assert snap.finishing == ()
+   assert snap.running_at_pause == ("t0", "t1")
+   assert snap.counts.completed == 2
+   assert snap.ready[0] == "t2"
+   assert set(snap.pending) == {"t2", "t3", "t4", "t5"}
+   conductor.resume()
+   gk.finish("t2", "t3", "t4", "t5")
+ assert sorted(gk.started) == [f"t{i}" for i in range(6)]
+ assert conductor.mma_status is MmaStatus.DONE
+
+
+async def test_resume_continues_from_correct_state() -> None:
+ gk = Gatekeeper()
+ tickets = [Ticket("a"), Ticket("b", ("a",)), Ticket("c", ("b",)), Ticket("d")]
+ conductor = ConductorEngine(ExecutionEngine(tickets), gk, max_workers=2)
+ with fail_after(10):
+  async with create_task_group() as tg:
+   tg.start_soon(conductor.run)
+   await wait_all_tasks_blocked()
+   assert sorted(gk.started) == ["a", "d"]
+   conductor.pause()
+   gk.finish("a", "d")
+   await wait_all_tasks_blocked()
+   assert conductor.snapshot().ready == ("b",)
+   conductor.resume()
+   await wait_all_tasks_blocked()
+   assert gk.started[2:] == ["b"]
+   gk.finish("b", "c")
+ assert sorted(gk.started[:2]) == ["a", "d"] and gk.started[2:] == ["b", "c"]
+ assert all(t.status is Status.COMPLETED for t in conductor.engine.tickets.values())
+
+
+async def test_state_preserved_across_pause() -> None:
+ gk = Gatekeeper()
+ gk.fail.add("bad")
+ tickets = [
+  Ticket("ok"),
+  Ticket("bad"),
+  Ticket("after-bad", ("bad",)),
+  Ticket("slow"),
+  Ticket("later", ("ok",)),
+ ]
+ conductor = ConductorEngine(ExecutionEngine(tickets), gk, max_workers=3)
+ with fail_after(10):
+  async with create_task_group() as tg:
+   tg.start_soon(conductor.run)
+   await wait_all_tasks_blocked()
+   conductor.pause()
+   gk.finish("ok", "bad")
+   await wait_all_tasks_blocked()
+   before = [(r.id, r.status, r.attempts, r.error) for r in conductor.snapshot().rows]
+   for _ in range(20):
+    await anyio.lowlevel.checkpoint()
+   await wait_all_tasks_blocked()
+   after = [(r.id, r.status, r.attempts, r.error) for r in conductor.snapshot().rows]
+   assert before == after
+   assert dict((r[0], r[1]) for r in after) == {
+    "ok": Status.COMPLETED,
+    "bad": Status.FAILED,
+    "after-bad": Status.BLOCKED,
+    "slow": Status.IN_PROGRESS,
+    "later": Status.TODO,
+   }
+   conductor.resume()
+   gk.finish("slow", "later")
+ final = conductor.snapshot()
+ assert final.status is MmaStatus.ERROR
+ assert (final.counts.completed, final.counts.failed, final.counts.blocked) == (3, 1, 1)
+ bad = next(r for r in final.rows if r.id == "bad")
+ assert bad.exit_code == 3 and bad.output == "boom" and "bad broke" in (bad.error or "")
+
+
+async def test_dependencies_run_in_order() -> None:
+ order: list[str] = []
+
+ async def worker(ticket: Ticket) -> None:
+  order.append(ticket.id)
+  await anyio.lowlevel.checkpoint()
+
+ tickets = [Ticket("d", ("b", "c")), Ticket("b", ("a",)), Ticket("c", ("a",)), Ticket("a")]
+ with fail_after(10):
+  snap = await ConductorEngine(ExecutionEngine(tickets), worker, max_workers=4).run()
+ assert snap.status is MmaStatus.DONE
+ assert order[0] == "a" and order[-1] == "d" and sorted(order[1:3]) == ["b", "c"]
+
+
+async def test_failure_blocks_dependents_while_independent_branches_finish() -> None:
+ async def worker(ticket: Ticket) -> None:
+  if ticket.id == "x":
+   raise RuntimeError("kaput")
+  await anyio.lowlevel.checkpoint()
+
+ tickets = [
+  Ticket("x"),
+  Ticket("y", ("x",)),
+  Ticket("z", ("y",)),
+  Ticket("free"),
+  Ticket("free2", ("free",)),
+ ]
+ with fail_after(10):
+  snap = await ConductorEngine(ExecutionEngine(tickets), worker).run()
+ status = {r.id: r.status for r in snap.rows}
+ assert status == {
+  "x": Status.FAILED,
+  "y": Status.BLOCKED,
+  "z": Status.BLOCKED,
+  "free": Status.COMPLETED,
+  "free2": Status.COMPLETED,
+ }
+ assert snap.status is MmaStatus.ERROR
+ assert "RuntimeError: kaput" in (next(r for r in snap.rows if r.id == "x").error or "")
+
+
+async def test_automatic_retries_run_a_failing_ticket_again() -> None:
+ attempts = Counter[str]()
+
+ async def flaky(ticket: Ticket) -> None:
+  attempts[ticket.id] += 1
+  if ticket.id == "f" and attempts["f"] < 3:
+   raise WorkFailed("not yet")
+
+ with fail_after(10):
+  snap = await ConductorEngine(
+   ExecutionEngine([Ticket("f", retries=2), Ticket("g", ("f",))]), flaky
+  ).run()
+ assert snap.status is MmaStatus.DONE
+ assert attempts == {"f": 3, "g": 1}
+ assert next(r for r in snap.rows if r.id == "f").attempts == 3
+
+
+async def test_retry_puts_a_failed_ticket_and_its_dependents_back() -> None:
+ gk = Gatekeeper()
+ gk.fail.add("a")
+ tickets = [Ticket("a"), Ticket("b", ("a",)), Ticket("keepalive")]
+ conductor = ConductorEngine(ExecutionEngine(tickets), gk, max_workers=2)
+ with fail_after(10):
+  async with create_task_group() as tg:
+   tg.start_soon(conductor.run)
+   await wait_all_tasks_blocked()
+   gk.finish("a")
+   await wait_all_tasks_blocked()
+   assert conductor.engine.tickets["b"].status is Status.BLOCKED
+   gk.fail.clear()
+   gk.release["a"] = anyio.Event()
+   conductor.retry("a")
+   await wait_all_tasks_blocked()
+   assert gk.started.count("a") == 2
+   gk.finish("a", "b", "keepalive")
+ assert conductor.mma_status is MmaStatus.DONE
+
+
+async def test_auto_queue_off_waits_for_approval() -> None:
+ gk = Gatekeeper()
+ conductor = ConductorEngine(ExecutionEngine([Ticket("a"), Ticket("b")], auto_queue=False), gk)
+ with fail_after(10):
+  async with create_task_group() as tg:
+   tg.start_soon(conductor.run)
+   await wait_all_tasks_blocked()
+   assert gk.started == []
+   assert set(conductor.snapshot().awaiting_approval) == {"a", "b"}
+   conductor.queue("b")
+   await wait_all_tasks_blocked()
+   assert gk.started == ["b"]
+   conductor.queue("a")
+   gk.finish("a", "b")
+ assert conductor.mma_status is MmaStatus.DONE
+
+
+async def test_cancel_while_paused_interrupts_workers_and_keeps_them_todo() -> None:
+ gk = Gatekeeper()
+ conductor = ConductorEngine(ExecutionEngine(wide(4)), gk, max_workers=2)
+ with fail_after(10):
+  async with create_task_group() as tg:
+   tg.start_soon(conductor.run)
+   await wait_all_tasks_blocked()
+   conductor.pause()
+   conductor.cancel()
+ snap = conductor.snapshot()
+ assert snap.counts.todo == 4 and snap.counts.in_progress == 0
+ assert snap.status is MmaStatus.IDLE
+ assert [r.attempts for r in snap.rows] == [1, 1, 0, 0]
+
+
+async def test_stop_lets_running_workers_finish_and_starts_nothing_new() -> None:
+ gk = Gatekeeper()
+ conductor = ConductorEngine(ExecutionEngine(wide(5)), gk, max_workers=2)
+ with fail_after(10):
+  async with create_task_group() as tg:
+   tg.start_soon(conductor.run)
+   await wait_all_tasks_blocked()
+   conductor.stop()
+   await wait_all_tasks_blocked()
+   gk.finish("t0", "t1")
+ snap = conductor.snapshot()
+ assert sorted(gk.started) == ["t0", "t1"]
+ assert (snap.counts.completed, snap.counts.todo) == (2, 3)
+
+
+async def test_paused_before_run_starts_paused() -> None:
+ gk = Gatekeeper()
+ conductor = ConductorEngine(ExecutionEngine(wide(2)), gk, paused=True, pause_reason="night")
+ with fail_after(10):
+  async with create_task_group() as tg:
+   tg.start_soon(conductor.run)
+   await wait_all_tasks_blocked()
+   assert gk.started == []
+   assert conductor.mma_status is MmaStatus.PAUSED
+   assert conductor.snapshot().pause_reason == "night"
+   conductor.resume()
+   gk.finish("t0", "t1")
+ assert conductor.mma_status is MmaStatus.DONE
+
+
+async def test_listeners_see_every_transition_and_the_pause() -> None:
+ seen: list[Transition] = []
+
+ async def worker(ticket: Ticket) -> None:
+  await anyio.lowlevel.checkpoint()
+
+ conductor = ConductorEngine(ExecutionEngine([Ticket("a"), Ticket("b", ("a",))]), worker)
+ conductor.add_listener(seen.append)
+ conductor.pause()
+ conductor.resume()
+ with fail_after(10):
+  await conductor.run()
+ assert [(t.ticket, t.status) for t in seen] == [
+  (None, "paused"),
+  (None, "resumed"),
+  ("a", "in_progress"),
+  ("a", "completed"),
+  ("b", "in_progress"),
+  ("b", "completed"),
+ ]
+
+
+@pytest.fixture
+def frequent_thread_switches() -> Iterator[None]:
+ old = sys.getswitchinterval()
+ sys.setswitchinterval(1e-5)
+ yield
+ sys.setswitchinterval(old)
+
+
+@pytest.mark.usefixtures("frequent_thread_switches")
+async def test_storm_every_ticket_runs_once_in_order_and_nothing_starts_while_paused() -> None:
+ rng = random.Random(11)
+ n = 400
+ tickets = [
+  Ticket(f"t{i}", tuple(f"t{j}" for j in rng.sample(range(i), k=min(i, rng.randrange(3)))))
+  for i in range(n)
+ ]
+ deps = {t.id: t.depends_on for t in tickets}
+ done: set[str] = set()
+ runs = Counter[str]()
+ order_violations: list[str] = []
+
+ async def worker(ticket: Ticket) -> None:
+  runs[ticket.id] += 1
+  if not all(d in done for d in deps[ticket.id]):
+   order_violations.append(ticket.id)
+  for _ in range(int(ticket.id[1:]) % 150):  # workers of different lengths overlap
+   await anyio.lowlevel.checkpoint()
+  done.add(ticket.id)
+
+ conductor = ConductorEngine(ExecutionEngine(tickets), worker, max_workers=4)
+ pause_violations: list[tuple[int, int]] = []
+ finished = threading.Event()
+
+ cycles = 0
+
+ def storm(loop: LoopHandle) -> None:
+  nonlocal cycles
+  while not finished.is_set():
+   cycles += 1
+   conductor.pause()
+   before = conductor.spawned
+   for _ in range(2):
+    turned = threading.Event()
+    if not loop.call_soon(turned.set) or not turned.wait(10):
+     return
+   after = conductor.spawned
+   if after != before:
+    pause_violations.append((before, after))
+   conductor.resume()
+   turned = threading.Event()
+   if not loop.call_soon(turned.set) or not turned.wait(10):
+    return
+
+ async def run_then_flag() -> None:
+  try:
+   await conductor.run()
+  finally:
+   finished.set()
+   conductor.resume()
+
+ with fail_after(60):
+  async with create_task_group() as tg:
+   tg.start_soon(run_then_flag)
+   await anyio.to_thread.run_sync(storm, LoopHandle())
+ assert conductor.mma_status is MmaStatus.DONE
+ assert runs == Counter({t.id: 1 for t in tickets})
+ assert order_violations == []
+ assert pause_violations == []
+ assert cycles > 50  # the storm really paused the run many times
