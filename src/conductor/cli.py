@@ -83,11 +83,20 @@ STATUS_STYLE = {
 }
 
 
+def _bar(completed: int, total: int) -> RenderableType:
+ grid = Table.grid()  # a grid row ends the line, which a bare ProgressBar does not
+ grid.add_row(ProgressBar(total=max(total, 1), completed=completed, width=60))
+ return grid
+
+
 def render(snap: Snapshot, status: MmaStatus, *, keys: bool = True) -> RenderableType:
  """The live view of a run: one function of a snapshot, so it is easy to test."""
  counts = snap.counts
  head = Text.assemble(
-  (f" {status.value.upper()} ", STATUS_STYLE[status]),
+  (
+   " STOPPING " if snap.stopping and snap.running else f" {status.value.upper()} ",
+   STATUS_STYLE[status],
+  ),
   "  ",
   (snap.name, "bold"),
   f"   {counts.completed}/{counts.total} completed",
@@ -98,7 +107,7 @@ def render(snap: Snapshot, status: MmaStatus, *, keys: bool = True) -> Renderabl
  )
  parts: list[RenderableType] = [
   head,
-  ProgressBar(total=max(counts.total, 1), completed=counts.completed, width=60),
+  _bar(counts.completed, counts.total),
  ]
  if status is MmaStatus.PAUSED:
   since = time.strftime("%H:%M:%S", time.localtime(snap.paused_at)) if snap.paused_at else "?"
@@ -107,6 +116,11 @@ def render(snap: Snapshot, status: MmaStatus, *, keys: bool = True) -> Renderabl
    if snap.finishing
    else "all workers idle"
   )
+  if snap.running_at_pause:
+   done = [t for t in snap.running_at_pause if t not in snap.finishing]
+   finishing += f" · running at pause: {len(snap.running_at_pause)}"
+   if done:
+    finishing += f" (done: {', '.join(done)})"
   reason = f" — {snap.pause_reason}" if snap.pause_reason else ""
   nxt = ", ".join(snap.ready[:6]) + (f" (+{len(snap.ready) - 6})" if len(snap.ready) > 6 else "")
   body = Text.assemble(
@@ -316,10 +330,22 @@ def build_parser() -> argparse.ArgumentParser:
  runner_options(p)
  p.set_defaults(func=cmd_run)
 
+ def gui_options(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--size", metavar="WxH", help="dashboard window size (default 960x640)")
+  p.add_argument(
+   "--exit-when-done", action="store_true", help="close the dashboard when the run ends"
+  )
+  p.add_argument(
+   "--test-hook",
+   metavar="PORT_FILE",
+   help="for tests: serve a JSON API on 127.0.0.1 and write its port to PORT_FILE",
+  )
+
  p = sub.add_parser("demo", help="run the built-in demo pipeline (about 20 s)")
  runner_options(p)
- p.add_argument("--gui", action="store_true", help="in the desktop dashboard")
- p.set_defaults(func=cmd_demo)
+ p.add_argument("--gui", action="store_true", help="in the desktop dashboard (starts at once)")
+ gui_options(p)
+ p.set_defaults(func=cmd_demo, start=True)
 
  p = sub.add_parser("validate", help="check a pipeline file without running it")
  p.add_argument("file")
@@ -328,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
  p = sub.add_parser("gui", help="open the dashboard on a pipeline file (default: the demo)")
  p.add_argument("file", nargs="?")
  runner_options(p)
+ p.add_argument("--start", action="store_true", help="start the run at once, without Start")
+ gui_options(p)
  p.set_defaults(func=cmd_gui)
  return parser
 

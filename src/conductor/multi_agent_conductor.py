@@ -101,6 +101,7 @@ class Snapshot:
  spawned: int
  max_workers: int
  error: str | None  # why the run itself failed, if it did
+ stopping: bool  # stop() or cancel() was asked: the run ends once running workers finish
  rows: tuple[TicketRow, ...] = field(repr=False)
 
  @property
@@ -190,6 +191,7 @@ class ConductorEngine:
   self._rows: list[TicketRow | None] = [None] * len(self._index)  # None: rebuild
   self._started = False
   self._spawned = 0  # workers admitted by the run, once it has ended
+  self._stopping = False  # stop() or cancel() asked: no new workers, the run ends
   # The first published snapshot leaves out the rows: building them is O(tickets), and a
   # reader gets a full one on its first request anyway.
   self._bridge: ThreadBridge[Snapshot] = ThreadBridge(self._build_snapshot(rows=False))
@@ -483,6 +485,8 @@ class ConductorEngine:
   self._version += 1
 
  def _stop_in_loop(self) -> None:
+  self._stopping = True
+  self._touch()
   if self._sched is not None:
    self._sched.pause()
   if self._drive_scope is not None:
@@ -577,6 +581,7 @@ class ConductorEngine:
    spawned=sched.spawned if sched is not None else self._spawned,
    max_workers=self._max_workers,
    error=self._error,
+   stopping=self._stopping,
    rows=table,
   )
 

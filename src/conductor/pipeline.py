@@ -1,0 +1,371 @@
+"""Pipeline files: TOML in, validated `Pipeline` of fresh `Ticket`s out, or one clear error.
+
+The format (every key but `id` and one of `run` / `call` / `sleep` is optional)::
+
+ [pipeline]
+ name = "build"          # default: the file name without .toml
+ max_workers = 4         # workers at once, >= 1
+ auto_queue = true       # false: a ready ticket waits to be queued by hand
+
+ [[tickets]]
+ id = "compile"
+ depends_on = ["configure"]
+ description = "Compile the sources"
+ run = "make -j4"        # a shell command, run in the pipeline file's folder
+ # call = "steps:compile"  a Python function "module:function", imported from that folder
+ # sleep = 1.5             a simulated job; `fail = true` makes it fail
+ retries = 2             # automatic retries after a failure
+
+This module checks the FILE: syntax, keys, types, one kind of work per ticket. Checking the
+GRAPH (unknown dependencies, duplicate ids, cycles) is `dag_engine.ExecutionEngine`'s job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, is_dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+from .dag_engine import Ticket
+from .workers import CallWork, ShellWork, SleepWork, parse_call_target
+
+_PIPELINE_KEYS = ("name", "max_workers", "auto_queue")
+_TOP_KEYS = ("pipeline", "tickets")
+_TICKET_KEYS = ("id", "depends_on", "description", "run", "call", "sleep", "fail", "retries")
+_WORK_KEYS = ("run", "call", "sleep")
+_WORK_HINT = 'run = "<shell command>", call = "module:function" or sleep = <seconds>'
+
+
+@dataclass(frozen=True)
+class Pipeline:
+ """A loaded pipeline. Immutable itself; its `tickets` are fresh mutable run state.
+
+ `path` is the absolute path of the file it came from (None when built in code). Each load
+ builds new `Ticket` objects, so two runs never share ticket state.
+ """
+
+ name: str
+ path: Path | None
+ max_workers: int
+ auto_queue: bool
+ tickets: tuple[Ticket, ...]
+
+
+class PipelineFileError(ValueError):
+ """A mistake in a pipeline file (or dict) that the user can fix.
+
+ `str(error)` is ONE line naming the file, the ticket (when there is one) and the fix, ready
+ to print without a traceback. `path` is the file as given (None for a dict), `ticket` the
+ offending ticket's id (None for file-level errors or a ticket without id), `line` the
+ 1-based line for TOML syntax errors (None otherwise: tomllib reports no positions for
+ valid TOML).
+ """
+
+ def __init__(
+  self, message: str, *, path: Path | None, ticket: str | None = None, line: int | None = None
+ ) -> None:
+  super().__init__(message)
+  self.path = path
+  self.ticket = ticket
+  self.line = line
+
+
+# -- loading ----------------------------------------------------------------------------------
+
+
+def load_pipeline(path: str | Path) -> Pipeline:
+ """Read, parse and validate the TOML pipeline at `path`; return fresh tickets.
+
+ Shell tickets run in the file's folder and `call` targets are imported from it, wherever
+ the program was started. Raises `PipelineFileError` for every user mistake (missing or
+ unreadable file, TOML syntax with its line, unknown keys, wrong types, a ticket without
+ id or without exactly one of run / call / sleep); nothing else for a bad file.
+ """
+ given = Path(path)
+ try:
+  raw = given.read_bytes()
+ except FileNotFoundError:
+  raise PipelineFileError(f"{given}: no such pipeline file; check the path", path=given) from None
+ except IsADirectoryError:
+  raise PipelineFileError(
+   f"{given}: is a folder, not a pipeline file; give the path of a .toml file", path=given
+  ) from None
+ except OSError as exc:
+  raise PipelineFileError(
+   f"{given}: cannot read the pipeline file ({exc.strerror}); check its permissions",
+   path=given,
+  ) from None
+ try:
+  data = tomllib.loads(raw.decode("utf-8-sig"))  # -sig: tolerate an editor's BOM
+ except UnicodeDecodeError as exc:
+  raise PipelineFileError(
+   f"{given}: not UTF-8 text (bad byte at offset {exc.start}); save the file as UTF-8",
+   path=given,
+  ) from None
+ except tomllib.TOMLDecodeError as exc:
+  message, line, column = _split_toml_error(str(exc))
+  where = f"{given}:{line}:{column}" if line is not None else str(given)
+  raise PipelineFileError(
+   f"{where}: TOML syntax error: {message}; fix the syntax at that spot",
+   path=given,
+   line=line,
+  ) from None
+ resolved = given.resolve()
+ return _build(data, path=resolved, where=str(given), error_path=given, name=given.stem)
+
+
+def pipeline_from_dict(
+ data: Mapping[str, Any], *, path: Path | None = None, name: str = "pipeline"
+) -> Pipeline:
+ """Build a pipeline from already-parsed data in the file format (e.g. the built-in demo).
+
+ `name` is used when `data` has no `[pipeline] name`. With `path`, shell tickets run in its
+ folder and call targets import from it; without, they use the current folder at build time.
+ Raises `PipelineFileError` exactly as `load_pipeline` does for the same content.
+ """
+ where = str(path) if path is not None else f"pipeline {name!r}"
+ return _build(data, path=path, where=where, error_path=path, name=name)
+
+
+_TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
+
+
+def _split_toml_error(text: str) -> tuple[str, int | None, int | None]:
+ # Python 3.11's TOMLDecodeError has no lineno attribute: the position is only in the text,
+ # as "... (at line 3, column 7)" or "... (at end of document)".
+ match = _TOML_POSITION.search(text)
+ if match:
+  return text[: match.start()], int(match[1]), int(match[2])
+ return text.removesuffix(" (at end of document)"), None, None
+
+
+# -- validation -------------------------------------------------------------------------------
+
+
+class _Checker:
+ """Builds error messages that all start with the file (and ticket) they are about."""
+
+ def __init__(self, where: str, path: Path | None) -> None:
+  self.where = where
+  self.path = path
+
+ def fail(self, problem: str, ticket: str | None = None, label: str | None = None) -> NoReturn:
+  subject = label if label is not None else None if ticket is None else f"ticket {ticket!r}"
+  message = f"{self.where}: {subject}: {problem}" if subject else f"{self.where}: {problem}"
+  raise PipelineFileError(message, path=self.path, ticket=ticket)
+
+ def unknown_keys(
+  self,
+  table: Mapping[str, Any],
+  allowed: tuple[str, ...],
+  what: str,
+  ticket: str | None = None,
+  label: str | None = None,
+ ) -> None:
+  unknown = [key for key in table if key not in allowed]
+  if unknown:
+   keys = ", ".join(repr(k) for k in unknown)
+   plural = "s" if len(unknown) > 1 else ""
+   self.fail(
+    f"unknown key{plural} {keys} in {what}; allowed keys: {', '.join(allowed)}",
+    ticket,
+    label,
+   )
+
+
+def _toml_type(value: object) -> str:
+ # Name what was found in TOML's words, since that is what the user wrote.
+ if isinstance(value, bool):
+  return f"boolean {str(value).lower()}"
+ if isinstance(value, int):
+  return f"integer {value}"
+ if isinstance(value, float):
+  return f"float {value}"
+ if isinstance(value, str):
+  text = value if len(value) <= 40 else value[:39] + "…"
+  return f"string {json.dumps(text, ensure_ascii=False)}"
+ if isinstance(value, list):
+  return "an array"
+ if isinstance(value, dict):
+  return "a table"
+ return type(value).__name__  # dates and times
+
+
+def _build(
+ data: Mapping[str, Any], *, path: Path | None, where: str, error_path: Path | None, name: str
+) -> Pipeline:
+ check = _Checker(where, error_path)
+ if not isinstance(data, Mapping):
+  check.fail(f"expected a table at the top level, found {_toml_type(data)}")
+ check.unknown_keys(data, _TOP_KEYS, "the top level")
+
+ section = data.get("pipeline", {})
+ if not isinstance(section, Mapping):
+  check.fail(
+   f"'pipeline' must be a table ([pipeline]), found {_toml_type(section)}", label="[pipeline]"
+  )
+ check.unknown_keys(section, _PIPELINE_KEYS, "[pipeline]", label="[pipeline]")
+ pipeline_name = section.get("name", name)
+ if not isinstance(pipeline_name, str) or not pipeline_name.strip():
+  check.fail(
+   f"'name' must be a non-empty string, found {_toml_type(pipeline_name)}", label="[pipeline]"
+  )
+ max_workers = section.get("max_workers", 4)
+ if not _is_int(max_workers) or max_workers < 1:
+  check.fail(
+   f"'max_workers' must be an integer >= 1, found {_toml_type(max_workers)}",
+   label="[pipeline]",
+  )
+ auto_queue = section.get("auto_queue", True)
+ if not isinstance(auto_queue, bool):
+  check.fail(
+   f"'auto_queue' must be a boolean (true or false), found {_toml_type(auto_queue)}",
+   label="[pipeline]",
+  )
+
+ raw_tickets = data.get("tickets")
+ if raw_tickets is None or (isinstance(raw_tickets, list) and not raw_tickets):
+  check.fail("no tickets; add at least one [[tickets]] table with an id and work")
+ if not isinstance(raw_tickets, list):
+  check.fail(f"'tickets' must be an array of tables ([[tickets]]), found {_toml_type(raw_tickets)}")
+ folder = path.parent if path is not None else Path.cwd()
+ tickets = tuple(
+  _ticket(check, index, raw, folder, path is not None) for index, raw in enumerate(raw_tickets)
+ )
+ return Pipeline(
+  name=pipeline_name,
+  path=path,
+  max_workers=max_workers,
+  auto_queue=auto_queue,
+  tickets=tickets,
+ )
+
+
+def _is_int(value: object) -> bool:
+ return isinstance(value, int) and not isinstance(value, bool)  # TOML true is not 1
+
+
+def _ticket(
+ check: _Checker, index: int, raw: object, folder: Path, importable_folder: bool
+) -> Ticket:
+ number = f"ticket #{index + 1}"
+ if not isinstance(raw, Mapping):
+  check.fail(
+   f"each entry of 'tickets' must be a table ([[tickets]]), found {_toml_type(raw)}",
+   label=number,
+  )
+ tid = raw.get("id")
+ if tid is None:
+  check.fail('has no id; add id = "<name>" to it', label=f"{number} (counting from the top)")
+ if not isinstance(tid, str) or not tid.strip():
+  check.fail(f"'id' must be a non-empty string, found {_toml_type(tid)}", label=number)
+ check.unknown_keys(raw, _TICKET_KEYS, "a ticket", tid)
+
+ deps = raw.get("depends_on", [])
+ if not isinstance(deps, list) or not all(isinstance(d, str) and d for d in deps):
+  found = (
+   _toml_type(deps)
+   if not isinstance(deps, list)
+   else "an array with " + next(_toml_type(d) for d in deps if not isinstance(d, str) or not d)
+  )
+  check.fail(
+   f'\'depends_on\' must be an array of ticket ids (depends_on = ["a", "b"]), found {found}',
+   tid,
+  )
+ description = raw.get("description", "")
+ if not isinstance(description, str):
+  check.fail(f"'description' must be a string, found {_toml_type(description)}", tid)
+ retries = raw.get("retries", 0)
+ if not _is_int(retries) or retries < 0:
+  check.fail(f"'retries' must be an integer >= 0, found {_toml_type(retries)}", tid)
+
+ kinds = [key for key in _WORK_KEYS if key in raw]
+ if not kinds:
+  check.fail(f"has no work; add one of {_WORK_HINT}", tid)
+ if len(kinds) > 1:
+  check.fail(
+   f"has {' and '.join(kinds)}; keep exactly one of run, call, sleep (one kind of work)", tid
+  )
+ if "fail" in raw and kinds[0] != "sleep":
+  check.fail("'fail' only applies to sleep tickets; remove it", tid)
+
+ work: object
+ kind = kinds[0]
+ value = raw[kind]
+ if kind == "run":
+  if not isinstance(value, str) or not value.strip():
+   check.fail(f"'run' must be a non-empty shell command string, found {_toml_type(value)}", tid)
+  work = ShellWork(command=value, cwd=folder)
+ elif kind == "call":
+  if not isinstance(value, str):
+   check.fail(f"'call' must be a string \"module:function\", found {_toml_type(value)}", tid)
+  try:
+   parse_call_target(value)
+  except ValueError as exc:
+   check.fail(str(exc), tid)
+  work = CallWork(target=value, search_path=folder if importable_folder else None)
+ else:
+  if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+   check.fail(f"'sleep' must be a number of seconds >= 0, found {_toml_type(value)}", tid)
+  if value < 0:
+   check.fail(f"'sleep' must be a number of seconds >= 0, found {_toml_type(value)}", tid)
+  fail = raw.get("fail", False)
+  if not isinstance(fail, bool):
+   check.fail(f"'fail' must be a boolean (true or false), found {_toml_type(fail)}", tid)
+  work = SleepWork(seconds=float(value), fail=fail)
+
+ return Ticket(
+  id=tid,
+  depends_on=tuple(dict.fromkeys(deps)),  # a dependency listed twice is still one edge
+  description=description,
+  work=work,
+  retries=retries,
+ )
+
+
+# -- fingerprints -----------------------------------------------------------------------------
+
+
+def fingerprint(ticket: Ticket) -> str:
+ """A stable hex digest of what a ticket IS: id, dependencies, work spec and retries.
+
+ Equal for equal definitions across processes, machines and Python versions; different when
+ any of those change, so a saved state can tell that its pipeline file was edited. It ignores
+ run state (status, attempts, ...), the description (cosmetic) and where the pipeline lives
+ (`cwd` and `search_path`: moving the folder does not change the work). Custom work specs
+ are hashed from their dataclass fields, else from `repr`, so they are stable only if that is.
+ """
+ definition = {
+  "v": 1,
+  "id": ticket.id,
+  "depends_on": list(ticket.depends_on),
+  "work": _work_definition(ticket.work),
+  "retries": ticket.retries,
+ }
+ blob = json.dumps(definition, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+ return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def _work_definition(work: object) -> object:
+ if work is None:
+  return None
+ if isinstance(work, ShellWork):
+  env = dict(sorted(work.env.items())) if work.env is not None else None
+  return {"kind": "run", "command": work.command, "env": env}
+ if isinstance(work, CallWork):
+  return {"kind": "call", "target": work.target}
+ if isinstance(work, SleepWork):
+  return {"kind": "sleep", "seconds": float(work.seconds), "fail": work.fail}
+ if is_dataclass(work) and not isinstance(work, type):
+  values = {f.name: repr(getattr(work, f.name)) for f in fields(work)}
+  return {"kind": type(work).__qualname__, "fields": values}
+ return {"kind": type(work).__qualname__, "repr": repr(work)}
+
+
+__all__ = ["Pipeline", "PipelineFileError", "fingerprint", "load_pipeline", "pipeline_from_dict"]

@@ -1,0 +1,459 @@
+"""Workers: what runs a ticket. Work specs, results, the `Worker` protocol, the default worker.
+
+A ticket's `work` field holds a *work spec*, a small frozen value that says what to do:
+
+- `ShellWork`: a shell command (`/bin/sh -c`), run in its own process group;
+- `CallWork`: a Python function named `"package.module:function"`, sync or async;
+- `SleepWork`: a simulated job (the built-in demo uses it).
+
+`run_work` is the default worker and understands all three. Any other async callable taking a
+`Ticket` can be plugged in instead (see `Worker`); the engine never looks inside `work`.
+
+Everything here runs unchanged on asyncio and trio (only anyio APIs), and nothing polls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import traceback
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, cast
+
+import anyio
+from anyio.abc import ByteReceiveStream, Process
+
+from .dag_engine import Ticket
+
+OUTPUT_LIMIT = 64 * 1024
+"""Bytes kept from the END of each of a shell command's stdout and stderr."""
+
+TERM_GRACE = 2.0
+"""Seconds a cancelled shell command's process group gets between SIGTERM and SIGKILL."""
+
+REAP_TIMEOUT = 5.0
+"""Upper bound, in seconds, on waiting for a SIGKILLed process group to be gone. SIGKILL cannot
+be caught, so this only matters for a process stuck in the kernel (uninterruptible I/O)."""
+
+_IDENTIFIER_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+# -- work specs and results -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ShellWork:
+ """Run `command` with `/bin/sh -c` in the folder `cwd`.
+
+ `env`, when given, holds variables set ON TOP of the runner's own environment (so `PATH`
+ and `HOME` stay); `None` passes the runner's environment unchanged.
+ """
+
+ command: str
+ cwd: Path
+ env: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CallWork:
+ """Call the Python function `target`, written `"package.module:function"`.
+
+ `search_path` is a folder made importable first (the pipeline file's folder), appended to
+ the front of `sys.path` once if it is not already there, like a script's own folder.
+ """
+
+ target: str
+ search_path: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SleepWork:
+ """A simulated job: sleep `seconds`, then succeed, or fail when `fail` is true."""
+
+ seconds: float
+ fail: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class WorkResult:
+ """What a successful attempt produced: its (tail of) output and, for commands, exit code."""
+
+ output: str = ""
+ exit_code: int | None = None
+
+
+class WorkFailed(Exception):
+ """An attempt failed in a way the user should read: `error` is one line for the table.
+
+ `exit_code` is the command's exit code (None for non-commands); `output` holds the tail of
+ what it printed, for the details view. Raise it from a custom worker to fail a ticket with a
+ clean message; any other exception fails it too, shown as "ExceptionType: message".
+ """
+
+ def __init__(self, error: str, exit_code: int | None = None, output: str = "") -> None:
+  super().__init__(error)
+  self.error = error
+  self.exit_code = exit_code
+  self.output = output
+
+
+class Worker(Protocol):
+ """The plug-in point: an async callable that performs one attempt of a ticket.
+
+ Contract the engine relies on:
+
+ - Return a `WorkResult` on success. Raise `WorkFailed` (or any other `Exception`, which the
+   engine reports as "ExceptionType: message") to fail the attempt; the engine then retries
+   the ticket if it has retries left, or marks it failed and its dependents blocked.
+ - Be cancellable: when the run is cancelled (a hard stop), the anyio cancellation arrives at
+   an `await`; clean up (shielded, bounded) and let it propagate. Pausing never cancels:
+   running workers always finish.
+ - Use anyio (or only the running backend's) primitives, so it runs on asyncio and trio.
+ - Read `ticket.work` for what to do; it is opaque to the engine, so a custom worker may put
+   anything there. `ticket.attempts` is 1 on the first attempt.
+
+ The typical custom worker is an agent calling a model API::
+
+  async def agent(ticket: Ticket) -> WorkResult:
+   reply = await client.complete(prompt=ticket.description)  # an async HTTP client
+   if reply.refused:
+    raise WorkFailed(f"model refused: {reply.reason}")
+   return WorkResult(output=reply.text)
+
+  ConductorEngine(engine, worker=agent)
+
+ `run_work` is the default worker; a custom one can delegate to it for the specs it knows.
+ """
+
+ async def __call__(self, ticket: Ticket) -> WorkResult: ...
+
+
+# -- the default worker -----------------------------------------------------------------------
+
+
+async def run_work(ticket: Ticket) -> WorkResult:
+ """Run one attempt of `ticket` according to its work spec; the default `Worker`.
+
+ - `ShellWork`: see `run_shell`. Exit 0 returns the output tail; otherwise `WorkFailed`.
+ - `CallWork`: see `run_call`. A bad target raises `ValueError` (a one-line message).
+ - `SleepWork`: sleeps; with `fail`, raises `WorkFailed("simulated failure")`.
+
+ Raises `TypeError` when `ticket.work` is None or of a type this worker does not know: that is
+ a bug in whoever built the ticket, not a ticket failure.
+ """
+ work = ticket.work
+ if isinstance(work, ShellWork):
+  return await run_shell(work)
+ if isinstance(work, CallWork):
+  return await run_call(work, ticket)
+ if isinstance(work, SleepWork):
+  await anyio.sleep(work.seconds)
+  if work.fail:
+   raise WorkFailed("simulated failure")
+  return WorkResult(output=f"slept {work.seconds:g}s")
+ raise TypeError(
+  f"ticket {ticket.id!r}: run_work cannot run work of type {type(work).__name__}; "
+  "use ShellWork, CallWork or SleepWork, or pass a custom worker"
+ )
+
+
+# -- shell commands ---------------------------------------------------------------------------
+
+
+async def run_shell(spec: ShellWork) -> WorkResult:
+ """Run `spec.command` through `/bin/sh -c` in `spec.cwd` and wait for it.
+
+ Guarantees:
+
+ - The command runs in a new session, hence its own process group, with stdin from
+   /dev/null (it can never hang waiting for input).
+ - stdout and stderr are read concurrently (no pipe-full deadlock); only the last
+   `OUTPUT_LIMIT` bytes of each are kept, so memory is bounded whatever it prints.
+ - It returns once the shell has exited AND both streams are closed, like
+   `subprocess.run`: a background process that keeps the streams open keeps the ticket
+   running (redirect its output to let the ticket finish without it).
+ - On success (exit 0): `WorkResult(output=stdout tail + stderr tail, exit_code=0)`.
+ - Otherwise `WorkFailed` with the exit code, a one-line error ("exit code 3: <last stderr
+   line>"; 127 and 126 say the command was not found / not executable) and the output tail.
+   A folder that does not exist or a shell that cannot start also gives `WorkFailed`.
+ - Cancelled (the surrounding anyio cancel scope): SIGTERM to the whole process group, up to
+   `TERM_GRACE` seconds for it to exit, then SIGKILL to whatever is left of the group; this
+   cleanup is shielded and bounded, and then the cancellation propagates. No process of the
+   group outlives the call, except one that left the group itself (`setsid`).
+ """
+ env = None if spec.env is None else {**os.environ, **spec.env}
+ try:
+  # Shielded: cancelled mid-start, asyncio would SIGKILL only the shell, orphaning whatever
+  # it has already started. Starting is brief; a pending cancellation then arrives at the
+  # first await below, where the whole group is taken down.
+  with anyio.CancelScope(shield=True):
+   process = await anyio.open_process(
+    ["/bin/sh", "-c", spec.command],
+    cwd=spec.cwd,
+    env=env,
+    stdin=subprocess.DEVNULL,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    start_new_session=True,
+   )
+ except OSError as exc:
+  # Popen reports a missing cwd as FileNotFoundError too; /bin/sh itself always exists.
+  reason = exc.strerror or type(exc).__name__
+  raise WorkFailed(f"cannot start the command in {spec.cwd}: {reason}") from None
+
+ out, err = _Tail(OUTPUT_LIMIT), _Tail(OUTPUT_LIMIT)
+ try:
+  code = await _collect(process, out, err)
+ except BaseException:
+  # Cancellation (or a bug while reading): take the whole group down before re-raising.
+  with anyio.CancelScope(shield=True):
+   await _stop_group(process, out, err)
+  raise
+ with anyio.CancelScope(shield=True):
+  await process.aclose()  # the process has exited: this only closes the pipes
+
+ output = _join(out.text(), err.text())
+ if code == 0:
+  return WorkResult(output=output, exit_code=0)
+ raise WorkFailed(_failure_line(code, err, out), exit_code=code, output=output)
+
+
+class _Tail:
+ """The last `limit` bytes of a stream, plus how many bytes were dropped before them."""
+
+ __slots__ = ("_buf", "_limit", "dropped")
+
+ def __init__(self, limit: int) -> None:
+  self._buf = bytearray()
+  self._limit = limit
+  self.dropped = 0
+
+ def add(self, chunk: bytes) -> None:
+  self._buf += chunk
+  excess = len(self._buf) - self._limit
+  if excess > 0:
+   del self._buf[:excess]
+   self.dropped += excess
+
+ def text(self) -> str:
+  data = bytes(self._buf)
+  if not self.dropped:
+   return data.decode("utf-8", "replace")
+  # The cut may fall inside a UTF-8 sequence: skip its continuation bytes (at most 3).
+  start = 0
+  while start < min(3, len(data)) and data[start] & 0xC0 == 0x80:
+   start += 1
+  dropped = self.dropped + start
+  return f"[... {dropped} bytes dropped ...]\n" + data[start:].decode("utf-8", "replace")
+
+ def last_line(self) -> str:
+  for raw in reversed(self.text().splitlines()):
+   line = raw.strip()
+   if line and not line.startswith("[... "):
+    return line if len(line) <= 200 else line[:199] + "…"
+  return ""
+
+
+async def _drain(stream: ByteReceiveStream | None, tail: _Tail) -> None:
+ if stream is None:
+  return
+ async for chunk in stream:
+  tail.add(chunk)
+
+
+async def _collect(process: Process, out: _Tail, err: _Tail) -> int:
+ """Read both streams to EOF and wait for the shell; return its exit code. Re-entrant: after a
+ cancelled call it continues where that one stopped (EOF is reported again, harmlessly)."""
+ async with anyio.create_task_group() as tg:
+  tg.start_soon(_drain, process.stdout, out)
+  tg.start_soon(_drain, process.stderr, err)
+  code = await process.wait()
+ return code
+
+
+async def _stop_group(process: Process, out: _Tail, err: _Tail) -> None:
+ # Called shielded. The shell is the group leader (start_new_session), so pgid == pid. The
+ # kernel keeps that id reserved while any member of the group (or the unreaped shell)
+ # exists, so these signals reach our group and no other; an empty group gives ESRCH.
+ _signal_group(process.pid, signal.SIGTERM)
+ # Exit of the shell plus EOF on both pipes means every process still holding our pipes is
+ # gone: an event to wait on instead of polling the group.
+ with anyio.move_on_after(TERM_GRACE):
+  await _collect(process, out, err)
+ # Whatever is left (ignored SIGTERM, or closed its pipes and lingers) cannot ignore this.
+ _signal_group(process.pid, signal.SIGKILL)
+ with anyio.move_on_after(REAP_TIMEOUT):
+  await _collect(process, out, err)
+  await process.aclose()
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+ with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is empty
+  os.killpg(pgid, sig)
+
+
+def _join(stdout: str, stderr: str) -> str:
+ if stdout and stderr and not stdout.endswith("\n"):
+  stdout += "\n"
+ return stdout + stderr
+
+
+def _failure_line(code: int, err: _Tail, out: _Tail) -> str:
+ detail = err.last_line() or out.last_line()
+ if code < 0:
+  try:
+   name = signal.Signals(-code).name
+  except ValueError:
+   name = f"signal {-code}"
+  head = f"killed by {name}"
+ elif code == 127:
+  head = "exit code 127 (command not found: check the command and PATH)"
+ elif code == 126:
+  head = "exit code 126 (command not executable: check its permissions)"
+ else:
+  head = f"exit code {code}"
+ return f"{head}: {detail}" if detail else head
+
+
+# -- Python callables -------------------------------------------------------------------------
+
+# Guards the check-then-insert of a folder into sys.path, so two tickets resolving targets in
+# worker threads at once insert it only once.
+_SYS_PATH_LOCK = threading.Lock()
+
+
+class _BadTarget(ValueError):
+ """A call target that cannot work; kept apart from a ValueError raised by user code."""
+
+
+def parse_call_target(target: str) -> tuple[str, str]:
+ """Split `"package.module:function"` into `("package.module", "function")`.
+
+ Pure syntax check, no import. The attribute part may be dotted (`"mod:Class.method"`).
+ Raises `ValueError` with a one-line message naming the target and the expected form.
+ """
+ module, sep, attr = target.partition(":")
+ if not sep or not _IDENTIFIER_PATH.fullmatch(module) or not _IDENTIFIER_PATH.fullmatch(attr):
+  raise _BadTarget(
+   f"bad call target {target!r}: write it as 'package.module:function' "
+   "(dotted Python names, one colon)"
+  )
+ return module, attr
+
+
+def resolve_call_target(target: str, search_path: Path | None = None) -> Callable[[Ticket], object]:
+ """Import the module of `target` and return its callable. Blocking (it imports).
+
+ Raises `ValueError` (one line, naming the target and the fix) when the target is malformed,
+ its module does not exist, the attribute is missing, or it is not callable. An exception
+ raised while the module itself runs its import (a bug in it) is re-raised unchanged.
+ """
+ module_name, attr_path = parse_call_target(target)
+ if search_path is not None:
+  folder = os.fspath(search_path)
+  with _SYS_PATH_LOCK:
+   if folder not in sys.path:
+    sys.path.insert(0, folder)
+ if module_name not in sys.modules:
+  # A module file created after this folder was first scanned would otherwise be missed.
+  importlib.invalidate_caches()
+ try:
+  module = importlib.import_module(module_name)
+ except ModuleNotFoundError as exc:
+  # Only "the target's module (or a parent package) does not exist" is a bad target; a
+  # missing import INSIDE that module is the module's own failure.
+  if exc.name is None or not (module_name + ".").startswith(exc.name + "."):
+   raise
+  where = f" in {search_path} or on sys.path" if search_path is not None else " on sys.path"
+  raise _BadTarget(
+   f"bad call target {target!r}: no module named {exc.name!r}{where}; "
+   "check the module name or put the module next to the pipeline file"
+  ) from None
+ obj: object = module
+ for part in attr_path.split("."):
+  try:
+   obj = getattr(obj, part)
+  except AttributeError:
+   raise _BadTarget(
+    f"bad call target {target!r}: {module_name} has no attribute {attr_path!r}; "
+    "check the function name"
+   ) from None
+ if not callable(obj):
+  raise _BadTarget(
+   f"bad call target {target!r}: {attr_path} is a {type(obj).__name__}, not a function; "
+   "point the target at a function taking the ticket"
+  )
+ return obj
+
+
+async def run_call(spec: CallWork, ticket: Ticket) -> WorkResult:
+ """Call `spec.target` with `ticket` as its single argument.
+
+ - The import happens in a worker thread, so a slow import never stalls the event loop.
+ - A coroutine function is awaited in the event loop (it must use anyio or only the
+   running backend's primitives). A plain function runs in a worker thread; a thread
+   cannot be interrupted, so cancelling waits for it to return.
+ - A `str` return value becomes the output; a `WorkResult` is returned as is; anything else
+   gives an empty output.
+ - `WorkFailed` raised by the function propagates unchanged; any other exception becomes
+   `WorkFailed("ExceptionType: message")` with the traceback as output.
+ - A bad target raises `ValueError` (see `resolve_call_target`).
+ """
+ try:
+  fn = await anyio.to_thread.run_sync(resolve_call_target, spec.target, spec.search_path)
+ except _BadTarget:
+  raise
+ except Exception as exc:
+  raise _failed_call(exc, f" (while importing {spec.target})") from exc
+ try:
+  if _is_async(fn):
+   value = await cast(Awaitable[object], fn(ticket))
+  else:
+   value = await anyio.to_thread.run_sync(fn, ticket)
+ except WorkFailed:
+  raise
+ except Exception as exc:
+  raise _failed_call(exc) from exc
+ if isinstance(value, WorkResult):
+  return value
+ return WorkResult(output=value if isinstance(value, str) else "")
+
+
+def _is_async(fn: object) -> bool:
+ return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+  type(fn).__call__  # an instance whose __call__ is async
+ )
+
+
+def _failed_call(exc: Exception, context: str = "") -> WorkFailed:
+ message = str(exc).strip().splitlines()
+ head = f"{type(exc).__name__}: {message[0]}" if message else type(exc).__name__
+ output = "".join(traceback.format_exception(exc))
+ return WorkFailed(head + context, output=output[-OUTPUT_LIMIT:])
+
+
+__all__ = [
+ "OUTPUT_LIMIT",
+ "REAP_TIMEOUT",
+ "TERM_GRACE",
+ "CallWork",
+ "ShellWork",
+ "SleepWork",
+ "WorkFailed",
+ "WorkResult",
+ "Worker",
+ "parse_call_target",
+ "resolve_call_target",
+ "run_call",
+ "run_shell",
+ "run_work",
+]

@@ -1,0 +1,351 @@
+"""Pipeline files: what loads, and the one-line message for every mistake a user can make."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conductor.dag_engine import Status, Ticket
+from conductor.pipeline import (
+ Pipeline,
+ PipelineFileError,
+ fingerprint,
+ load_pipeline,
+ pipeline_from_dict,
+)
+from conductor.workers import CallWork, ShellWork, SleepWork
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+GOOD = """
+[pipeline]
+name = "release"
+max_workers = 2
+auto_queue = false
+
+[[tickets]]
+id = "build"
+description = "Compile"
+run = "make"
+retries = 2
+
+[[tickets]]
+id = "docs"
+call = "steps:write_docs"
+
+[[tickets]]
+id = "ship"
+depends_on = ["build", "docs", "build"]
+sleep = 1
+fail = true
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "pipe.toml") -> Path:
+ path = tmp_path / name
+ path.write_text(textwrap.dedent(text))
+ return path
+
+
+def error_for(tmp_path: Path, text: str) -> PipelineFileError:
+ path = write(tmp_path, text)
+ with pytest.raises(PipelineFileError) as info:
+  load_pipeline(path)
+ message = str(info.value)
+ assert "\n" not in message
+ assert message.startswith(str(path))
+ assert info.value.path == path
+ return info.value
+
+
+TICKET = '[[tickets]]\nid = "a"\nrun = "true"\n'
+
+
+# -- loading ----------------------------------------------------------------------------------
+
+
+def test_a_good_file_loads_with_every_field(tmp_path: Path) -> None:
+ path = write(tmp_path, GOOD)
+ pipeline = load_pipeline(path)
+ folder = tmp_path.resolve()
+ assert (pipeline.name, pipeline.path, pipeline.max_workers, pipeline.auto_queue) == (
+  "release",
+  folder / "pipe.toml",
+  2,
+  False,
+ )
+ build, docs, ship = pipeline.tickets
+ assert (build.id, build.description, build.retries, build.depends_on) == (
+  "build",
+  "Compile",
+  2,
+  (),
+ )
+ assert build.work == ShellWork("make", folder)
+ assert docs.work == CallWork("steps:write_docs", folder)
+ assert ship.work == SleepWork(1.0, fail=True)
+ assert ship.depends_on == ("build", "docs")
+ assert all(t.status is Status.TODO and t.attempts == 0 for t in pipeline.tickets)
+
+
+def test_defaults_are_the_file_name_four_workers_and_auto_queue(tmp_path: Path) -> None:
+ pipeline = load_pipeline(write(tmp_path, TICKET, "nightly.toml"))
+ assert (pipeline.name, pipeline.max_workers, pipeline.auto_queue) == ("nightly", 4, True)
+ (ticket,) = pipeline.tickets
+ assert (ticket.depends_on, ticket.description, ticket.retries) == ((), "", 0)
+
+
+def test_every_load_builds_fresh_tickets(tmp_path: Path) -> None:
+ path = write(tmp_path, GOOD)
+ first, second = load_pipeline(path), load_pipeline(path)
+ first.tickets[0].status = Status.COMPLETED
+ assert second.tickets[0].status is Status.TODO
+ assert first.tickets[0] is not second.tickets[0]
+
+
+def test_a_relative_path_gives_absolute_work_folders(
+ tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+ write(tmp_path, TICKET)
+ monkeypatch.chdir(tmp_path)
+ pipeline = load_pipeline("pipe.toml")
+ assert pipeline.path == tmp_path.resolve() / "pipe.toml"
+ work = pipeline.tickets[0].work
+ assert isinstance(work, ShellWork) and work.cwd == tmp_path.resolve()
+
+
+def test_a_file_starting_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
+ path = tmp_path / "bom.toml"
+ path.write_bytes(b"\xef\xbb\xbf" + TICKET.encode())
+ assert load_pipeline(path).tickets[0].id == "a"
+
+
+@pytest.mark.parametrize("name", ["build.toml", "flaky.toml"])
+def test_the_example_pipelines_load(name: str) -> None:
+ pipeline = load_pipeline(EXAMPLES / name)
+ assert pipeline.tickets and pipeline.path == (EXAMPLES / name).resolve()
+
+
+def test_a_dict_in_the_file_format_builds_the_same_pipeline(tmp_path: Path) -> None:
+ data = {
+  "pipeline": {"max_workers": 3},
+  "tickets": [{"id": "a", "sleep": 0.5}, {"id": "b", "depends_on": ["a"], "run": "true"}],
+ }
+ pipeline = pipeline_from_dict(data, name="demo")
+ assert isinstance(pipeline, Pipeline)
+ assert (pipeline.name, pipeline.path, pipeline.max_workers) == ("demo", None, 3)
+ assert [t.id for t in pipeline.tickets] == ["a", "b"]
+ with_path = pipeline_from_dict(data, path=tmp_path / "x.toml")
+ assert with_path.tickets[1].work == ShellWork("true", tmp_path)
+
+
+def test_a_bad_dict_names_the_pipeline_in_its_message() -> None:
+ with pytest.raises(PipelineFileError) as info:
+  pipeline_from_dict({"tickets": [{"id": "a"}]}, name="demo")
+ assert str(info.value).startswith("pipeline 'demo': ticket 'a': has no work")
+ assert info.value.path is None and info.value.ticket == "a"
+
+
+# -- file-level errors ------------------------------------------------------------------------
+
+
+def test_a_missing_file_says_so(tmp_path: Path) -> None:
+ path = tmp_path / "nope.toml"
+ with pytest.raises(PipelineFileError) as info:
+  load_pipeline(path)
+ assert str(info.value) == f"{path}: no such pipeline file; check the path"
+
+
+def test_a_folder_is_not_a_pipeline_file(tmp_path: Path) -> None:
+ with pytest.raises(PipelineFileError, match="is a folder, not a pipeline file"):
+  load_pipeline(tmp_path)
+
+
+def test_a_file_that_is_not_utf8_says_so(tmp_path: Path) -> None:
+ path = tmp_path / "latin.toml"
+ path.write_bytes(b'[[tickets]]\nid = "caf\xe9"\n')
+ with pytest.raises(PipelineFileError, match="not UTF-8 text"):
+  load_pipeline(path)
+
+
+def test_a_toml_syntax_error_gives_its_line_and_column(tmp_path: Path) -> None:
+ error = error_for(tmp_path, '[[tickets]]\nid = "a"\nrun = "true\n')
+ assert error.line == 3
+ assert str(error).startswith(f"{tmp_path / 'pipe.toml'}:3:")
+ assert "TOML syntax error" in str(error) and "fix the syntax" in str(error)
+ assert "(at line" not in str(error)
+
+
+def test_a_file_without_tickets_says_how_to_add_one(tmp_path: Path) -> None:
+ error = error_for(tmp_path, '[pipeline]\nname = "empty"\n')
+ assert str(error).endswith(": no tickets; add at least one [[tickets]] table with an id and work")
+
+
+def test_an_unknown_top_level_key_lists_the_allowed_ones(tmp_path: Path) -> None:
+ error = error_for(tmp_path, "version = 2\n" + TICKET)
+ assert str(error).endswith(
+  ": unknown key 'version' in the top level; allowed keys: pipeline, tickets"
+ )
+
+
+def test_tickets_written_as_a_single_table_are_rejected(tmp_path: Path) -> None:
+ error = error_for(tmp_path, '[tickets]\nid = "a"\nrun = "true"\n')
+ assert "'tickets' must be an array of tables ([[tickets]]), found a table" in str(error)
+
+
+def test_an_unknown_pipeline_key_lists_the_allowed_ones(tmp_path: Path) -> None:
+ error = error_for(tmp_path, "[pipeline]\nworkers = 2\n" + TICKET)
+ assert str(error).endswith(
+  ": [pipeline]: unknown key 'workers' in [pipeline]; allowed keys: name, max_workers, auto_queue"
+ )
+
+
+@pytest.mark.parametrize(
+ ("line", "expected"),
+ [
+  ("max_workers = 0", "'max_workers' must be an integer >= 1, found integer 0"),
+  ('max_workers = "4"', "'max_workers' must be an integer >= 1, found string \"4\""),
+  ("max_workers = true", "'max_workers' must be an integer >= 1, found boolean true"),
+  ('auto_queue = "yes"', "'auto_queue' must be a boolean (true or false), found string \"yes\""),
+  ("name = 7", "'name' must be a non-empty string, found integer 7"),
+ ],
+)
+def test_a_wrong_pipeline_type_names_the_key_the_type_and_what_was_found(
+ tmp_path: Path, line: str, expected: str
+) -> None:
+ error = error_for(tmp_path, f"[pipeline]\n{line}\n" + TICKET)
+ assert str(error) == f"{tmp_path / 'pipe.toml'}: [pipeline]: {expected}"
+ assert error.ticket is None
+
+
+# -- ticket errors ----------------------------------------------------------------------------
+
+
+def test_a_ticket_without_id_is_named_by_its_position(tmp_path: Path) -> None:
+ error = error_for(tmp_path, TICKET + '[[tickets]]\nrun = "true"\n')
+ assert str(error) == (
+  f'{tmp_path / "pipe.toml"}: ticket #2 (counting from the top): has no id; add id = "<name>" to it'
+ )
+ assert error.ticket is None
+
+
+def test_an_empty_id_is_rejected(tmp_path: Path) -> None:
+ error = error_for(tmp_path, '[[tickets]]\nid = ""\nrun = "true"\n')
+ assert str(error).endswith(": ticket #1: 'id' must be a non-empty string, found string \"\"")
+
+
+def test_an_unknown_ticket_key_names_the_ticket_and_the_allowed_keys(tmp_path: Path) -> None:
+ error = error_for(tmp_path, TICKET + "timeout = 5\ndepends = []\n")
+ assert str(error) == (
+  f"{tmp_path / 'pipe.toml'}: ticket 'a': unknown keys 'timeout', 'depends' in a ticket; "
+  "allowed keys: id, depends_on, description, run, call, sleep, fail, retries"
+ )
+ assert error.ticket == "a"
+
+
+def test_a_ticket_without_work_says_which_keys_give_it_work(tmp_path: Path) -> None:
+ error = error_for(tmp_path, '[[tickets]]\nid = "idle"\n')
+ assert str(error).endswith(
+  ": ticket 'idle': has no work; add one of "
+  'run = "<shell command>", call = "module:function" or sleep = <seconds>'
+ )
+
+
+def test_a_ticket_with_two_kinds_of_work_is_rejected(tmp_path: Path) -> None:
+ error = error_for(tmp_path, '[[tickets]]\nid = "both"\nrun = "true"\nsleep = 1\n')
+ assert str(error).endswith(
+  ": ticket 'both': has run and sleep; keep exactly one of run, call, sleep (one kind of work)"
+ )
+ assert error.ticket == "both"
+
+
+def test_fail_is_only_allowed_on_sleep_tickets(tmp_path: Path) -> None:
+ error = error_for(tmp_path, TICKET + "fail = true\n")
+ assert str(error).endswith(": ticket 'a': 'fail' only applies to sleep tickets; remove it")
+
+
+@pytest.mark.parametrize(
+ ("lines", "expected"),
+ [
+  (
+   'depends_on = "b"',
+   '\'depends_on\' must be an array of ticket ids (depends_on = ["a", "b"]), found string "b"',
+  ),
+  ('depends_on = ["b", 3]', "found an array with integer 3"),
+  ("description = 1", "'description' must be a string, found integer 1"),
+  ("retries = -1", "'retries' must be an integer >= 0, found integer -1"),
+  ("retries = 1.5", "'retries' must be an integer >= 0, found float 1.5"),
+  ("run = ''", "'run' must be a non-empty shell command string, found string \"\""),
+  ("run = ['make']", "'run' must be a non-empty shell command string, found an array"),
+  ("call = 3", "'call' must be a string \"module:function\", found integer 3"),
+  ("call = 'steps.write'", "bad call target 'steps.write': write it as 'package.module:function'"),
+  ("sleep = -1", "'sleep' must be a number of seconds >= 0, found integer -1"),
+  ("sleep = inf", "'sleep' must be a number of seconds >= 0, found float inf"),
+  ("sleep = '1'", "'sleep' must be a number of seconds >= 0, found string \"1\""),
+  ("sleep = 1\nfail = 'yes'", "'fail' must be a boolean (true or false), found string \"yes\""),
+ ],
+)
+def test_a_wrong_ticket_type_names_the_ticket_the_key_and_what_was_found(
+ tmp_path: Path, lines: str, expected: str
+) -> None:
+ error = error_for(tmp_path, f'[[tickets]]\nid = "t1"\n{lines}\n')
+ assert str(error).startswith(f"{tmp_path / 'pipe.toml'}: ticket 't1': ")
+ assert expected in str(error)
+ assert error.ticket == "t1" and error.line is None
+
+
+def test_graph_mistakes_are_left_to_the_engine(tmp_path: Path) -> None:
+ text = '[[tickets]]\nid = "a"\ndepends_on = ["ghost", "a"]\nrun = "true"\n' + TICKET
+ assert [t.id for t in load_pipeline(write(tmp_path, text)).tickets] == ["a", "a"]
+
+
+# -- fingerprints -----------------------------------------------------------------------------
+
+
+def test_a_fingerprint_is_stable_and_ignores_run_state_description_and_location(
+ tmp_path: Path,
+) -> None:
+ one = Ticket("a", ("b",), "first", ShellWork("make", tmp_path / "x"), retries=1)
+ two = Ticket("a", ("b",), "second", ShellWork("make", tmp_path / "y"), retries=1)
+ two.status, two.attempts, two.error = Status.FAILED, 3, "boom"
+ assert fingerprint(one) == fingerprint(two)
+ assert len(fingerprint(one)) == 64 and int(fingerprint(one), 16) >= 0
+
+
+PINNED = "4efdfcad515ff81ca468ebff254fe375686e1fd1b3dacf149c4342dc418ad3e9"
+
+
+def test_the_fingerprint_of_a_known_ticket_never_changes() -> None:
+ # Saved states compare against this value across versions: changing it orphans them.
+ ticket = Ticket("build", ("configure",), work=SleepWork(1, fail=True), retries=2)
+ assert fingerprint(ticket) == fingerprint(
+  Ticket("build", ("configure",), work=SleepWork(1.0, fail=True), retries=2)
+ )
+ assert fingerprint(ticket) == PINNED
+
+
+@pytest.mark.parametrize(
+ "changed",
+ [
+  Ticket("b", ("x",), work=ShellWork("make", Path("."))),
+  Ticket("a", ("y",), work=ShellWork("make", Path("."))),
+  Ticket("a", ("x", "y"), work=ShellWork("make", Path("."))),
+  Ticket("a", ("x",), work=ShellWork("make all", Path("."))),
+  Ticket("a", ("x",), work=ShellWork("make", Path("."), {"CC": "clang"})),
+  Ticket("a", ("x",), work=CallWork("make:main")),
+  Ticket("a", ("x",), work=SleepWork(1)),
+  Ticket("a", ("x",), work=ShellWork("make", Path(".")), retries=1),
+ ],
+)
+def test_a_fingerprint_changes_with_the_definition(changed: Ticket) -> None:
+ base = Ticket("a", ("x",), work=ShellWork("make", Path(".")))
+ assert fingerprint(changed) != fingerprint(base)
+
+
+def test_sleep_and_fail_both_count_in_the_fingerprint() -> None:
+ assert fingerprint(Ticket("a", work=SleepWork(1))) != fingerprint(Ticket("a", work=SleepWork(2)))
+ assert fingerprint(Ticket("a", work=SleepWork(1))) != fingerprint(
+  Ticket("a", work=SleepWork(1, fail=True))
+ )
