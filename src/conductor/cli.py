@@ -243,7 +243,7 @@ def execute(pipeline: Pipeline, args: argparse.Namespace, console: Console) -> i
  source = f" from {pipeline.path}" if pipeline.path else ""
  console.print(
   f"conductor: running [bold]{pipeline.name}[/]{source}: {len(engine.tickets)} tickets, "
-  f"{max_workers} workers, {args.backend}"
+  f"max {max_workers} workers, {args.backend}"
  )
 
  async def main() -> Snapshot:
@@ -364,6 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
  parser = build_parser()
  args = parser.parse_args(argv)
  console = Console(highlight=False)
+ if not console.is_terminal:
+  console.soft_wrap = True  # log lines stay whole instead of wrapping at 80 columns
  try:
   code: int = args.func(args, console)
  except UsageError as exc:

@@ -1,0 +1,158 @@
+"""The `conductor` command as a user meets it: real processes, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def conductor(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+ return subprocess.run(
+  [sys.executable, "-m", "conductor", *args],
+  capture_output=True,
+  text=True,
+  timeout=120,
+  cwd=cwd,
+  check=False,
+ )
+
+
+def write(path: Path, text: str) -> Path:
+ path.write_text(text)
+ return path
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+ assert result.returncode == 2, result
+ lines = result.stderr.strip().splitlines()
+ assert len(lines) == 1, result.stderr
+ assert "Traceback" not in result.stderr
+ for needle in needles:
+  assert needle in lines[0]
+
+
+GOOD = """
+[pipeline]
+name = "tiny"
+max_workers = 2
+
+[[tickets]]
+id = "hello"
+run = "echo hello > hello.txt"
+
+[[tickets]]
+id = "world"
+depends_on = ["hello"]
+run = "cat hello.txt && echo world"
+"""
+
+
+def test_run_completes_a_shell_pipeline_and_exits_0(tmp_path: Path) -> None:
+ pipeline = write(tmp_path / "tiny.toml", GOOD)
+ result = conductor("run", str(pipeline))
+ assert result.returncode == 0, result.stderr
+ assert (tmp_path / "hello.txt").read_text() == "hello\n"  # cwd is the pipeline's folder
+ # Off a terminal: one plain line per transition.
+ assert "tiny: hello completed (attempt 1)" in result.stdout
+ assert result.stdout.index("hello completed") < result.stdout.index("world in_progress")
+ assert "all tickets completed" in result.stdout
+
+
+def test_run_on_trio_too(tmp_path: Path) -> None:
+ pipeline = write(tmp_path / "tiny.toml", GOOD)
+ result = conductor("run", str(pipeline), "--backend", "trio", "--max-workers", "1")
+ assert result.returncode == 0, result.stderr
+ assert "max 1 workers, trio" in result.stdout
+
+
+def test_failed_ticket_blocks_dependents_and_exits_1(tmp_path: Path) -> None:
+ pipeline = write(
+  tmp_path / "fails.toml",
+  """
+[[tickets]]
+id = "broken"
+run = "echo oops >&2; exit 3"
+
+[[tickets]]
+id = "after"
+depends_on = ["broken"]
+run = "echo never"
+
+[[tickets]]
+id = "independent"
+run = "echo fine"
+""",
+ )
+ result = conductor("run", str(pipeline))
+ assert result.returncode == 1
+ assert "broken failed" in result.stdout and "exit code 3" in result.stdout
+ assert "after blocked" in result.stdout
+ assert "independent completed" in result.stdout
+
+
+@pytest.mark.parametrize(
+ ("text", "needles"),
+ [
+  ("[[tickets]]\nid = 'a'\nrun = 'true'\ndepends_on = ['ghost']\n", ("bad.toml", "'a'", "ghost")),
+  (
+   "[[tickets]]\nid = 'a'\nrun = 'true'\n[[tickets]]\nid = 'a'\nrun = 'true'\n",
+   ("bad.toml", "'a'"),
+  ),
+  (
+   "[[tickets]]\nid = 'a'\nrun = 'true'\ndepends_on = ['b']\n"
+   "[[tickets]]\nid = 'b'\nrun = 'true'\ndepends_on = ['a']\n",
+   ("bad.toml", "a -> b -> a"),
+  ),
+  ("[[tickets]]\nid = 'a'\n", ("bad.toml", "'a'", "run")),
+  ("[pipeline]\nname = 'x'\n", ("bad.toml", "ticket")),
+  ("[[tickets]\nid = 'a'\n", ("bad.toml", "line")),
+  ("[[tickets]]\nid = 'a'\nrun = 'true'\ncolour = 'red'\n", ("bad.toml", "colour")),
+  (
+   "[pipeline]\nmax_workers = 'four'\n[[tickets]]\nid = 'a'\nrun = 'true'\n",
+   ("bad.toml", "max_workers"),
+  ),
+ ],
+ ids=[
+  "unknown-dependency",
+  "duplicate-id",
+  "cycle",
+  "no-work",
+  "no-tickets",
+  "toml-syntax",
+  "unknown-key",
+  "wrong-type",
+ ],
+)
+def test_bad_pipeline_files_get_one_line_and_exit_2(
+ tmp_path: Path, text: str, needles: tuple[str, ...]
+) -> None:
+ pipeline = write(tmp_path / "bad.toml", text)
+ for command in ("run", "validate"):
+  assert_one_line_error(conductor(command, str(pipeline)), *needles)
+
+
+def test_missing_file_is_a_one_line_error(tmp_path: Path) -> None:
+ assert_one_line_error(conductor("run", str(tmp_path / "nope.toml")), "nope.toml")
+
+
+def test_bad_max_workers_is_refused_by_the_parser(tmp_path: Path) -> None:
+ pipeline = write(tmp_path / "tiny.toml", GOOD)
+ result = conductor("run", str(pipeline), "--max-workers", "0")
+ assert result.returncode == 2
+ assert "Traceback" not in result.stderr
+
+
+def test_validate_summarises_a_good_file(tmp_path: Path) -> None:
+ pipeline = write(tmp_path / "tiny.toml", GOOD)
+ result = conductor("validate", str(pipeline))
+ assert result.returncode == 0
+ assert "ok" in result.stdout and "2 tickets" in result.stdout and "1 dependencies" in result.stdout
+
+
+def test_the_shipped_examples_validate() -> None:
+ examples = Path(__file__).parent.parent / "examples"
+ for pipeline in sorted(examples.glob("*.toml")):
+  assert conductor("validate", str(pipeline)).returncode == 0, pipeline
