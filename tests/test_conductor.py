@@ -369,3 +369,26 @@ async def test_storm_every_ticket_runs_once_in_order_and_nothing_starts_while_pa
  assert order_violations == []
  assert pause_violations == []
  assert cycles > 50  # the storm really paused the run many times
+
+
+async def test_a_lingering_run_waits_for_retry_and_ends_on_stop() -> None:
+ gk = Gatekeeper()
+ gk.fail.add("a")
+ conductor = ConductorEngine(ExecutionEngine([Ticket("a"), Ticket("b", ("a",))]), gk, linger=True)
+ with fail_after(10):
+  async with create_task_group() as tg:
+   tg.start_soon(conductor.run)
+   await wait_all_tasks_blocked()
+   gk.finish("a")
+   await wait_all_tasks_blocked()
+   assert conductor.mma_status is MmaStatus.ERROR  # settled with a failure, still running
+   gk.fail.clear()
+   gk.release["a"] = anyio.Event()
+   conductor.retry("a")
+   await wait_all_tasks_blocked()
+   assert conductor.mma_status is MmaStatus.EXECUTING
+   gk.finish("a", "b")
+   await wait_all_tasks_blocked()
+   assert conductor.mma_status is MmaStatus.DONE
+   conductor.stop()
+ assert conductor.snapshot().counts.completed == 2

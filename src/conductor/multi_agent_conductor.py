@@ -141,7 +141,8 @@ class ConductorEngine:
 
  `await run()` returns the final `Snapshot` when every ticket completed, when nothing can
  progress any more (the rest failed or blocked), after `stop()` once running workers have
- finished, or after `cancel()`.
+ finished, or after `cancel()`. With `linger=True` it does not end by itself: it waits for
+ `retry()`/`queue()` until `stop()` (what a dashboard wants).
 
  Thread-safety: `pause`, `resume`, `stop`, `cancel`, `retry`, `queue`, `mma_status` and
  `snapshot` may be called from any thread and never block on the event loop. Everything
@@ -157,6 +158,7 @@ class ConductorEngine:
   name: str = "pipeline",
   paused: bool = False,
   pause_reason: str | None = None,
+  linger: bool = False,
  ) -> None:
   if not isinstance(max_workers, int) or max_workers < 1:
    raise ValueError(f"max_workers must be a whole number >= 1, got {max_workers!r}")
@@ -165,6 +167,9 @@ class ConductorEngine:
   self._worker: Worker = worker or run_work
   self._max_workers = max_workers
   self._listeners: list[Listener] = []
+  # With `linger` the run does not end when nothing can progress: it waits (no polling) for
+  # retry() or queue() until stop(). A dashboard wants that; a batch run does not.
+  self._linger = linger
 
   # `_control` guards the fields that pause/resume/run hand between threads:
   # `_sched`, `_paused`, `_pause_reason`, `_paused_at`, `_active`, `_active_since`.
@@ -397,12 +402,16 @@ class ConductorEngine:
     self._start(ticket)  # admitted: started before any other task runs
     continue
    if not self._running and engine.is_settled and not engine.awaiting_approval():
-    return
+    if not self._linger:
+     return
+    self._phase = MmaStatus.DONE if engine.is_done else self._end_phase()
    self._wake = wake = Event()
    await wake.wait()
 
  def _pump(self, sched: Scheduler) -> None:
   # Start every ready ticket that can start right now, in order, without waiting.
+  if self._stopping:  # even if someone resumes meanwhile
+   return
   ready = self._ready
   ready.extend(self.engine.tick())
   while ready:
@@ -418,6 +427,7 @@ class ConductorEngine:
    wake.set()
 
  def _start(self, ticket: Ticket) -> None:
+  self._phase = MmaStatus.EXECUTING  # also when a lingering run gets going again
   self.engine.start(ticket.id)
   self._running[ticket.id] = RunningWorker(ticket.id, ticket.attempts, time.monotonic())
   self._changed(ticket)
