@@ -122,6 +122,26 @@ async def test_cancelled_parked_spawn_starts_nothing_and_frees_its_slot() -> Non
  assert s.spawned == 1
 
 
+async def test_spawn_cancelled_as_the_gate_opens_starts_at_most_once_and_frees_its_slot() -> None:
+ ran: list[str] = []
+
+ async def worker(name: str) -> None:
+  ran.append(name)
+
+ with fail_after(5):
+  async with Scheduler(max_workers=1, paused=True) as s:
+   async with create_task_group() as tg:
+    tg.start_soon(s.spawn, worker, "raced")
+    await wait_all_tasks_blocked()
+    assert s.statistics().parked_spawns == 1
+    s.resume()  # wakes the parked worker...
+    tg.cancel_scope.cancel()  # ...and cancels its spawn in the same step
+   await s.spawn(worker, "next")  # would hang if the slot had leaked
+ # Either the worker was admitted before the cancellation (then it ran, once) or not at all.
+ assert ran == (["raced", "next"] if s.spawned == 2 else ["next"])
+ assert s.statistics().parked_spawns == 0
+
+
 async def test_wait_drained_returns_when_the_last_worker_finishes() -> None:
  finish = anyio.Event()
 

@@ -399,7 +399,6 @@ class ConductorEngine:
      raise
     finally:
      self._parked = None
-    self._start(ticket)  # admitted: started before any other task runs
     continue
    if not self._running and engine.is_settled and not engine.awaiting_approval():
     if not self._linger:
@@ -419,7 +418,6 @@ class ConductorEngine:
    if not sched.try_spawn(self._work, ticket, name=ticket.id):
     return
    ready.popleft()
-   self._start(ticket)
 
  def _notify(self) -> None:
   wake, self._wake = self._wake, None
@@ -438,6 +436,9 @@ class ConductorEngine:
   # cancellation, so one failing ticket never stops its siblings.
   exit_code: int | None = None
   output = ""
+  # The worker's first step, right after admission: the ticket is in_progress (and durable,
+  # for a store listening) before the user's worker runs.
+  self._start(ticket)
   try:
    try:
     result = await self._worker(ticket)
@@ -565,7 +566,8 @@ class ConductorEngine:
    sched = self._sched
   running = tuple(self._running.values())
   at_pause = sched.running_at_pause if sched is not None and paused else ()
-  finishing = tuple(t for t in at_pause if t in self._running)
+  in_flight = set(sched.running) if at_pause and sched is not None else set()
+  finishing = tuple(t for t in at_pause if t in in_flight)
   table = tuple(self._row(i, t) for i, t in enumerate(engine.tickets.values())) if rows else ()
   return Snapshot(
    version=self._version,
