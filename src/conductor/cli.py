@@ -1,4 +1,4 @@
-"""The `conductor` command line: run, demo, validate (and the dashboard, `gui`).
+"""The `conductor` command line: run, demo, validate, pause, resume, status (and `gui`).
 
 Exit codes: 0 every ticket completed; 1 some failed or are blocked; 2 bad input (a one-line
 message, never a traceback); 130 stopped by the user before the end.
@@ -7,6 +7,7 @@ message, never a traceback); 130 stopped by the user before the end.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import select
 import signal
@@ -17,6 +18,8 @@ import time
 import tty
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import anyio
 from rich.console import Console, Group, RenderableType
@@ -26,9 +29,12 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from .control import DurableRun, open_run, request
 from .dag_engine import ExecutionEngine, PipelineError
 from .multi_agent_conductor import ConductorEngine, MmaStatus, Snapshot, Transition
 from .pipeline import Pipeline, PipelineFileError, load_pipeline
+from .store import StateError, default_state_path, demo_state_path
+from .workers import run_work
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 130
 
@@ -224,14 +230,88 @@ async def _run_conductor(
  return final
 
 
+def _shown(path: Path) -> str:
+ # A state path as the user would type it: relative when under the current folder.
+ try:
+  return str(path.resolve().relative_to(Path.cwd()))
+ except ValueError:
+  return str(path)
+
+
+def _state_path(pipeline: Pipeline, args: argparse.Namespace) -> Path:
+ given = getattr(args, "state", None)
+ if given:
+  return Path(given)
+ return default_state_path(pipeline.path) if pipeline.path else demo_state_path()
+
+
+def _open_durable(pipeline: Pipeline, args: argparse.Namespace, console: Console) -> DurableRun:
+ state = _state_path(pipeline, args)
+ fresh = bool(getattr(args, "fresh", False))
+ try:
+  durable = open_run(state, pipeline, fresh=fresh)
+  if durable.restored.done and not fresh and pipeline.path is None:
+   # The built-in demo is for watching: a finished one starts over instead of doing nothing.
+   console.print("conductor: the last demo run had completed; starting a fresh one")
+   durable.restored = durable.store.restore(pipeline.name, pipeline.tickets, fresh=True)
+ except StateError as exc:
+  raise UsageError(str(exc)) from None
+ shown, restored = _shown(state), durable.restored
+ if restored.fresh:
+  console.print(f"state: {shown} (new)", soft_wrap=True)
+ else:
+  notes = [f"{restored.completed}/{restored.total} completed"]
+  if restored.interrupted:
+   notes.append(
+    f"{len(restored.interrupted)} interrupted, running again: {', '.join(restored.interrupted)}"
+   )
+  if restored.retried:
+   notes.append(f"{len(restored.retried)} failed, retrying: {', '.join(restored.retried)}")
+  console.print(f"state: {shown} (resuming: {'; '.join(notes)})", soft_wrap=True)
+ return durable
+
+
 def execute(pipeline: Pipeline, args: argparse.Namespace, console: Console) -> int:
- """Run a pipeline in this terminal; return the exit code."""
+ """Run a pipeline in this terminal, durably; return the exit code.
+
+ Its state (`--state`, default beside the pipeline file) records every transition; a
+ re-run resumes from it, a paused one starts paused. Other terminals control the run with
+ `conductor pause|resume|status --state ...` while it lives.
+ """
+ _engine_for(pipeline)  # a pipeline that cannot run is refused before any state is touched
+ durable = _open_durable(pipeline, args, console)
+ try:
+  return _execute(pipeline, args, console, durable)
+ finally:
+  durable.close()
+
+
+def _execute(
+ pipeline: Pipeline, args: argparse.Namespace, console: Console, durable: DurableRun
+) -> int:
+ shown, store, pause = _shown(durable.state), durable.store, durable.restored.pause
+ if durable.restored.done and not durable.restored.fresh:
+  console.print(
+   f"conductor: all {durable.restored.total} tickets of {pipeline.name} are already "
+   f"completed (state {shown}); nothing to do: add --fresh to run it again",
+   soft_wrap=True,
+  )
+  return EXIT_OK
  engine = _engine_for(pipeline)
  max_workers = args.max_workers or pipeline.max_workers
- conductor = ConductorEngine(engine, max_workers=max_workers, name=pipeline.name)
+ conductor = ConductorEngine(
+  engine,
+  store.durable(run_work),
+  max_workers=max_workers,
+  name=pipeline.name,
+  paused=pause.paused,
+  pause_reason=pause.reason,
+ )
+ store.attach(conductor)
  interactive = console.is_terminal and sys.stdin.isatty()
  if not interactive:
-  conductor.add_listener(lambda t: print(plain_line(pipeline.name, t), flush=True))
+  # Printed once committed: a line saying "completed" is a promise the state keeps.
+  store.watch(lambda t: print(plain_line(pipeline.name, t), flush=True))
 
  def on_key(ch: str) -> None:
   if ch in "pP ":
@@ -246,8 +326,24 @@ def execute(pipeline: Pipeline, args: argparse.Namespace, console: Console) -> i
   f"max {max_workers} workers, {args.backend}"
  )
 
- async def main() -> Snapshot:
+ async def body() -> Snapshot:
+  # The control socket listens now: say how to reach it, and whether we wait.
+  console.print(
+   f"control it from another terminal: conductor pause|resume|status --state {shown}",
+   soft_wrap=True,
+  )
+  if pause.paused:
+   since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(pause.since or time.time()))
+   reason = f" ({pause.reason})" if pause.reason else ""
+   console.print(
+    f"[yellow]PAUSED since {since}{reason}: nothing starts until it is resumed: "
+    f"press p here, or run `conductor resume --state {shown}`",
+    soft_wrap=True,
+   )
   return await _run_conductor(conductor, console, interactive)
+
+ async def main() -> Snapshot:
+  return await durable.drive(conductor, body)
 
  if interactive:
   with _keys(on_key):
@@ -255,6 +351,8 @@ def execute(pipeline: Pipeline, args: argparse.Namespace, console: Console) -> i
  else:
   final = anyio.run(main, backend=args.backend)
  console.print(render(final, final.status, keys=False))
+ if store.failure:
+  raise UsageError(f"{store.failure}; the run was stopped")
  for row in final.rows:
   if row.status in ("failed", "blocked"):
    console.print(f"[red]{row.status}[/] {row.id}: {row.error}")
@@ -262,7 +360,7 @@ def execute(pipeline: Pipeline, args: argparse.Namespace, console: Console) -> i
  verdict = {
   EXIT_OK: "[green]all tickets completed",
   EXIT_FAILED: "[red]some tickets failed or are blocked",
-  EXIT_STOPPED: "[yellow]stopped before the end; run it again to carry on",
+  EXIT_STOPPED: f"[yellow]stopped before the end; run it again to carry on (state {shown})",
  }[code]
  console.print(f"{verdict}[/] in {_clock(final.elapsed)} (exit {code})")
  return code
@@ -304,6 +402,141 @@ def cmd_gui(args: argparse.Namespace, console: Console) -> int:
  return run_dashboard(pipeline, args)
 
 
+# -- control from another terminal -----------------------------------------------------------
+
+
+def _control(args: argparse.Namespace, op: str, reason: str | None = None) -> dict[str, Any]:
+ if args.state:
+  state = Path(args.state)
+ elif args.file:
+  state = default_state_path(Path(args.file))
+ else:
+  raise UsageError(
+   f"{op}: which pipeline? give --state PATH (as `conductor run` printed it) or the pipeline file"
+  )
+ try:
+  return request(state, op, reason=reason, history=bool(getattr(args, "history", False)))
+ except StateError as exc:
+  raise UsageError(str(exc)) from None
+
+
+def _where(answer: dict[str, Any]) -> str:
+ report = answer["report"]
+ if answer["live"]:
+  return f"{report['pipeline']} (running, pid {report['pid']})"
+ return f"{report['pipeline']} (not running)"
+
+
+def cmd_pause(args: argparse.Namespace, console: Console) -> int:
+ answer = _control(args, "pause", args.reason)
+ report = answer["report"]
+ if answer["live"]:
+  finishing = report["finishing"]
+  still = (
+   f"{len(finishing)} still finishing: {', '.join(finishing)}" if finishing else "none running"
+  )
+  console.print(f"paused {_where(answer)}: no worker starts any more; {still}", soft_wrap=True)
+ else:
+  console.print(f"paused {_where(answer)}: `conductor run` will start it paused", soft_wrap=True)
+ return EXIT_OK
+
+
+def cmd_resume(args: argparse.Namespace, console: Console) -> int:
+ answer = _control(args, "resume")
+ if answer["live"]:
+  console.print(f"resumed {_where(answer)}", soft_wrap=True)
+ else:
+  console.print(
+   f"resumed {_where(answer)}: the next `conductor run` starts at once", soft_wrap=True
+  )
+ return EXIT_OK
+
+
+def _stamp(at: float | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
+ return time.strftime(fmt, time.localtime(at)) if at else "-"
+
+
+def render_status(answer: dict[str, Any]) -> RenderableType:
+ """`conductor status` for people: one function of the answer, so it is easy to test."""
+ report = answer["report"]
+ counts = report["counts"]
+ status = MmaStatus(report["mma_status"])
+ parts: list[RenderableType] = [
+  Text.assemble(
+   (f" {status.value.upper()} ", STATUS_STYLE[status]),
+   "  ",
+   (str(report["pipeline"]), "bold"),
+   f"   {'running, pid ' + str(report['pid']) if report['live'] else 'not running'}",
+   f"   state {report['state']}",
+  ),
+  Text(
+   f"{counts['completed']}/{counts['total']} completed · {counts['in_progress']} in progress · "
+   f"{counts['todo']} todo · {counts['failed']} failed · {counts['blocked']} blocked"
+  ),
+ ]
+ if report["paused"]:
+  reason = f": {report['pause_reason']}" if report["pause_reason"] else ""
+  lines = [f"PAUSED since {_stamp(report['paused_since'])}{reason}"]
+  if report["running_at_pause"]:
+   lines.append(f"running at pause: {', '.join(report['running_at_pause'])}")
+  if report["live"]:
+   finishing = report["finishing"]
+   lines.append(
+    f"still finishing: {', '.join(finishing)}" if finishing else "still finishing: none"
+   )
+  parts.append(Panel("\n".join(lines), style="black on yellow", border_style="yellow"))
+ if report["running"]:
+  parts.append(Text(f"running: {', '.join(report['running'])}"))
+ if report["interrupted"]:
+  parts.append(Text(f"interrupted (will run again): {', '.join(report['interrupted'])}", "yellow"))
+ pending = report["pending"]
+ if pending:
+  more = f" (+{len(pending) - 12})" if len(pending) > 12 else ""
+  parts.append(Text(f"pending ({len(pending)}): {', '.join(pending[:12])}{more}"))
+ table = Table(box=None, padding=(0, 2), header_style="bold")
+ for column in ("ticket", "status", "attempts", "exit", "last error"):
+  table.add_column(column)
+ for row in report["tickets"]:
+  code = row["exit_code"]
+  table.add_row(
+   row["id"],
+   row["status"],
+   str(row["attempts"]),
+   "" if code is None else str(code),
+   row["error"] or "",
+  )
+ parts.append(table)
+ return Group(*parts)
+
+
+def history_lines(history: Sequence[dict[str, Any]]) -> list[str]:
+ """The transition log, one line per transition, oldest first."""
+ lines = []
+ for h in history:
+  when = _stamp(h["at"], "%Y-%m-%d %H:%M:%S") + f".{int(h['at'] * 1000) % 1000:03d}"
+  what = h["ticket"] if h["ticket"] is not None else "pipeline"
+  line = f"{h['seq']:>6} {when} {what} {h['status']}"
+  if h["attempt"]:
+   line += f" (attempt {h['attempt']})"
+  if h["detail"]:
+   line += f": {h['detail']}"
+  lines.append(line + f" [pid {h['pid']}]")
+ return lines
+
+
+def cmd_status(args: argparse.Namespace, console: Console) -> int:
+ answer = _control(args, "status")
+ if args.json:
+  print(json.dumps({"live": answer["live"], **answer["report"]}, indent=1))
+  return EXIT_OK
+ console.print(render_status(answer))
+ if args.history:
+  console.print(Text("history:", "bold"))
+  for line in history_lines(answer["report"].get("history", [])):
+   console.print(Text(line), soft_wrap=True)
+ return EXIT_OK
+
+
 def _positive(text: str) -> int:
  try:
   value = int(text)
@@ -325,9 +558,16 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--max-workers", type=_positive, help="workers at once (default: the pipeline's)")
   p.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio", help="event loop")
 
- p = sub.add_parser("run", help="run a pipeline file (TOML)")
+ def state_options(p: argparse.ArgumentParser, default: str) -> None:
+  p.add_argument("--state", metavar="PATH", help=f"the state file (default: {default})")
+  p.add_argument(
+   "--fresh", action="store_true", help="start over: forget the state's progress and pause flag"
+  )
+
+ p = sub.add_parser("run", help="run a pipeline file (TOML); a re-run resumes where it stopped")
  p.add_argument("file", help="the pipeline file")
  runner_options(p)
+ state_options(p, "FILE's name with .state.db, beside it")
  p.set_defaults(func=cmd_run)
 
  def gui_options(p: argparse.ArgumentParser) -> None:
@@ -345,7 +585,27 @@ def build_parser() -> argparse.ArgumentParser:
  runner_options(p)
  p.add_argument("--gui", action="store_true", help="in the desktop dashboard (starts at once)")
  gui_options(p)
+ state_options(p, str(demo_state_path()))
  p.set_defaults(func=cmd_demo, start=True)
+
+ def control_options(p: argparse.ArgumentParser) -> None:
+  p.add_argument("file", nargs="?", help="the pipeline file (its default state), or use --state")
+  p.add_argument("--state", metavar="PATH", help="the state file, as `conductor run` printed it")
+
+ p = sub.add_parser("pause", help="pause a pipeline, running or not (from any terminal)")
+ control_options(p)
+ p.add_argument("--reason", metavar="TEXT", help="why, shown by status and on restart")
+ p.set_defaults(func=cmd_pause)
+
+ p = sub.add_parser("resume", help="resume a paused pipeline, running or not")
+ control_options(p)
+ p.set_defaults(func=cmd_resume)
+
+ p = sub.add_parser("status", help="show a pipeline's state, running or not")
+ control_options(p)
+ p.add_argument("--json", action="store_true", help="machine-readable output")
+ p.add_argument("--history", action="store_true", help="also print the transition log")
+ p.set_defaults(func=cmd_status)
 
  p = sub.add_parser("validate", help="check a pipeline file without running it")
  p.add_argument("file")
@@ -376,4 +636,13 @@ def main(argv: Sequence[str] | None = None) -> int:
  return code
 
 
-__all__ = ["build_parser", "execute", "exit_code_for", "main", "plain_line", "render"]
+__all__ = [
+ "build_parser",
+ "execute",
+ "exit_code_for",
+ "history_lines",
+ "main",
+ "plain_line",
+ "render",
+ "render_status",
+]

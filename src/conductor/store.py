@@ -1,0 +1,826 @@
+"""`StateStore`: a pipeline's durable state in one SQLite file (stdlib `sqlite3`, WAL).
+
+What is kept: every ticket's status, attempts, last error and exit code, the transition log
+(`history`) and the pause flag with its reason and time. A later run of the same pipeline
+restores it: completed tickets stay done, tickets that were running when the process died run
+again (their interrupted attempt stays counted, the history says "interrupted").
+
+Cost. A transition is one INSERT into `history` (the `tickets` table is brought up to date
+when a run starts and when it ends cleanly; the `ticket_state` view is always current), and
+workers started in the same scheduling round share one commit. benchmarks/store_overhead.py
+measures what that costs.
+
+Durability. The file is in WAL mode with `synchronous=NORMAL`: a committed transaction is in
+the operating system's hands the moment `commit()` returns, so it survives the process being
+killed (`kill -9`, a crash, closing the terminal). Only a power loss or kernel crash can drop
+the last few transactions (the file stays consistent, just older); `synchronous="FULL"` (an
+fsync per commit, a few ms on a laptop SSD) closes that window too, at a large cost in rate.
+
+The rules a run relies on (see `StateStore.attach`):
+
+- a worker starts only after its own start (attempt count) and everything recorded before it,
+  in particular its dependencies' completion, is committed;
+- every other transition is committed within one scheduling round (a flusher task), or at
+  once when no flusher runs;
+- what is committed is always a prefix of the transitions, cut between two of the engine's
+  synchronous bursts, so a restore never sees half of a step.
+
+Files that are not conductor states (another program's SQLite database, anything else, a
+damaged file, a newer format) are refused with a one-line `StateFileError` and never written:
+they are recognised from the SQLite header (`application_id`) read as plain bytes, and
+checked with `PRAGMA quick_check` on a read-only, immutable connection (no side files).
+
+Threads: a `StateStore` is used from one thread, the one that opened it (the event loop's).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+import anyio
+
+from .dag_engine import Status, Ticket
+from .pipeline import fingerprint
+from .workers import WorkFailed, WorkResult
+
+if TYPE_CHECKING:
+ from .multi_agent_conductor import ConductorEngine, Transition
+
+__all__ = [
+ "APPLICATION_ID",
+ "SCHEMA_VERSION",
+ "HistoryEntry",
+ "PauseState",
+ "PipelineChangedError",
+ "Restored",
+ "StateError",
+ "StateFileError",
+ "StateStore",
+ "TicketState",
+ "check_state_file",
+ "default_state_path",
+ "demo_state_path",
+]
+
+APPLICATION_ID = 0x434E4454  # "CNDT" in the SQLite header: this file is a conductor state
+SCHEMA_VERSION = 1  # PRAGMA user_version; bump with a migration when the schema changes
+FORMAT = "conductor-state"  # meta.format, a second, readable marker
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_HEADER_SIZE = 100
+
+_SCHEMA = """
+CREATE TABLE meta (
+ key TEXT PRIMARY KEY,
+ value TEXT NOT NULL
+) WITHOUT ROWID;
+-- Every ticket as of history entry `synced_seq` (in meta); the history after it holds the
+-- rest. A run only appends to `history` (one small INSERT per transition, on sequential
+-- pages: what keeps the store cheap); the tickets are brought up to date when a run starts
+-- and when it ends cleanly. `ticket_state` below is always current.
+CREATE TABLE tickets (
+ id TEXT PRIMARY KEY,
+ position INTEGER NOT NULL,     -- order in the pipeline file, for listings
+ fingerprint TEXT NOT NULL,     -- pipeline.fingerprint(): tells an edited ticket apart
+ status TEXT NOT NULL,          -- a dag_engine.Status value
+ attempts INTEGER NOT NULL,     -- starts so far, interrupted ones included
+ error TEXT,                    -- last failure, or why it is blocked
+ exit_code INTEGER,             -- of the last finished attempt, for commands
+ updated_at REAL NOT NULL       -- time.time() of the last change
+) WITHOUT ROWID;
+CREATE TABLE history (
+ seq INTEGER PRIMARY KEY,       -- order of the transitions
+ at REAL NOT NULL,              -- time.time()
+ ticket TEXT,                   -- NULL for pipeline events
+ event TEXT NOT NULL,           -- in_progress, completed, failed, blocked, todo, retrying,
+                                -- interrupted; for the pipeline: fresh, paused, resumed
+ status TEXT,                   -- the ticket's status after it (NULL: pipeline event)
+ attempt INTEGER NOT NULL,      -- the ticket's attempts after it
+ detail TEXT,                   -- what the log shows: error, pause reason, ...
+ error TEXT,                    -- the ticket's last error after it
+ exit_code INTEGER,             -- the ticket's exit code after it
+ pid INTEGER NOT NULL           -- the process that recorded it
+);
+CREATE TABLE pause (
+ one INTEGER PRIMARY KEY CHECK (one = 1),
+ paused INTEGER NOT NULL,
+ reason TEXT,
+ since REAL,                    -- time.time() when the pause began
+ running_at_pause TEXT NOT NULL -- JSON list of the tickets in flight at that moment
+);
+INSERT INTO pause VALUES (1, 0, NULL, NULL, '[]');
+-- The current state of every ticket: its row in `tickets`, overridden by its latest history
+-- entry after `synced_seq`. Read it from any connection (the sqlite3 shell too).
+CREATE VIEW ticket_state AS
+SELECT
+ t.id,
+ t.position,
+ t.fingerprint,
+ CASE WHEN h.seq IS NULL THEN t.status ELSE h.status END AS status,
+ CASE WHEN h.seq IS NULL THEN t.attempts ELSE h.attempt END AS attempts,
+ CASE WHEN h.seq IS NULL THEN t.error ELSE h.error END AS error,
+ CASE WHEN h.seq IS NULL THEN t.exit_code ELSE h.exit_code END AS exit_code,
+ CASE WHEN h.seq IS NULL THEN t.updated_at ELSE h.at END AS updated_at
+FROM tickets AS t
+LEFT JOIN (
+ SELECT ticket, max(seq) AS seq FROM history
+ WHERE seq > (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'synced_seq')
+  AND ticket IS NOT NULL
+ GROUP BY ticket
+) AS last ON last.ticket = t.id
+LEFT JOIN history AS h ON h.seq = last.seq;
+"""
+
+
+# -- errors a user can meet -------------------------------------------------------------------
+
+
+class StateError(Exception):
+ """A state file problem the user can fix. `str(error)` is one line naming the file and fix."""
+
+
+class StateFileError(StateError):
+ """The file is missing, not a conductor state, damaged, or from a newer conductor.
+
+ Raised before anything is written: the file is left exactly as it was.
+ """
+
+
+class PipelineChangedError(StateError):
+ """The pipeline file changed since its state was written (tickets added, removed, edited)."""
+
+ def __init__(
+  self,
+  state: Path,
+  pipeline: str,
+  added: Sequence[str],
+  removed: Sequence[str],
+  changed: Sequence[str],
+ ) -> None:
+  parts = [
+   f"{label}: {_ids(ids)}"
+   for label, ids in (("added", added), ("removed", removed), ("changed", changed))
+   if ids
+  ]
+  super().__init__(
+   f"{pipeline} changed since its state {state} was written ({'; '.join(parts)}); "
+   "run it with --fresh to start over, or undo the edit to resume"
+  )
+  self.added = tuple(added)
+  self.removed = tuple(removed)
+  self.changed = tuple(changed)
+
+
+def _ids(ids: Sequence[str], limit: int = 8) -> str:
+ shown = ", ".join(ids[:limit])
+ return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+# -- where states live ------------------------------------------------------------------------
+
+
+def default_state_path(pipeline_file: Path) -> Path:
+ """`build.toml` -> `build.state.db` in the same folder (`*.state.db*` is git-ignored)."""
+ return pipeline_file.with_name(pipeline_file.stem + ".state.db")
+
+
+def demo_state_path() -> Path:
+ """The built-in demo's state: `$XDG_STATE_HOME/conductor/demo.state.db`
+ (`~/.local/state/conductor/demo.state.db` by default), so a demo run litters no folder."""
+ base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+ return Path(base) / "conductor" / "demo.state.db"
+
+
+# -- recognising a state file without touching it ---------------------------------------------
+
+
+def check_state_file(path: Path, *, deep: bool = False) -> bool:
+ """Whether `path` holds a conductor state (True) or nothing yet (False: no such file).
+
+ Raises `StateFileError` for anything else: a folder, an empty or foreign file, another
+ program's SQLite database, a state written by a newer conductor, or (with `deep`, which
+ runs SQLite's `quick_check`, O(file size)) a damaged one. Never writes to the file: the
+ header is read as plain bytes and the deep check opens the file read-only and immutable.
+ """
+ try:
+  with open(path, "rb") as f:
+   header = f.read(_HEADER_SIZE)
+ except FileNotFoundError:
+  return False
+ except IsADirectoryError:
+  raise StateFileError(f"{path}: is a folder, not a state file; give a file path") from None
+ except OSError as exc:
+  raise StateFileError(f"{path}: cannot read the state file ({exc.strerror})") from None
+ refuse = "refusing to use it; delete it or choose another --state"
+ if not header:
+  raise StateFileError(f"{path}: is an empty file, not a conductor state; {refuse}")
+ if len(header) < _HEADER_SIZE or not header.startswith(_SQLITE_MAGIC):
+  raise StateFileError(f"{path}: is not a conductor state (not an SQLite file); {refuse}")
+ app_id = int.from_bytes(header[68:72], "big")
+ if app_id != APPLICATION_ID:
+  raise StateFileError(
+   f"{path}: is another program's SQLite database, not a conductor state; {refuse}"
+  )
+ version = int.from_bytes(header[60:64], "big")
+ if version > SCHEMA_VERSION:
+  raise StateFileError(
+   f"{path}: was written by a newer conductor (state format {version}, this one reads "
+   f"{SCHEMA_VERSION}); upgrade conductor or choose another --state"
+  )
+ if deep:
+  _quick_check(path, refuse)
+ return True
+
+
+def _quick_check(path: Path, refuse: str) -> None:
+ # immutable: read the main file as it is, without locks and without creating the -wal and
+ # -shm files beside it (the WAL, if any, is SQLite's to validate: it checksums its frames).
+ uri = f"file:{quote(os.path.abspath(path))}?mode=ro&immutable=1"
+ try:
+  conn = sqlite3.connect(uri, uri=True)
+  try:
+   problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
+   fmt = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+  finally:
+   conn.close()
+ except sqlite3.Error as exc:
+  raise StateFileError(f"{path}: conductor state is damaged ({exc}); {refuse}") from None
+ if problems != ["ok"]:
+  raise StateFileError(f"{path}: conductor state is damaged ({problems[0]}); {refuse}")
+ if fmt is None or fmt[0] != FORMAT:
+  raise StateFileError(f"{path}: conductor state has no format marker; {refuse}")
+
+
+# -- what the store hands back ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TicketState:
+ id: str
+ position: int
+ fingerprint: str
+ status: str
+ attempts: int
+ error: str | None
+ exit_code: int | None
+ updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class PauseState:
+ paused: bool
+ reason: str | None
+ since: float | None  # time.time()
+ running_at_pause: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+ seq: int
+ at: float
+ ticket: str | None
+ status: str
+ attempt: int
+ detail: str | None
+ pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+ """What `StateStore.restore` found: how this run starts."""
+
+ fresh: bool  # a new state (or --fresh): nothing was restored
+ interrupted: tuple[str, ...]  # were running when the last process died; run again
+ retried: tuple[str, ...]  # had failed; a re-run tries them again
+ completed: int
+ total: int
+ pause: PauseState
+
+ @property
+ def done(self) -> bool:
+  return self.completed == self.total
+
+
+# Ticket statuses as stored, for the transitions ConductorEngine emits.
+_STORED_STATUS = {
+ "in_progress": Status.IN_PROGRESS,
+ "completed": Status.COMPLETED,
+ "failed": Status.FAILED,
+ "blocked": Status.BLOCKED,
+ "todo": Status.TODO,
+ "retrying": Status.TODO,
+ "interrupted": Status.TODO,
+}
+_WITH_EXIT_CODE = frozenset({"completed", "failed", "retrying"})
+_INSERT_HISTORY = (
+ "INSERT INTO history (at, ticket, event, status, attempt, detail, error, exit_code, pid) "
+ "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_TICKET_COLUMNS = "id, position, fingerprint, status, attempts, error, exit_code, updated_at"
+
+
+class StateStore:
+ """One pipeline's state file, open on one SQLite connection.
+
+ Open with `StateStore.open(path)`; `restore(...)` applies the stored state to a pipeline's
+ tickets before the engine is built; `attach(conductor)` records every transition of a run.
+ Not thread-safe: use it from the thread that opened it (the event loop's).
+ """
+
+ def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+  self.path = path
+  self._conn = conn
+  self._closed = False
+  self._pid = os.getpid()
+  self._dirty = False  # a transaction is open with writes not yet committed
+  self._pending: list[Transition] = []  # recorded, not yet committed (only with watchers)
+  self._watchers: list[Callable[[Transition], None]] = []
+  self._conductor: ConductorEngine | None = None
+  self._live: Mapping[str, Ticket] = {}  # the run's tickets (the engine's): their errors
+  self._statuses: dict[str, str] = {}  # ticket -> status as last written; for retry()
+  self._exit_codes: dict[str, int | None] = {}  # of attempts that just ended
+  self._wake: anyio.Event | None = None  # the flusher waits on it; None: no flusher
+  self._flush_asked = False  # `_wake` is set: the flusher commits in its next turn
+  self._committed: anyio.Event | None = None  # set by the next commit; workers wait on it
+  self.failure: str | None = None  # why writing failed; the run was cancelled then
+
+ # -- opening and closing ------------------------------------------------------------------
+
+ @classmethod
+ def open(
+  cls, path: Path, *, create: bool = True, synchronous: str = "NORMAL", deep_check: bool = False
+ ) -> StateStore:
+  """Open the state at `path`, creating it (atomically, via a rename) if it does not exist.
+
+  Raises `StateFileError` for a file that is not a conductor state (nothing written), and
+  for a missing one when `create` is false. `synchronous` is "NORMAL" (survives any kill
+  of the process) or "FULL" (also survives power loss; an fsync per commit).
+  """
+  if synchronous not in ("NORMAL", "FULL"):
+   raise ValueError(f"synchronous must be 'NORMAL' or 'FULL', got {synchronous!r}")
+  if not check_state_file(path, deep=deep_check):
+   if not create:
+    raise StateFileError(
+     f"{path}: no such state file; it is made by `conductor run PIPELINE --state {path}`"
+    )
+   _create(path)
+  try:
+   conn = sqlite3.connect(path, isolation_level=None)  # we issue BEGIN / COMMIT ourselves
+   conn.execute("PRAGMA journal_mode = WAL")
+   conn.execute(f"PRAGMA synchronous = {synchronous}")
+   conn.execute("PRAGMA foreign_keys = OFF")
+   fmt = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+  except sqlite3.Error as exc:
+   raise StateFileError(f"{path}: cannot open the conductor state ({exc})") from None
+  if fmt is None or fmt[0] != FORMAT:
+   conn.close()
+   raise StateFileError(f"{path}: conductor state has no format marker; choose another --state")
+  return cls(path, conn)
+
+ def close(self) -> None:
+  """Commit what is pending and close. Idempotent."""
+  if self._closed:
+   return
+  self._closed = True
+  try:
+   self.commit()
+   if self.failure is None:
+    with self._transaction():
+     self._compact()
+  finally:
+   self._conn.close()
+
+ def __enter__(self) -> StateStore:
+  return self
+
+ def __exit__(self, *exc: object) -> None:
+  self.close()
+
+ # -- reading ------------------------------------------------------------------------------
+
+ def tickets(self) -> list[TicketState]:
+  """Every ticket's current state (committed or recorded on this connection), in pipeline
+  order. O(tickets + history since the tickets were last brought up to date)."""
+  rows = self._conn.execute(f"SELECT {_TICKET_COLUMNS} FROM ticket_state ORDER BY position")
+  return [TicketState(*row) for row in rows]
+
+ def history(self, *, since_seq: int = 0, limit: int | None = None) -> list[HistoryEntry]:
+  """The transition log, oldest first (the last `limit` entries when given)."""
+  query = "SELECT seq, at, ticket, event, attempt, detail, pid FROM history WHERE seq > ?"
+  if limit is None:
+   rows = self._conn.execute(query + " ORDER BY seq", (since_seq,)).fetchall()
+  else:
+   rows = self._conn.execute(query + " ORDER BY seq DESC LIMIT ?", (since_seq, limit)).fetchall()
+   rows.reverse()
+  return [HistoryEntry(*row) for row in rows]
+
+ def pause_state(self) -> PauseState:
+  paused, reason, since, running = self._conn.execute(
+   "SELECT paused, reason, since, running_at_pause FROM pause"
+  ).fetchone()
+  return PauseState(bool(paused), reason, since, tuple(json.loads(running)))
+
+ def meta(self) -> dict[str, str]:
+  return dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
+
+ # -- starting a run -----------------------------------------------------------------------
+
+ def restore(
+  self, name: str, tickets: Sequence[Ticket], *, fresh: bool = False, source: str | None = None
+ ) -> Restored:
+  """Bind this state to a pipeline and apply what it holds to `tickets`, in place.
+
+  A new state, or `fresh`, records the tickets as todo, clears the history and the pause
+  flag. Otherwise the stored ticket set must match the pipeline exactly (same ids, same
+  fingerprints: `PipelineChangedError`, naming `source` (the pipeline file) or `name`,
+  otherwise; nothing written); then each ticket gets
+  its stored status, attempts and error, with three adjustments written to the state and
+  its history: tickets that were in progress (the process died under them) become todo,
+  "interrupted"; failed ones become todo, "retry" (a re-run is a request to try again);
+  blocked ones become todo (the engine re-blocks what still must be). Then the `tickets`
+  table is brought up to date with the history. O(tickets + history since the last run).
+  """
+  stored = {row.id: row for row in self.tickets()}
+  now = time.time()
+  if fresh or not stored:
+   self._write_fresh(name, tickets, now)
+   return Restored(True, (), (), 0, len(tickets), self.pause_state())
+
+  prints = {t.id: fingerprint(t) for t in tickets}
+  added = [tid for tid in prints if tid not in stored]
+  removed = [tid for tid in stored if tid not in prints]
+  changed = [tid for tid, fp in prints.items() if tid in stored and stored[tid].fingerprint != fp]
+  if added or removed or changed:
+   raise PipelineChangedError(self.path, source or name, added, removed, changed)
+
+  interrupted: list[str] = []
+  retried: list[str] = []
+  completed = 0
+  with self._transaction():
+   for position, ticket in enumerate(tickets):
+    row = stored[ticket.id]
+    status, error = row.status, row.error
+    if status == Status.IN_PROGRESS:
+     interrupted.append(ticket.id)
+     event, detail = "interrupted", "the previous run ended while it ran"
+    elif status == Status.FAILED:
+     retried.append(ticket.id)
+     event, detail = Status.TODO, "retry: the pipeline was run again"
+    elif status == Status.BLOCKED:
+     event, detail, error = Status.TODO, "unblocked for the re-run", None
+    else:
+     event = None
+    if event is not None:
+     status = Status.TODO
+     self._log(
+      now,
+      ticket.id,
+      event,
+      status=status,
+      attempt=row.attempts,
+      detail=detail,
+      error=error,
+      exit_code=row.exit_code,
+     )
+    if position != row.position:
+     self._conn.execute("UPDATE tickets SET position = ? WHERE id = ?", (position, ticket.id))
+    ticket.status = Status(status)
+    ticket.attempts = row.attempts
+    ticket.error = error
+    self._statuses[ticket.id] = status
+    completed += status == Status.COMPLETED
+   self._conn.execute(
+    "INSERT OR REPLACE INTO meta VALUES ('pipeline', ?), ('opened_at', ?)", (name, str(now))
+   )
+   self._compact()
+  return Restored(
+   False, tuple(interrupted), tuple(retried), completed, len(tickets), self.pause_state()
+  )
+
+ def _write_fresh(self, name: str, tickets: Sequence[Ticket], now: float) -> None:
+  with self._transaction():
+   self._conn.execute("DELETE FROM tickets")
+   self._conn.execute("DELETE FROM history")
+   self._conn.execute(
+    "UPDATE pause SET paused = 0, reason = NULL, since = NULL, running_at_pause = '[]'"
+   )
+   self._conn.executemany(
+    "INSERT INTO tickets VALUES (?, ?, ?, ?, ?, NULL, NULL, ?)",
+    (
+     (t.id, i, fingerprint(t), Status.TODO, 0, now)
+     for i, t in enumerate(tickets)  # a fresh state: fresh run state too
+    ),
+   )
+   self._conn.execute(
+    "INSERT OR REPLACE INTO meta VALUES ('pipeline', ?), ('opened_at', ?), ('synced_seq', '0')",
+    (name, str(now)),
+   )
+   self._log(now, None, "fresh", detail=f"{len(tickets)} tickets")
+  for t in tickets:
+   t.status, t.attempts, t.error = Status.TODO, 0, None
+   self._statuses[t.id] = Status.TODO
+
+ # -- the pause flag without a running process ---------------------------------------------
+
+ def set_paused(self, paused: bool, reason: str | None = None) -> PauseState:
+  """Write the pause flag (for `conductor pause`/`resume` when no run is live); commits.
+
+  Idempotent: pausing a paused state keeps its `since` (and updates the reason if given).
+  """
+  current = self.pause_state()
+  now = time.time()
+  with self._transaction():
+   if paused:
+    since = now
+    if current.paused:  # already paused: keep when it began, and its reason unless given
+     since = current.since if current.since is not None else now
+     reason = reason if reason is not None else current.reason
+    self._conn.execute(
+     "UPDATE pause SET paused = 1, reason = ?, since = ?, running_at_pause = '[]'",
+     (reason, since),
+    )
+    if not current.paused:
+     self._log(now, None, "paused", detail=reason)
+   else:
+    self._conn.execute(
+     "UPDATE pause SET paused = 0, reason = NULL, since = NULL, running_at_pause = '[]'"
+    )
+    if current.paused:
+     self._log(now, None, "resumed")
+  return self.pause_state()
+
+ # -- recording a run ----------------------------------------------------------------------
+
+ def attach(self, conductor: ConductorEngine) -> None:
+  """Record every transition of `conductor` from now on (call before `run()`).
+
+  The listener runs on the loop, synchronously, as ConductorEngine emits; it executes one
+  history INSERT at once, inside an open transaction. The commit follows:
+  at once without a flusher (`flusher()` not running), else within one scheduling round,
+  and always before a worker wrapped by `durable()` starts.
+  """
+  self._conductor = conductor
+  self._live = conductor.engine.tickets
+  conductor.add_listener(self._record)
+
+ def durable(
+  self, worker: Callable[[Ticket], Awaitable[WorkResult | None]]
+ ) -> Callable[[Ticket], Awaitable[WorkResult | None]]:
+  """Wrap `worker` so that it starts only once everything recorded so far is committed.
+
+  That is what makes "a ticket never starts before its dependencies' completion (and its
+  own attempt) is durable" hold: the engine records the completion, then the dependent's
+  start, and only then runs the dependent's worker, whose first act is to wait for the
+  commit that covers both. With the flusher running that is a group commit: every worker
+  started in one scheduling round waits for the flusher's one commit (one scheduling hop
+  later) instead of paying for its own. Also notes each attempt's exit code.
+  """
+
+  async def durable_worker(ticket: Ticket) -> WorkResult | None:
+   if self._dirty:
+    await self._durable_point()
+   try:
+    result = await worker(ticket)
+   except WorkFailed as exc:
+    self._exit_codes[ticket.id] = exc.exit_code
+    raise
+   self._exit_codes[ticket.id] = result.exit_code if result is not None else None
+   return result
+
+  return durable_worker
+
+ async def _durable_point(self) -> None:
+  # Return once everything recorded before this call is committed.
+  if self._wake is None:  # no flusher: commit right here
+   self.commit()
+  else:
+   # The recorder asked the flusher when it dirtied the transaction; its commit (or any
+   # other) releases us. No commit can come between the check and the wait: both are on
+   # the loop and nothing in between yields.
+   if self._committed is None:
+    self._committed = anyio.Event()
+   await self._committed.wait()
+  if self.failure is not None:  # the state cannot be written: this start is not durable
+   await anyio.sleep_forever()  # the run was cancelled; that cancellation ends this wait
+
+ async def flusher(self) -> None:
+  """Commit recorded transitions within one scheduling round; run it beside the conductor.
+
+  Waits on an event the recorder sets (no polling, no timer). Cancel it to stop; what is
+  still pending is committed by `commit()` or `close()`.
+  """
+  try:
+   while True:
+    self._wake = wake = anyio.Event()
+    self._flush_asked = False
+    await wake.wait()
+    self.commit()
+  finally:
+   self._wake = None
+
+ def watch(self, fn: Callable[[Transition], None]) -> None:
+  """Call `fn(transition)` for every recorded transition once it is committed (on the loop).
+
+  What a watcher prints is therefore already durable: a ticket printed "completed" never
+  runs again, whatever happens to the process next.
+  """
+  self._watchers.append(fn)
+
+ def commit(self) -> None:
+  """Make everything recorded so far durable. O(1) when nothing is pending.
+
+  A write error (disk full, the file deleted, ...) does not raise here: the run is
+  cancelled and `failure` says why, so no worker starts on an undurable state.
+  """
+  if not self._dirty:
+   return
+  try:
+   self._conn.execute("COMMIT")
+  except sqlite3.Error as exc:
+   self._failed(exc)
+   return
+  self._dirty = False
+  committed, self._committed = self._committed, None
+  if committed is not None:
+   committed.set()
+  if self._pending:
+   pending, self._pending = self._pending, []
+   for transition in pending:
+    for fn in self._watchers:
+     fn(transition)
+
+ def _record(self, t: Transition) -> None:
+  # The listener: ConductorEngine calls it on the loop for every transition. Hot path.
+  if self.failure is not None:
+   return
+  try:
+   self._begin()
+   tid = t.ticket
+   if tid is None:
+    self._record_pipeline_event(t)
+   else:
+    event = t.status
+    status = _STORED_STATUS[event]
+    code = self._exit_codes.pop(tid, None) if event in _WITH_EXIT_CODE else None
+    self._conn.execute(
+     _INSERT_HISTORY,
+     (t.at, tid, event, status, t.attempt, t.detail, self._live[tid].error, code, self._pid),
+    )
+    self._statuses[tid] = status
+    if event == "todo":  # retry(): it may have unblocked others, which are not emitted
+     self._record_unblocked(t.at)
+  except sqlite3.Error as exc:
+   self._failed(exc)
+   return
+  if self._watchers:
+   self._pending.append(t)
+  if self._wake is None:
+   self.commit()
+  elif not self._flush_asked:
+   self._flush_asked = True
+   self._wake.set()
+
+ def _record_pipeline_event(self, t: Transition) -> None:
+  if t.status == "paused":
+   conductor = self._conductor
+   # The exact set in flight when pause() closed the gate; a snapshot is O(tickets), but
+   # pausing is rare.
+   at_pause = conductor.snapshot().running_at_pause if conductor is not None else ()
+   self._conn.execute(
+    "UPDATE pause SET paused = 1, reason = ?, since = ?, running_at_pause = ?",
+    (t.detail, t.at, json.dumps(list(at_pause))),
+   )
+  elif t.status == "resumed":
+   self._conn.execute(
+    "UPDATE pause SET paused = 0, reason = NULL, since = NULL, running_at_pause = '[]'"
+   )
+  self._log(t.at, None, t.status, detail=t.detail)
+
+ def _record_unblocked(self, at: float) -> None:
+  # O(tickets), for a retry only: log every ticket whose status the engine changed unseen.
+  for tid, ticket in self._live.items():
+   if self._statuses.get(tid) != ticket.status:
+    self._log(
+     at,
+     tid,
+     Status.TODO,
+     status=ticket.status,
+     attempt=ticket.attempts,
+     detail="unblocked by a retry",
+     error=ticket.error,
+    )
+    self._statuses[tid] = ticket.status
+
+ def _compact(self) -> None:
+  # Bring `tickets` up to date with the history, inside the caller's transaction.
+  # O(history since the last time).
+  synced = int(self._conn.execute("SELECT value FROM meta WHERE key = 'synced_seq'").fetchone()[0])
+  last = self._conn.execute("SELECT max(seq) FROM history").fetchone()[0] or 0
+  if last <= synced:
+   return
+  self._conn.execute(
+   f"INSERT OR REPLACE INTO tickets ({_TICKET_COLUMNS}) SELECT {_TICKET_COLUMNS} "
+   "FROM ticket_state WHERE id IN "
+   "(SELECT ticket FROM history WHERE seq > ? AND ticket IS NOT NULL)",
+   (synced,),
+  )
+  self._conn.execute("UPDATE meta SET value = ? WHERE key = 'synced_seq'", (str(last),))
+
+ def _begin(self) -> None:
+  if not self._dirty:
+   self._conn.execute("BEGIN")
+   self._dirty = True
+
+ def _log(
+  self,
+  at: float,
+  ticket: str | None,
+  event: str,
+  *,
+  status: str | None = None,
+  attempt: int = 0,
+  detail: str | None = None,
+  error: str | None = None,
+  exit_code: int | None = None,
+ ) -> None:
+  self._conn.execute(
+   _INSERT_HISTORY, (at, ticket, event, status, attempt, detail, error, exit_code, self._pid)
+  )
+
+ def _transaction(self) -> _Transaction:
+  return _Transaction(self)
+
+ def _failed(self, exc: sqlite3.Error) -> None:
+  self.failure = f"cannot write the state file {self.path}: {exc}"
+  try:
+   if self._conn.in_transaction:
+    self._conn.execute("ROLLBACK")
+  except sqlite3.Error:
+   pass
+  self._dirty = False
+  self._pending.clear()
+  committed, self._committed = self._committed, None
+  if committed is not None:  # waiting workers see `failure` and wait for the cancellation
+   committed.set()
+  if self._conductor is not None:
+   self._conductor.cancel()
+
+
+class _Transaction:
+ """`with store._transaction():` one explicit transaction, committed on success."""
+
+ def __init__(self, store: StateStore) -> None:
+  self._store = store
+
+ def __enter__(self) -> None:
+  self._store.commit()  # whatever the run recorded comes first
+  self._store._conn.execute("BEGIN IMMEDIATE")
+
+ def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+  conn = self._store._conn
+  if exc_type is None:
+   conn.execute("COMMIT")
+  else:
+   conn.execute("ROLLBACK")
+
+
+def _create(path: Path) -> None:
+ """Create a new, empty state at `path` atomically: built beside it, then renamed in.
+
+ A kill half-way leaves at most a stray `<path>.new-<pid>`, never a half-made state.
+ """
+ path.parent.mkdir(parents=True, exist_ok=True)
+ tmp = path.with_name(f"{path.name}.new-{os.getpid()}")
+ tmp.unlink(missing_ok=True)
+ try:
+  conn = sqlite3.connect(tmp, isolation_level=None)
+  try:
+   # Header fields first, in rollback-journal mode, so the marker is in the main file
+   # itself (not only in a WAL) from the first commit on.
+   # Small pages: a commit writes whole pages to the WAL, and a commit of a scheduling
+   # round touches one or two pages at the end of `history`; measured 15-25% faster than
+   # 4096 on the no-op benchmark (benchmarks/store_overhead.py).
+   conn.execute("PRAGMA page_size = 1024")
+   conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+   conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+   conn.execute("BEGIN")
+   conn.executescript(_SCHEMA.replace("BEGIN", ""))  # executescript commits first: fine
+   conn.execute(
+    "INSERT INTO meta VALUES ('format', ?), ('schema', ?), ('created_at', ?), ('synced_seq', '0')",
+    (FORMAT, str(SCHEMA_VERSION), str(time.time())),
+   )
+   conn.execute("PRAGMA journal_mode = WAL")
+  finally:
+   conn.close()
+  os.replace(tmp, path)
+ except BaseException:
+  tmp.unlink(missing_ok=True)
+  raise

@@ -1,0 +1,415 @@
+"""Durability as a user meets it: real `conductor` processes, kill -9, other terminals.
+
+Every wait is on a real signal (a line on the child's stdout, a process exit, the control
+socket answering) and bounded by a timeout, so a bug fails the test instead of hanging it.
+Runs use asyncio and trio (`--backend`). The tickets are small Python scripts that, when they
+start, read the state through their own SQLite connection and log what they saw: so the
+log proves, from outside the runner, that each start was durable first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import queue
+import random
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+
+BACKENDS = ["asyncio", "trio"]
+WAIT = 30.0  # seconds any single wait may take before the test fails
+
+TICK = """
+import sqlite3, sys, time
+state, tid, deps, pause = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+conn = sqlite3.connect(f"file:{state}?mode=ro", uri=True)
+rows = {r[0]: (r[1], r[2]) for r in conn.execute("SELECT id, status, attempts FROM ticket_state")}
+conn.close()
+status, attempt = rows[tid]
+deps_ok = all(rows[d][0] == "completed" for d in deps.split(",") if d != "-")
+with open("runs.log", "a") as log:
+ log.write(f"{tid} {attempt} {status} {int(deps_ok)}\\n")
+time.sleep(pause)
+"""
+
+
+def layered(state: Path, seed: int) -> tuple[str, dict[str, tuple[str, ...]]]:
+ """A pipeline of 14 tickets in four layers; each ticket runs tick.py."""
+ rng = random.Random(seed)
+ layers = [[f"r{i}" for i in range(3)], [f"m{i}" for i in range(6)], [f"n{i}" for i in range(4)]]
+ deps: dict[str, tuple[str, ...]] = {tid: () for tid in layers[0]}
+ for upper, lower in itertools.pairwise(layers):
+  for tid in lower:
+   deps[tid] = tuple(sorted(rng.sample(upper, 2)))
+ deps["join"] = tuple(layers[2])
+ text = '[pipeline]\nname = "p"\nmax_workers = 3\n'
+ for tid, ds in deps.items():
+  command = (
+   f"{sys.executable} tick.py {state} {tid} {','.join(ds) or '-'} {rng.uniform(0.02, 0.1):.3f}"
+  )
+  text += f"\n[[tickets]]\nid = {tid!r}\ndepends_on = {list(ds)!r}\nrun = {command!r}\n"
+ return text.replace("'", '"'), deps
+
+
+class Child:
+ """A `conductor` subprocess whose stdout lines arrive on a queue, read by a thread."""
+
+ def __init__(self, *args: str, cwd: Path) -> None:
+  self.proc = subprocess.Popen(
+   [sys.executable, "-m", "conductor", *args],
+   cwd=cwd,
+   stdout=subprocess.PIPE,
+   stderr=subprocess.STDOUT,
+   text=True,
+   env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"},
+  )
+  self.lines: list[str] = []
+  self._queue: queue.Queue[str | None] = queue.Queue()
+  self._reader = threading.Thread(target=self._read, daemon=True)
+  self._reader.start()
+  _CHILDREN.append(self)
+
+ def _read(self) -> None:
+  stdout = self.proc.stdout
+  assert stdout is not None
+  with stdout:
+   for line in stdout:
+    self._queue.put(line.rstrip("\n"))
+  self._queue.put(None)
+
+ def reap(self) -> None:
+  """Kill it if it still runs (a failed test), and wait for it and its reader."""
+  if self.proc.poll() is None:
+   self.kill_hard()
+  self._reader.join(WAIT)
+
+ def wait_for(self, pattern: str, count: int = 1) -> str:
+  """Return the `count`-th line matching `pattern` (counting lines seen before too)."""
+  regex = re.compile(pattern)
+  seen = sum(1 for line in self.lines if regex.search(line))
+  while seen < count:
+   try:
+    line = self._queue.get(timeout=WAIT)
+   except queue.Empty:
+    raise AssertionError(f"no line like {pattern!r} within {WAIT} s: {self.lines[-10:]}") from None
+   if line is None:
+    raise AssertionError(f"exited before a line like {pattern!r}: {self.lines[-10:]}")
+   self.lines.append(line)
+   if regex.search(line):
+    seen += 1
+  return next(line for line in reversed(self.lines) if regex.search(line))
+
+ def finish(self) -> int:
+  code = self.proc.wait(timeout=WAIT)
+  while (line := self._queue.get(timeout=WAIT)) is not None:
+   self.lines.append(line)
+  return code
+
+ def kill_hard(self) -> None:
+  """kill -9 the runner at this moment, and the ticket processes it had started (as the
+  machine dying would): freeze it first so that it cannot start another one meanwhile."""
+  pid = self.proc.pid
+  os.kill(pid, signal.SIGSTOP)
+  for child in children(pid):
+   with contextlib.suppress(ProcessLookupError):
+    os.killpg(child, signal.SIGKILL)  # each shell ticket leads its own process group
+  os.kill(pid, signal.SIGKILL)
+  self.proc.wait(timeout=WAIT)
+
+
+_CHILDREN: list[Child] = []
+
+
+@pytest.fixture(autouse=True)
+def _reap_children() -> Iterator[None]:
+ yield
+ while _CHILDREN:
+  _CHILDREN.pop().reap()
+
+
+def children(pid: int) -> list[int]:
+ found = []
+ for entry in Path("/proc").iterdir():
+  if entry.name.isdigit():
+   try:
+    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+   except OSError:
+    continue
+   if int(fields[1]) == pid:
+    found.append(int(entry.name))
+ return found
+
+
+def conductor(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+ return subprocess.run(
+  [sys.executable, "-m", "conductor", *args],
+  cwd=cwd,
+  capture_output=True,
+  text=True,
+  timeout=WAIT,
+  check=False,
+  env={**os.environ, "COLUMNS": "200"},
+ )
+
+
+def read_state(state: Path) -> dict[str, tuple[str, int]]:
+ conn = sqlite3.connect(f"file:{state}?mode=ro", uri=True)
+ try:
+  return {r[0]: (r[1], r[2]) for r in conn.execute("SELECT id, status, attempts FROM ticket_state")}
+ finally:
+  conn.close()
+
+
+def history(state: Path) -> list[tuple[str | None, str, int]]:
+ conn = sqlite3.connect(f"file:{state}?mode=ro", uri=True)
+ try:
+  return conn.execute("SELECT ticket, event, pid FROM history ORDER BY seq").fetchall()
+ finally:
+  conn.close()
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> str:
+ assert result.returncode == 2, (result.stdout, result.stderr)
+ lines = result.stderr.strip().splitlines()
+ assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+ for needle in needles:
+  assert needle in lines[0], lines[0]
+ return lines[0]
+
+
+TRANSITION = r"^\d\d:\d\d:\d\d p: \S+ (in_progress|completed)"
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Iterator[Path]:
+ (tmp_path / "tick.py").write_text(TICK)
+ yield tmp_path
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_kill_9_at_random_points_then_resume_loses_nothing_and_reruns_no_completed_ticket(
+ workdir: Path, backend: str
+) -> None:
+ rng = random.Random(f"kill-{backend}")
+ state = workdir / "p.state.db"
+ text, deps = layered(state, seed=1)
+ (workdir / "p.toml").write_text(text)
+ kills: list[tuple[dict[str, tuple[str, int]], int]] = []  # (state right after the kill, next pid)
+ for _cycle in range(4):
+  child = Child("run", "p.toml", "--state", str(state), "--backend", backend, cwd=workdir)
+  if kills:
+   kills[-1] = (kills[-1][0], child.proc.pid)
+  child.wait_for("^control it from another terminal")
+  done = sum(1 for status, _ in read_state(state).values() if status == "completed")
+  # A random point among the transitions still to come (two per remaining ticket).
+  child.wait_for(TRANSITION, rng.randint(1, max(1, 2 * (len(deps) - done) - 2)))
+  child.kill_hard()
+  kills.append((read_state(state), 0))
+ final = Child("run", "p.toml", "--state", str(state), "--backend", backend, cwd=workdir)
+ kills[-1] = (kills[-1][0], final.proc.pid)
+ assert final.finish() == 0, final.lines[-15:]
+
+ end = read_state(state)
+ assert {status for status, _ in end.values()} == {"completed"}  # nothing lost
+ runs: dict[str, list[int]] = defaultdict(list)
+ for line in (workdir / "runs.log").read_text().splitlines():
+  tid, attempt, status, deps_ok = line.split()
+  # Each start was durable before the ticket ran, and so were its dependencies' completions.
+  assert status == "in_progress" and deps_ok == "1", line
+  runs[tid].append(int(attempt))
+ for tid, attempts in runs.items():
+  assert len(set(attempts)) == len(attempts), (tid, attempts)  # no attempt ran twice
+  assert max(attempts) <= end[tid][1]
+ assert set(runs) == set(deps)
+ events = history(state)
+ for at_kill, next_pid in kills:
+  for tid, (status, attempts) in at_kill.items():
+   if status == "completed":  # durable completion: never started again
+    assert end[tid][1] == attempts, (tid, at_kill[tid], end[tid])
+   elif status == "in_progress":  # in flight at the kill: interrupted, then run again
+    assert (tid, "interrupted", next_pid) in events, tid
+    assert end[tid][1] > attempts
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pause_from_another_terminal_survives_kill_9_and_resumes_from_another(
+ tmp_path: Path, backend: str
+) -> None:
+ # Three chains of three 0.3 s tickets, three workers: t0 t1 t2 first, then t3 t4 t5, ...
+ text = '[pipeline]\nname = "p"\nmax_workers = 3\n'
+ for i in range(9):
+  text += f'[[tickets]]\nid = "t{i}"\nsleep = 0.5\n'
+  text += f'depends_on = ["t{i - 3}"]\n' if i >= 3 else ""
+ (tmp_path / "p.toml").write_text(text)
+ state = tmp_path / "p.state.db"
+ run = Child("run", "p.toml", "--backend", backend, cwd=tmp_path)
+ run.wait_for("^control it from another terminal: .*--state p.state.db")
+ run.wait_for(r" p: t\d in_progress", 3)
+
+ paused = conductor("pause", "--state", "p.state.db", "--reason", "lunch", cwd=tmp_path)
+ assert paused.returncode == 0, paused.stderr
+ assert f"running, pid {run.proc.pid}" in paused.stdout and "no worker starts" in paused.stdout
+ run.wait_for(" p: pipeline paused: lunch")
+ # The workers running at the pause finish; nothing else starts (checked in the history).
+ finishing = re.search(r"still finishing: (.*)$", paused.stdout.strip())
+ names = finishing[1].split(", ") if finishing else []
+ for name in names:
+  run.wait_for(rf" p: {name} completed")
+ status = json.loads(conductor("status", "--state", "p.state.db", "--json", cwd=tmp_path).stdout)
+ assert status["live"] and status["mma_status"] == "paused" and status["pause_reason"] == "lunch"
+ assert sorted(status["running_at_pause"]) == sorted(names)
+ assert status["finishing"] == [] and status["running"] == []
+ assert status["counts"]["completed"] + len(status["pending"]) == 9
+
+ run.kill_hard()
+ offline = json.loads(conductor("status", "p.toml", "--json", cwd=tmp_path).stdout)
+ assert not offline["live"] and offline["paused"] and offline["mma_status"] == "paused"
+
+ again = Child("run", "p.toml", "--backend", backend, cwd=tmp_path)
+ again.wait_for(r"^PAUSED since .* \(lunch\): nothing starts until it is resumed")
+ status = json.loads(conductor("status", "--state", "p.state.db", "--json", cwd=tmp_path).stdout)
+ assert status["live"] and status["pid"] == again.proc.pid and status["mma_status"] == "paused"
+ assert status["running"] == []
+
+ resumed = conductor("resume", "--state", "p.state.db", cwd=tmp_path)
+ assert resumed.returncode == 0 and "resumed p (running" in resumed.stdout
+ assert again.finish() == 0, again.lines[-10:]
+ events = [(ticket, event) for ticket, event, _pid in history(state)]
+ paused_at = events.index((None, "paused"))
+ resumed_at = events.index((None, "resumed"))
+ assert all(event != "in_progress" for _, event in events[paused_at:resumed_at])
+ assert {s for s, _ in read_state(state).values()} == {"completed"}
+
+
+def test_with_no_run_pause_and_resume_write_the_flag_to_the_state(tmp_path: Path) -> None:
+ (tmp_path / "p.toml").write_text('[[tickets]]\nid = "a"\nsleep = 0\n')
+ first = conductor("run", "p.toml", cwd=tmp_path)
+ assert first.returncode == 0 and "state: p.state.db (new)" in first.stdout
+ again = conductor("run", "p.toml", cwd=tmp_path)  # a done pipeline: nothing to do
+ assert again.returncode == 0 and "already completed" in again.stdout and "--fresh" in again.stdout
+
+ paused = conductor("pause", "p.toml", "--reason", "laptop lid", cwd=tmp_path)
+ assert paused.returncode == 0 and "p (not running)" in paused.stdout
+ report = json.loads(conductor("status", "p.toml", "--json", cwd=tmp_path).stdout)
+ assert not report["live"] and report["paused"] and report["pause_reason"] == "laptop lid"
+ resumed = conductor("resume", "p.toml", cwd=tmp_path)
+ assert resumed.returncode == 0 and "p (not running)" in resumed.stdout
+ report = json.loads(conductor("status", "p.toml", "--json", cwd=tmp_path).stdout)
+ assert not report["paused"]
+ events = [event for _ticket, event, _pid in history(tmp_path / "p.state.db")]
+ assert events[-2:] == ["paused", "resumed"]
+
+
+def test_a_changed_pipeline_is_refused_until_run_fresh(tmp_path: Path) -> None:
+ pipeline = tmp_path / "p.toml"
+ pipeline.write_text(
+  '[[tickets]]\nid = "a"\nsleep = 0\n[[tickets]]\nid = "b"\nrun = "true"\n'
+  '[[tickets]]\nid = "c"\nsleep = 0\n'
+ )
+ assert conductor("run", "p.toml", cwd=tmp_path).returncode == 0
+ before = (tmp_path / "p.state.db").read_bytes()
+ pipeline.write_text(
+  '[[tickets]]\nid = "a"\nsleep = 0\n[[tickets]]\nid = "b"\nrun = "echo changed"\n'
+  '[[tickets]]\nid = "d"\nsleep = 0\n'
+ )
+ one_line_error(
+  conductor("run", "p.toml", cwd=tmp_path),
+  "p.toml changed since its state",
+  "added: d",
+  "removed: c",
+  "changed: b",
+  "--fresh",
+ )
+ assert (tmp_path / "p.state.db").read_bytes() == before
+ fresh = conductor("run", "p.toml", "--fresh", cwd=tmp_path)
+ assert fresh.returncode == 0 and "b completed" in fresh.stdout
+
+
+def test_a_locked_state_is_refused_with_the_holders_pid_and_a_killed_holder_frees_it(
+ tmp_path: Path,
+) -> None:
+ # b waits for a, so while paused there is always work left: every run below starts paused.
+ (tmp_path / "p.toml").write_text(
+  '[[tickets]]\nid = "a"\nsleep = 1\n[[tickets]]\nid = "b"\ndepends_on = ["a"]\nsleep = 0\n'
+ )
+ one_line_error(conductor("pause", "--state", "s.state.db", cwd=tmp_path), "no such state file")
+ holder = Child("run", "p.toml", "--state", "s.state.db", cwd=tmp_path)
+ holder.wait_for("^control it from another terminal")
+ assert conductor("pause", "--state", "s.state.db", cwd=tmp_path).returncode == 0
+ holder.kill_hard()  # leaves a stale lock file and a stale socket file behind
+ offline = conductor("status", "--state", "s.state.db", cwd=tmp_path)
+ assert offline.returncode == 0 and "not running" in offline.stdout, offline.stderr
+
+ holder = Child("run", "p.toml", "--state", "s.state.db", cwd=tmp_path)
+ holder.wait_for("^PAUSED since")
+ line = one_line_error(
+  conductor("run", "p.toml", "--state", "s.state.db", cwd=tmp_path), "in use by conductor pid"
+ )
+ assert f"pid {holder.proc.pid}" in line
+ holder.kill_hard()
+ second = Child("run", "p.toml", "--state", "s.state.db", cwd=tmp_path)
+ second.wait_for("^PAUSED since")
+ assert conductor("resume", "--state", "s.state.db", cwd=tmp_path).returncode == 0
+ assert second.finish() == 0
+ assert {status for status, _ in read_state(tmp_path / "s.state.db").values()} == {"completed"}
+
+
+def test_foreign_damaged_and_missing_state_files_get_one_line_and_stay_untouched(
+ tmp_path: Path,
+) -> None:
+ (tmp_path / "p.toml").write_text('[[tickets]]\nid = "a"\nsleep = 0\n')
+ assert conductor("run", "p.toml", "--state", "good.state.db", cwd=tmp_path).returncode == 0
+ good = (tmp_path / "good.state.db").read_bytes()
+ damaged = bytearray(good)
+ damaged[1024:3072] = b"\xa5" * 2048
+ foreign = sqlite3.connect(tmp_path / "other.db")
+ foreign.execute("CREATE TABLE mine (x)")
+ foreign.commit()
+ foreign.close()
+ files = {
+  "notes.txt": b"just some notes\n" * 10,
+  "empty.db": b"",
+  "damaged.state.db": bytes(damaged),
+  "other.db": (tmp_path / "other.db").read_bytes(),
+ }
+ for name, data in files.items():
+  (tmp_path / name).write_bytes(data)
+ for name, data in files.items():
+  for command in (["run", "p.toml"], ["run", "p.toml", "--fresh"], ["status"], ["pause"]):
+   one_line_error(conductor(*command, "--state", name, cwd=tmp_path), name)
+   assert (tmp_path / name).read_bytes() == data, (name, command)
+ one_line_error(conductor("status", "--state", "missing.db", cwd=tmp_path), "no such state file")
+ one_line_error(conductor("status", cwd=tmp_path), "--state")
+
+
+def test_status_shows_attempts_errors_and_the_history(tmp_path: Path) -> None:
+ (tmp_path / "p.toml").write_text(
+  '[[tickets]]\nid = "ok"\nrun = "true"\n'
+  '[[tickets]]\nid = "bad"\nrun = "echo nope >&2; exit 3"\n'
+  '[[tickets]]\nid = "after"\ndepends_on = ["bad"]\nrun = "true"\n'
+ )
+ assert conductor("run", "p.toml", cwd=tmp_path).returncode == 1
+ report = json.loads(conductor("status", "p.toml", "--json", "--history", cwd=tmp_path).stdout)
+ rows = {row["id"]: row for row in report["tickets"]}
+ assert rows["bad"]["error"] == "exit code 3: nope" and rows["bad"]["exit_code"] == 3
+ assert rows["after"]["status"] == "blocked" and report["mma_status"] == "error"
+ assert report["history"][0]["status"] == "fresh"
+ shown = conductor("status", "p.toml", "--history", cwd=tmp_path).stdout
+ assert "exit code 3: nope" in shown and "bad failed (attempt 1)" in shown
+ # A re-run retries the failed ticket (attempt 2) and what it blocked.
+ (tmp_path / "p.toml").write_text((tmp_path / "p.toml").read_text())
+ rerun = conductor("run", "p.toml", cwd=tmp_path)
+ assert "1 failed, retrying: bad" in rerun.stdout and "bad in_progress (attempt 2)" in rerun.stdout

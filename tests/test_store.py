@@ -1,0 +1,365 @@
+"""StateStore: what a run records, what a later run restores, and what is refused untouched.
+
+In-process tests on asyncio and trio. A "crash image" (the state file and its WAL copied
+while a run is in flight) stands for the file a `kill -9` would leave behind; the real kills
+are in test_durability.py.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+from pathlib import Path
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from conductor.control import DurableRun, StateLockedError, open_run
+from conductor.dag_engine import ExecutionEngine, Status, Ticket
+from conductor.multi_agent_conductor import ConductorEngine, Snapshot, Transition
+from conductor.pipeline import Pipeline, pipeline_from_dict
+from conductor.store import (
+ APPLICATION_ID,
+ PipelineChangedError,
+ StateFileError,
+ StateStore,
+ check_state_file,
+)
+from conductor.workers import WorkFailed, WorkResult
+
+pytestmark = pytest.mark.anyio
+
+
+def diamond() -> list[Ticket]:
+ return [
+  Ticket("a"),
+  Ticket("b", ("a",)),
+  Ticket("c", ("a",)),
+  Ticket("d", ("b", "c")),
+  Ticket("e"),
+ ]
+
+
+def current(path: Path) -> dict[str, tuple[str, int]]:
+ """Ticket states as a second, independent connection sees them: only what is committed."""
+ conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+ try:
+  rows = conn.execute("SELECT id, status, attempts FROM ticket_state").fetchall()
+ finally:
+  conn.close()
+ return {tid: (status, attempts) for tid, status, attempts in rows}
+
+
+async def run_with_store(
+ store: StateStore, tickets: list[Ticket], worker: object, max_workers: int = 3
+) -> Snapshot:
+ conductor = ConductorEngine(ExecutionEngine(tickets), store.durable(worker), max_workers)  # type: ignore[arg-type]
+ store.attach(conductor)
+ async with anyio.create_task_group() as tg:
+  tg.start_soon(store.flusher)
+  snap = await conductor.run()
+  tg.cancel_scope.cancel()
+ store.commit()
+ return snap
+
+
+def crash_image(state: Path, into: Path) -> Path:
+ """Copy the state file and its WAL as they are: what `kill -9` at this moment would leave."""
+ image = into / state.name
+ for suffix in ("", "-wal"):
+  source = Path(f"{state}{suffix}")
+  if source.exists():
+   shutil.copyfile(source, f"{image}{suffix}")
+ return image
+
+
+async def test_a_new_state_carries_the_marker_and_records_a_whole_run(tmp_path: Path) -> None:
+ path = tmp_path / "p.state.db"
+ assert not check_state_file(path)
+ with StateStore.open(path) as store:
+  tickets = diamond()
+  restored = store.restore("p", tickets)
+  assert restored.fresh and restored.total == 5
+
+  async def ok(ticket: Ticket) -> WorkResult:
+   return WorkResult(output="", exit_code=7 if ticket.id == "e" else 0)
+
+  snap = await run_with_store(store, tickets, ok)
+  assert snap.counts.completed == 5
+ assert check_state_file(path, deep=True)
+ assert int.from_bytes(path.read_bytes()[68:72], "big") == APPLICATION_ID
+ with StateStore.open(path, create=False) as store:
+  rows = {row.id: row for row in store.tickets()}
+  assert {row.status for row in rows.values()} == {"completed"}
+  assert rows["e"].exit_code == 7 and rows["a"].attempts == 1
+  events = [(h.ticket, h.status) for h in store.history() if h.ticket == "d"]
+  assert events == [("d", "in_progress"), ("d", "completed")]
+  # The closed store brought the tickets table itself up to date.
+  table = dict(store._conn.execute("SELECT id, status FROM tickets").fetchall())
+  assert set(table.values()) == {"completed"}
+
+
+async def test_a_ticket_starts_only_after_its_dependencies_completion_is_committed(
+ tmp_path: Path,
+) -> None:
+ # The worker looks at the state through a second connection, which sees only committed
+ # data: its dependencies must be completed there, and its own attempt already counted.
+ path = tmp_path / "p.state.db"
+ tickets = [Ticket(f"r{i}") for i in range(4)]
+ tickets += [Ticket(f"m{i}", (f"r{i}", f"r{(i + 1) % 4}")) for i in range(4)]
+ tickets += [Ticket("join", tuple(f"m{i}" for i in range(4)))]
+ seen: list[str] = []
+ with StateStore.open(path) as store:
+  store.restore("p", tickets)
+  deps = {t.id: t.depends_on for t in tickets}
+
+  async def check(ticket: Ticket) -> None:
+   visible = current(path)
+   for dep in deps[ticket.id]:
+    assert visible[dep][0] == "completed", (ticket.id, dep, visible[dep])
+   assert visible[ticket.id] == ("in_progress", ticket.attempts)
+   seen.append(ticket.id)
+   await anyio.lowlevel.checkpoint()
+
+  snap = await run_with_store(store, tickets, check, max_workers=3)
+ assert snap.counts.completed == len(tickets) == len(seen)
+
+
+async def test_every_watched_transition_is_already_committed(tmp_path: Path) -> None:
+ path = tmp_path / "p.state.db"
+ lines: list[tuple[str | None, str]] = []
+ with StateStore.open(path) as store:
+  tickets = diamond()
+  store.restore("p", tickets)
+
+  def watch(t: Transition) -> None:
+   if t.ticket is not None:
+    assert current(path)[t.ticket][0] == Status(t.status)
+   lines.append((t.ticket, t.status))
+
+  store.watch(watch)
+
+  async def ok(ticket: Ticket) -> None:
+   await anyio.lowlevel.checkpoint()
+
+  await run_with_store(store, tickets, ok)
+ assert len(lines) == 10
+
+
+async def test_a_crash_image_resumes_with_the_interrupted_attempt_counted(tmp_path: Path) -> None:
+ path = tmp_path / "p.state.db"
+ crashed = tmp_path / "crashed"
+ crashed.mkdir()
+ with StateStore.open(path) as store:
+  tickets = diamond()
+  store.restore("p", tickets)
+
+  async def copy_at_d(ticket: Ticket) -> None:
+   if ticket.id == "d":  # a, b, c, e done; d's attempt is committed: "kill -9" now
+    crash_image(path, crashed)
+   await anyio.lowlevel.checkpoint()
+
+  await run_with_store(store, tickets, copy_at_d)
+
+ again = diamond()
+ with StateStore.open(crashed / path.name) as store:
+  restored = store.restore("p", again)
+  assert restored.interrupted == ("d",) and restored.completed == 4
+  by_id = {t.id: t for t in again}
+  assert by_id["d"].status is Status.TODO and by_id["d"].attempts == 1
+  assert by_id["a"].status is Status.COMPLETED
+  started: list[str] = []
+
+  async def record(ticket: Ticket) -> None:
+   started.append(ticket.id)
+
+  await run_with_store(store, again, record)
+  assert started == ["d"]  # completed tickets never run again
+  assert by_id["d"].attempts == 2
+  events = [h.status for h in store.history() if h.ticket == "d"]
+  assert events == ["in_progress", "interrupted", "in_progress", "completed"]
+
+
+async def test_failed_tickets_are_retried_by_a_re_run_and_blocked_ones_follow(
+ tmp_path: Path,
+) -> None:
+ path = tmp_path / "p.state.db"
+ fail = {"b"}
+
+ async def worker(ticket: Ticket) -> WorkResult:
+  if ticket.id in fail:
+   raise WorkFailed("broken", exit_code=3)
+  return WorkResult(exit_code=0)
+
+ with StateStore.open(path) as store:
+  first = diamond()
+  store.restore("p", first)
+  snap = await run_with_store(store, first, worker)
+  assert snap.counts.failed == 1 and snap.counts.blocked == 1
+  rows = {row.id: row for row in store.tickets()}
+  assert rows["b"].error == "broken" and rows["b"].exit_code == 3
+  assert rows["d"].status == "blocked"
+ fail.clear()
+ again = diamond()
+ with StateStore.open(path) as store:
+  restored = store.restore("p", again)
+  assert restored.retried == ("b",)
+  snap = await run_with_store(store, again, worker)
+  assert snap.counts.completed == 5
+  assert {t.id: t.attempts for t in again} == {"a": 1, "b": 2, "c": 1, "d": 1, "e": 1}
+
+
+async def test_a_retry_during_the_run_records_what_it_unblocked(tmp_path: Path) -> None:
+ path = tmp_path / "p.state.db"
+ tickets = diamond()
+ failed_once: set[str] = set()
+ with StateStore.open(path) as store:
+  store.restore("p", tickets)
+  conductor: ConductorEngine
+
+  async def worker(ticket: Ticket) -> None:
+   if ticket.id == "b" and not failed_once:
+    failed_once.add("b")
+    raise WorkFailed("flaky")
+
+  b_failed = anyio.Event()
+
+  def on_transition(t: Transition) -> None:
+   if t.ticket == "b" and t.status == "failed":
+    b_failed.set()
+   if t.ticket == "d" and t.status == "completed":
+    conductor.stop()
+
+  async def retry_b() -> None:
+   await b_failed.wait()
+   conductor.retry("b")  # like a click on Retry: from outside the engine's own step
+
+  conductor = ConductorEngine(ExecutionEngine(tickets), store.durable(worker), 3, linger=True)
+  store.attach(conductor)
+  conductor.add_listener(on_transition)
+  async with anyio.create_task_group() as tg:
+   tg.start_soon(store.flusher)
+   tg.start_soon(retry_b)
+   with anyio.fail_after(10):
+    snap = await conductor.run()
+   tg.cancel_scope.cancel()
+  assert snap.counts.completed == 5
+  history = [(h.ticket, h.status) for h in store.history()]
+  assert ("d", "blocked") in history and ("d", "todo") in history
+  assert {row.status for row in store.tickets()} == {"completed"}
+
+
+def pipeline(tickets: list[dict[str, object]], name: str = "p") -> Pipeline:
+ return pipeline_from_dict({"tickets": tickets}, name=name)
+
+
+def test_a_changed_pipeline_is_named_ticket_by_ticket_and_nothing_written(tmp_path: Path) -> None:
+ path = tmp_path / "p.state.db"
+ base = [
+  {"id": "keep", "sleep": 0},
+  {"id": "edit", "sleep": 1},
+  {"id": "drop", "sleep": 0},
+ ]
+ with StateStore.open(path) as store:
+  store.restore("p", pipeline(base).tickets)
+ before = path.read_bytes()
+ edited = [{"id": "keep", "sleep": 0}, {"id": "edit", "sleep": 2}, {"id": "new", "sleep": 0}]
+ with StateStore.open(path) as store, pytest.raises(PipelineChangedError) as caught:
+  store.restore("p", pipeline(edited).tickets)
+ error = caught.value
+ assert (error.added, error.removed, error.changed) == (("new",), ("drop",), ("edit",))
+ assert "--fresh" in str(error) and "\n" not in str(error)
+ assert path.read_bytes() == before
+ # Reordering and a new description are not changes.
+ reordered = [{"id": "drop", "sleep": 0}, {"id": "keep", "sleep": 0, "description": "x"}]
+ reordered.append({"id": "edit", "sleep": 1})
+ with StateStore.open(path) as store:
+  assert not store.restore("p", pipeline(reordered).tickets).fresh
+
+
+def test_fresh_forgets_progress_and_the_pause_flag(tmp_path: Path) -> None:
+ path = tmp_path / "p.state.db"
+ tickets = pipeline([{"id": "a", "sleep": 0}]).tickets
+ with StateStore.open(path) as store:
+  store.restore("p", tickets)
+  store.set_paused(True, "lunch")
+ with StateStore.open(path) as store:
+  restored = store.restore("p", pipeline([{"id": "b", "sleep": 0}]).tickets, fresh=True)
+  assert restored.fresh and not restored.pause.paused
+  assert [row.id for row in store.tickets()] == ["b"]
+
+
+def test_the_pause_flag_survives_and_keeps_when_it_began(tmp_path: Path) -> None:
+ path = tmp_path / "p.state.db"
+ with StateStore.open(path) as store:
+  store.restore("p", pipeline([{"id": "a", "sleep": 0}]).tickets)
+  first = store.set_paused(True, "rate limit")
+  again = store.set_paused(True)  # idempotent: same since, same reason
+  assert again.since == first.since and again.reason == "rate limit"
+ with StateStore.open(path, create=False) as store:
+  restored = store.restore("p", pipeline([{"id": "a", "sleep": 0}]).tickets)
+  assert restored.pause.paused and restored.pause.reason == "rate limit"
+  assert not store.set_paused(False).paused
+  assert [h.status for h in store.history()][-2:] == ["paused", "resumed"]
+
+
+def foreign_files(tmp_path: Path) -> dict[str, Path]:
+ files: dict[str, Path] = {}
+ files["empty"] = tmp_path / "empty.db"
+ files["empty"].write_bytes(b"")
+ files["text"] = tmp_path / "notes.db"
+ files["text"].write_text("my notes, not a database\n" * 20)
+ files["sqlite"] = tmp_path / "other.db"
+ conn = sqlite3.connect(files["sqlite"])
+ conn.execute("CREATE TABLE mine (x)")
+ conn.commit()
+ conn.close()
+ files["newer"] = tmp_path / "newer.state.db"
+ with StateStore.open(files["newer"]) as store:
+  store.restore("p", pipeline([{"id": "a", "sleep": 0}]).tickets)
+ data = bytearray(files["newer"].read_bytes())
+ data[60:64] = (99).to_bytes(4, "big")  # user_version: a future format
+ files["newer"].write_bytes(bytes(data))
+ files["damaged"] = tmp_path / "damaged.state.db"
+ with StateStore.open(files["damaged"]) as store:
+  store.restore("p", pipeline([{"id": f"t{i}", "sleep": 0} for i in range(300)]).tickets)
+ data = bytearray(files["damaged"].read_bytes())
+ data[2048:6144] = b"\xa5" * 4096  # trash pages behind an intact header
+ files["damaged"].write_bytes(bytes(data))
+ files["truncated"] = tmp_path / "truncated.state.db"
+ shutil.copyfile(files["damaged"], files["truncated"])
+ files["truncated"].write_bytes(files["damaged"].read_bytes()[:50])
+ return files
+
+
+def test_foreign_damaged_and_newer_files_are_refused_and_left_untouched(tmp_path: Path) -> None:
+ for kind, path in foreign_files(tmp_path).items():
+  before = path.read_bytes()
+  siblings = sorted(p.name for p in tmp_path.iterdir())
+  with pytest.raises(StateFileError) as caught, StateStore.open(path, deep_check=True):
+   pass
+  message = str(caught.value)
+  assert "\n" not in message and str(path) in message, (kind, message)
+  assert path.read_bytes() == before, kind
+  assert sorted(p.name for p in tmp_path.iterdir()) == siblings, kind
+
+
+async def test_open_run_refuses_a_second_claim_and_a_released_claim_recovers(
+ tmp_path: Path,
+) -> None:
+ p = pipeline([{"id": "a", "sleep": 0}])
+ first: DurableRun = open_run(tmp_path / "p.state.db", p)
+ try:
+  conductor = ConductorEngine(ExecutionEngine(p.tickets), max_workers=1)
+  async with anyio.create_task_group() as tg:
+   await tg.start(first.owner.serve, conductor, first.store)  # listening: claim complete
+   with pytest.raises(StateLockedError) as caught:
+    open_run(tmp_path / "p.state.db", pipeline([{"id": "a", "sleep": 0}]))
+   assert caught.value.pid == os.getpid() and "in use by conductor pid" in str(caught.value)
+   tg.cancel_scope.cancel()
+ finally:
+  first.close()
+ second = open_run(tmp_path / "p.state.db", pipeline([{"id": "a", "sleep": 0}]))
+ second.close()
