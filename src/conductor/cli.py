@@ -150,6 +150,17 @@ def render(snap: Snapshot, status: MmaStatus, *, keys: bool = True) -> Renderabl
  return Group(*parts)
 
 
+def _log_line(line: str) -> None:
+ # A reader that goes away (`conductor run x | head`) must not stop the pipeline: keep
+ # running, and send the rest of the log nowhere.
+ try:
+  print(line, flush=True)
+ except BrokenPipeError:
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, sys.stdout.fileno())
+  os.close(devnull)
+
+
 def plain_line(name: str, t: Transition) -> str:
  """One log line for a transition, for runs off a terminal."""
  stamp = time.strftime("%H:%M:%S", time.localtime(t.at))
@@ -311,7 +322,7 @@ def _execute(
  interactive = console.is_terminal and sys.stdin.isatty()
  if not interactive:
   # Printed once committed: a line saying "completed" is a promise the state keeps.
-  store.watch(lambda t: print(plain_line(pipeline.name, t), flush=True))
+  store.watch(lambda t: _log_line(plain_line(pipeline.name, t)))
 
  def on_key(ch: str) -> None:
   if ch in "pP ":
