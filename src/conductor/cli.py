@@ -317,6 +317,7 @@ def _execute(
   name=pipeline.name,
   paused=pause.paused,
   pause_reason=pause.reason,
+  paused_at=pause.since,
  )
  store.attach(conductor)
  interactive = console.is_terminal and sys.stdin.isatty()

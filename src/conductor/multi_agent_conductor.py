@@ -158,6 +158,7 @@ class ConductorEngine:
   name: str = "pipeline",
   paused: bool = False,
   pause_reason: str | None = None,
+  paused_at: float | None = None,
   linger: bool = False,
  ) -> None:
   if not isinstance(max_workers, int) or max_workers < 1:
@@ -177,7 +178,8 @@ class ConductorEngine:
   self._sched: Scheduler | None = None
   self._paused = paused
   self._pause_reason = pause_reason if paused else None
-  self._paused_at: float | None = time.time() if paused else None
+  # A pause restored from a store keeps its own time (`paused_at`, time.time()).
+  self._paused_at: float | None = (paused_at or time.time()) if paused else None
   self._active = 0.0  # run time accumulated before `_active_since`
   self._active_since: float | None = None  # monotonic; None while paused or not running
 
