@@ -398,3 +398,17 @@ async def test_a_lingering_run_waits_for_retry_and_ends_on_stop() -> None:
    assert conductor.mma_status is MmaStatus.DONE
    conductor.stop()
  assert conductor.snapshot().counts.completed == 2
+
+
+async def test_commands_given_before_the_run_apply_on_its_loop_at_start() -> None:
+ gk = Gatekeeper()
+ conductor = ConductorEngine(ExecutionEngine(wide(3)), gk)
+ seen_threads: set[int] = set()
+ conductor.add_listener(lambda t: seen_threads.add(threading.get_ident()))
+ await anyio.to_thread.run_sync(conductor.pause, "from another thread")
+ await anyio.to_thread.run_sync(conductor.stop)
+ with fail_after(10):
+  snap = await conductor.run()
+ assert gk.started == []  # stopped before anything could start
+ assert snap.counts.todo == 3
+ assert seen_threads == {threading.get_ident()}  # the "paused" event came on the loop

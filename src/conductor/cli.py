@@ -628,6 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
  runner_options(p)
  p.add_argument("--start", action="store_true", help="start the run at once, without Start")
  gui_options(p)
+ state_options(p, f"FILE's name with .state.db, beside it; the demo's: {demo_state_path()}")
  p.set_defaults(func=cmd_gui)
  return parser
 

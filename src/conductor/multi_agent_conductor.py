@@ -199,6 +199,8 @@ class ConductorEngine:
   self._started = False
   self._spawned = 0  # workers admitted by the run, once it has ended
   self._stopping = False  # stop() or cancel() asked: no new workers, the run ends
+  self._early: list[Callable[[], None]] = []  # commands given before the run began
+  self._finished = False
   # The first published snapshot leaves out the rows: building them is O(tickets), and a
   # reader gets a full one on its first request anyway.
   self._bridge: ThreadBridge[Snapshot] = ThreadBridge(self._build_snapshot(rows=False))
@@ -274,10 +276,12 @@ class ConductorEngine:
 
  def retry(self, ticket_id: str) -> None:
   """Put a failed ticket, and the tickets it blocked, back in play. Any thread."""
+  self._ticket(ticket_id)  # an unknown id is the caller's error, raised here
   self._in_loop(lambda: self._retry_in_loop(ticket_id))
 
  def queue(self, ticket_id: str) -> None:
   """Approve a ticket for starting when `auto_queue` is off. Any thread."""
+  self._ticket(ticket_id)  # an unknown id is the caller's error, raised here
   self._in_loop(lambda: self._queue_in_loop(ticket_id))
 
  @property
@@ -324,14 +328,19 @@ class ConductorEngine:
   self._bridge.publish(self._build_snapshot())
 
  def _in_loop(self, fn: Callable[[], None]) -> None:
-  # Run `fn` on the loop: directly when already there or when no loop runs (before or
-  # after the run, nothing else touches the loop-side state). If the loop ends between
-  # the check and the post, the command is dropped: the run it was meant for is over.
+  # Run `fn` on the loop, so that listeners (a SQLite store) always run on its thread:
+  # directly when already there; posted while a run is live; kept for the start of the
+  # run before it begins. After the run, or if it ends between the check and the post,
+  # the command is dropped: the run it was meant for is over.
   bridge = self._bridge
-  if bridge.in_loop_thread or not bridge.attached:
+  if bridge.in_loop_thread:
    fn()
-  else:
-   bridge.post(fn)
+   return
+  with self._control:
+   if not bridge.attached and not self._finished:
+    self._early.append(fn)
+    return
+  bridge.post(fn)
 
  # -- the run --------------------------------------------------------------------------
 
@@ -344,7 +353,9 @@ class ConductorEngine:
    raise RuntimeError("ConductorEngine.run() can be called only once per engine")
   self._started = True
   self._phase = MmaStatus.PLANNING
-  self._bridge.attach()
+  with self._control:  # see _in_loop: no command falls between "early" and "posted"
+   self._bridge.attach()
+   early, self._early = self._early, []
   try:
    async with Scheduler(self._max_workers, paused=True) as sched:
     with self._control:
@@ -355,6 +366,8 @@ class ConductorEngine:
     self._phase = MmaStatus.EXECUTING
     self._touch()
     with CancelScope() as self._drive_scope:
+     for command in early:  # pause/resume/stop/... asked before the run began
+      command()
      await self._drive(sched)
   except BaseException as exc:
    self._phase = MmaStatus.ERROR
@@ -377,7 +390,9 @@ class ConductorEngine:
    self._touch()
    final = self._build_snapshot()
    self._bridge.publish(final)
-   self._bridge.detach()
+   with self._control:
+    self._bridge.detach()
+    self._finished = True
   return final
 
  def _end_phase(self) -> MmaStatus:
@@ -388,7 +403,7 @@ class ConductorEngine:
 
  async def _drive(self, sched: Scheduler) -> None:
   engine, ready = self.engine, self._ready
-  while True:
+  while not self._stopping:
    self._pump(sched)
    if ready:
     # No free slot, or paused: wait for admission. The ticket leaves the queue first so

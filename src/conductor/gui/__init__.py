@@ -1,0 +1,19 @@
+"""The MMA dashboard, a Dear ImGui desktop window (imgui-bundle): `conductor gui`, `demo --gui`.
+
+Three threads, none waiting on another during a frame:
+
+- the main thread belongs to GLFW: it draws `Dashboard` (_dashboard.py) from the latest
+  immutable `Snapshot` and the live `mma_status`, and posts button presses to the engine;
+- the engine thread (`PipelineRunner`, _runs.py) runs one event loop for as long as the
+  window is open: it owns the pipeline's durable state (as `conductor run`: a re-opened
+  window resumes where the last one stopped, and `conductor pause|resume|status` reach it),
+  runs the pipeline on Start and wakes the GUI on every transition;
+- with `--test-hook PORT_FILE` only, a loopback HTTP server (`TestHook`, _hook.py) lets tests
+  read the state and click buttons through Dear ImGui's test engine.
+
+This is the only package that imports imgui-bundle.
+"""
+
+from ._app import run_dashboard
+
+__all__ = ["run_dashboard"]
