@@ -435,6 +435,9 @@ class ConductorEngine:
    if not sched.try_spawn(self._work, ticket, name=ticket.id):
     return
    ready.popleft()
+   # Admitted: started now, in the step that released it (no await in between), so that
+   # a store commits the completion and this start together before the worker runs.
+   self._start(ticket)
 
  def _notify(self) -> None:
   wake, self._wake = self._wake, None
@@ -453,9 +456,11 @@ class ConductorEngine:
   # cancellation, so one failing ticket never stops its siblings.
   exit_code: int | None = None
   output = ""
-  # The worker's first step, right after admission: the ticket is in_progress (and durable,
-  # for a store listening) before the user's worker runs.
-  self._start(ticket)
+  # A spawn that waited at the gate is admitted by the worker's own task (see
+  # Scheduler.spawn): then this first step is where the ticket starts. Either way it is
+  # in_progress (and recorded, for a store listening) before the user's worker runs.
+  if ticket.status is not Status.IN_PROGRESS:
+   self._start(ticket)
   try:
    try:
     result = await self._worker(ticket)

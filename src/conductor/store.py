@@ -578,10 +578,9 @@ class StateStore:
 
   That is what makes "a ticket never starts before its dependencies' completion (and its
   own attempt) is durable" hold: the engine records the completion, then the dependent's
-  start, and only then runs the dependent's worker, whose first act is to wait for the
-  commit that covers both. With the flusher running that is a group commit: every worker
-  started in one scheduling round waits for the flusher's one commit (one scheduling hop
-  later) instead of paying for its own. Also notes each attempt's exit code.
+  start, and only then runs the dependent's worker, whose first act is to commit what is
+  pending, covering both. The first worker of a round commits for all the starts recorded
+  with it; the others find nothing to commit. Also notes each attempt's exit code.
   """
 
   async def durable_worker(ticket: Ticket) -> WorkResult | None:
@@ -598,16 +597,12 @@ class StateStore:
   return durable_worker
 
  async def _durable_point(self) -> None:
-  # Return once everything recorded before this call is committed.
-  if self._wake is None:  # no flusher: commit right here
-   self.commit()
-  else:
-   # The recorder asked the flusher when it dirtied the transaction; its commit (or any
-   # other) releases us. No commit can come between the check and the wait: both are on
-   # the loop and nothing in between yields.
-   if self._committed is None:
-    self._committed = anyio.Event()
-   await self._committed.wait()
+  # Return once everything recorded before this call is committed: commit right here. The
+  # engine records a round's starts (and the completions that released them) in the step
+  # before their workers run, so the first worker's commit covers the round and the others
+  # find nothing to commit; waiting for the flusher instead would cost every chain step a
+  # scheduling hop.
+  self.commit()
   if self.failure is not None:  # the state cannot be written: this start is not durable
    await anyio.sleep_forever()  # the run was cancelled; that cancellation ends this wait
 
