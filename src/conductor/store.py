@@ -7,7 +7,8 @@ again (their interrupted attempt stays counted, the history says "interrupted").
 
 Cost. A transition is one INSERT into `history` (the `tickets` table is brought up to date
 when a run starts and when it ends cleanly; the `ticket_state` view is always current), and
-workers started in the same scheduling round share one commit. benchmarks/store_overhead.py
+a starting worker commits what is pending (its start and what released it) before it runs;
+the first of a round commits for all the starts recorded with it. benchmarks/store_overhead.py
 measures what that costs.
 
 Durability. The file is in WAL mode with `synchronous=NORMAL`: a committed transaction is in
@@ -349,7 +350,6 @@ class StateStore:
   self._exit_codes: dict[str, int | None] = {}  # of attempts that just ended
   self._wake: anyio.Event | None = None  # the flusher waits on it; None: no flusher
   self._flush_asked = False  # `_wake` is set: the flusher commits in its next turn
-  self._committed: anyio.Event | None = None  # set by the next commit; workers wait on it
   self.failure: str | None = None  # why writing failed; the run was cancelled then
 
  # -- opening and closing ------------------------------------------------------------------
@@ -643,9 +643,6 @@ class StateStore:
    self._failed(exc)
    return
   self._dirty = False
-  committed, self._committed = self._committed, None
-  if committed is not None:
-   committed.set()
   if self._pending:
    pending, self._pending = self._pending, []
    for transition in pending:
@@ -762,9 +759,6 @@ class StateStore:
    pass
   self._dirty = False
   self._pending.clear()
-  committed, self._committed = self._committed, None
-  if committed is not None:  # waiting workers see `failure` and wait for the cancellation
-   committed.set()
   if self._conductor is not None:
    self._conductor.cancel()
 
