@@ -153,14 +153,8 @@ class Scheduler:
   Returns as soon as the worker is admitted (not when it finishes). Cancelling a parked
   spawn starts nothing and gives its slot back.
   """
-  tg, slots = self._tg, self._slots
-  if tg is None or slots is None:
-   raise RuntimeError(
-    "Scheduler.spawn() needs a running scheduler: "
-    "`async with Scheduler(max_workers=N) as s: await s.spawn(fn)`"
-   )
-  if name is None:
-   name = getattr(fn, "__qualname__", None) or repr(fn)
+  tg, slots = self._live("spawn")
+  name = _name_of(fn, name)
   await slots.acquire()
   key = self._admit(name)
   if key is not None:
@@ -220,26 +214,29 @@ class Scheduler:
   that learns of new work inside a finishing worker can start it without a task switch.
   Call from the scheduler's loop.
   """
-  tg, slots = self._tg, self._slots
-  if tg is None or slots is None:
-   raise RuntimeError(
-    "Scheduler.try_spawn() needs a running scheduler: "
-    "`async with Scheduler(max_workers=N) as s: s.try_spawn(fn)`"
-   )
+  tg, slots = self._live("try_spawn")
   if slots.value == 0 or self.paused:  # cheap refusals first: raising WouldBlock is not
    return False
   try:
    slots.acquire_nowait()
   except WouldBlock:
    return False
-  if name is None:
-   name = getattr(fn, "__qualname__", None) or repr(fn)
+  name = _name_of(fn, name)
   key = self._admit(name)
   if key is None:
    slots.release()
    return False
   tg.start_soon(self._run, fn, args, key, name=name)
   return True
+
+ def _live(self, method: str) -> tuple[TaskGroup, Semaphore]:
+  tg, slots = self._tg, self._slots
+  if tg is None or slots is None:
+   raise RuntimeError(
+    f"Scheduler.{method}() needs a running scheduler: "
+    f"`async with Scheduler(max_workers=N) as s: ... s.{method}(fn) ...`"
+   )
+  return tg, slots
 
  def _admit(self, name: str) -> int | None:
   # The linearization point of admission: see the class docstring.
@@ -274,3 +271,7 @@ class Scheduler:
     self._drained = Event()
    await self._drained.wait()
   await checkpoint()
+
+
+def _name_of(fn: Callable[..., object], name: str | None) -> str:
+ return name if name is not None else getattr(fn, "__qualname__", None) or repr(fn)

@@ -624,13 +624,6 @@ class ConductorEngine:
   )
 
 
-async def run_pipeline(
- engine: ExecutionEngine, worker: Worker | None = None, max_workers: int = 4
-) -> Snapshot:
- """Convenience: run a DAG to its end with a fresh `ConductorEngine`."""
- return await ConductorEngine(engine, worker, max_workers).run()
-
-
 __all__ = [
  "ConductorEngine",
  "Counts",
@@ -641,5 +634,4 @@ __all__ = [
  "Transition",
  "Worker",
  "describe_work",
- "run_pipeline",
 ]
