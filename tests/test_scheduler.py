@@ -236,7 +236,9 @@ async def test_no_worker_starts_after_pause_returns_on_a_foreign_thread() -> Non
    s.resume()
   loop.call_soon(stop.set)
 
- with fail_after(60):
+ # A hang guard, not a speed check: with a thread switch every µs this test takes ~30-40 s
+ # per backend on a 2-vCPU machine.
+ with fail_after(240):
   async with Scheduler(max_workers=2) as s, create_task_group() as tg:
    tg.start_soon(spawn_forever, s)
    await anyio.to_thread.run_sync(pauser, s, LoopHandle())
