@@ -3,9 +3,9 @@ and how fast a pause from another process takes effect.
 
 1. Ticket rate, on asyncio and trio: the same DAG of no-op tickets through ConductorEngine,
    - memory: no store at all (the engine's own in-memory state);
-   - store:  a `StateStore` attached (every transition recorded, committed before the next
-             worker starts, in WAL with synchronous=NORMAL), its flusher running, workers
-             wrapped by `store.durable()`; the state file is on the same disk as the repo;
+   - store:  a `StateStore` attached (every transition recorded; a worker runs only once its
+             start and its dependencies' completion are committed; WAL, synchronous=NORMAL);
+             the state file is on the same disk as the repo;
    - store FULL: the same with synchronous=FULL (an fsync per commit: power-loss safe).
    Shapes: wide (no edges) and chain (each ticket waits for the previous one: the worst
    case, one commit per ticket). Setup (creating the state, recording the tickets) is
@@ -84,12 +84,9 @@ async def run_store(
  setup = time.perf_counter() - begin
  try:
   start = time.perf_counter()
-  conductor = ConductorEngine(ExecutionEngine(tickets), store.durable(_noop), max_workers=workers)
+  conductor = ConductorEngine(ExecutionEngine(tickets), _noop, max_workers=workers)
   store.attach(conductor)
-  async with anyio.create_task_group() as tg:
-   tg.start_soon(store.flusher)
-   snap = await conductor.run()
-   tg.cancel_scope.cancel()
+  snap = await conductor.run()
   store.commit()
   elapsed = time.perf_counter() - start
  finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import tempfile
 from pathlib import Path
 
 import anyio
@@ -43,24 +44,24 @@ def diamond() -> list[Ticket]:
 
 
 def current(path: Path) -> dict[str, tuple[str, int]]:
- """Ticket states as a second, independent connection sees them: only what is committed."""
- conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
- try:
-  rows = conn.execute("SELECT id, status, attempts FROM ticket_state").fetchall()
- finally:
-  conn.close()
+ """Ticket states in what a `kill -9` right now would leave (the file and its WAL, copied),
+ as a new connection recovers them: only what is committed. (The owner's connection holds
+ the file exclusively: no second connection can read it in place.)"""
+ with tempfile.TemporaryDirectory() as folder:
+  conn = sqlite3.connect(crash_image(path, Path(folder)))
+  try:
+   rows = conn.execute("SELECT id, status, attempts FROM ticket_state").fetchall()
+  finally:
+   conn.close()
  return {tid: (status, attempts) for tid, status, attempts in rows}
 
 
 async def run_with_store(
  store: StateStore, tickets: list[Ticket], worker: object, max_workers: int = 3
 ) -> Snapshot:
- conductor = ConductorEngine(ExecutionEngine(tickets), store.durable(worker), max_workers)  # type: ignore[arg-type]
+ conductor = ConductorEngine(ExecutionEngine(tickets), worker, max_workers)  # type: ignore[arg-type]
  store.attach(conductor)
- async with anyio.create_task_group() as tg:
-  tg.start_soon(store.flusher)
-  snap = await conductor.run()
-  tg.cancel_scope.cancel()
+ snap = await conductor.run()
  store.commit()
  return snap
 
@@ -104,8 +105,8 @@ async def test_a_new_state_carries_the_marker_and_records_a_whole_run(tmp_path: 
 async def test_a_ticket_starts_only_after_its_dependencies_completion_is_committed(
  tmp_path: Path,
 ) -> None:
- # The worker looks at the state through a second connection, which sees only committed
- # data: its dependencies must be completed there, and its own attempt already counted.
+ # The worker looks at what a kill at that moment would leave, i.e. only committed data:
+ # its dependencies must be completed there, and its own attempt already counted.
  path = tmp_path / "p.state.db"
  tickets = [Ticket(f"r{i}") for i in range(4)]
  tickets += [Ticket(f"m{i}", (f"r{i}", f"r{(i + 1) % 4}")) for i in range(4)]
@@ -236,11 +237,10 @@ async def test_a_retry_during_the_run_records_what_it_unblocked(tmp_path: Path) 
    await b_failed.wait()
    conductor.retry("b")  # like a click on Retry: from outside the engine's own step
 
-  conductor = ConductorEngine(ExecutionEngine(tickets), store.durable(worker), 3, linger=True)
+  conductor = ConductorEngine(ExecutionEngine(tickets), worker, 3, linger=True)
   store.attach(conductor)
   conductor.add_listener(on_transition)
   async with anyio.create_task_group() as tg:
-   tg.start_soon(store.flusher)
    tg.start_soon(retry_b)
    with anyio.fail_after(10):
     snap = await conductor.run()

@@ -80,6 +80,15 @@ async def test_extra_environment_variables_keep_the_path(tmp_path: Path) -> None
  assert result.output.splitlines()[1].endswith("/sh")
 
 
+async def test_a_command_knows_its_ticket_and_attempt(tmp_path: Path) -> None:
+ ticket = shell(
+  'echo "$CONDUCTOR_TICKET $CONDUCTOR_ATTEMPT $GREETING"', tmp_path, {"GREETING": "hi"}
+ )
+ ticket.attempts = 3  # the engine counts the attempt before the worker runs
+ result = await run_work(ticket)
+ assert result.output.split() == ["sh", "3", "hi"]
+
+
 async def test_a_command_reading_stdin_gets_end_of_file_instead_of_hanging(
  tmp_path: Path,
 ) -> None:

@@ -312,7 +312,7 @@ def _execute(
  max_workers = args.max_workers or pipeline.max_workers
  conductor = ConductorEngine(
   engine,
-  store.durable(run_work),
+  run_work,
   max_workers=max_workers,
   name=pipeline.name,
   paused=pause.paused,

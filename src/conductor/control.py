@@ -377,11 +377,10 @@ class DurableRun:
  restored: Restored
 
  async def drive(self, conductor: ConductorEngine, body: Callable[[], Awaitable[T]]) -> T:
-  """Run `body()` (which runs `conductor`) with the control socket and the flusher beside
-  it; hand over and stop serving once it returns. Call inside the event loop."""
+  """Run `body()` (which runs `conductor`) with the control socket beside it; hand over
+  and stop serving once it returns. Call inside the event loop."""
   async with anyio.create_task_group() as tg:
    await tg.start(self.owner.serve, conductor, self.store)
-   tg.start_soon(self.store.flusher)
    result = await body()
    await self.owner.hand_over()
    tg.cancel_scope.cancel()

@@ -14,8 +14,10 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from anyio import CancelScope, Event, get_cancelled_exc_class
+from anyio.lowlevel import checkpoint
 
 from scheduler import Scheduler, ThreadBridge
 
@@ -109,18 +111,23 @@ class Snapshot:
   return self.paused and bool(self.finishing)
 
 
-@dataclass(frozen=True, slots=True)
-class Transition:
- """A ticket changed status (or, with `ticket=None`, the pipeline was paused/resumed)."""
+class Transition(NamedTuple):
+ """A ticket changed status (or, with `ticket=None`, the pipeline was paused/resumed).
+
+ A NamedTuple, not a frozen dataclass: two are built per ticket when a store listens, and a
+ tuple builds in a third of the time.
+ """
 
  ticket: str | None
  status: str  # a Status value, or "paused" / "resumed" / "interrupted"
+ at: float  # time.time()
  attempt: int = 0
  detail: str | None = None  # error, pause reason, ...
- at: float = field(default_factory=time.time)
+ exit_code: int | None = None  # of the attempt that just ended (completed, failed, retrying)
 
 
 Listener = Callable[[Transition], None]
+Flush = Callable[[], None]
 _NO_DETAILS: tuple[int | None, str, float | None, float | None] = (None, "", None, None)
 
 
@@ -168,6 +175,12 @@ class ConductorEngine:
   self._worker: Worker = worker or run_work
   self._max_workers = max_workers
   self._listeners: list[Listener] = []
+  self._flushes: list[Flush] = []
+  # Write-ahead for listeners that batch (a store): `_unflushed` says transitions were
+  # emitted since the last flush; `_unflushed_starts` are the tickets started since then,
+  # whose workers flush before they run (see add_listener).
+  self._unflushed = False
+  self._unflushed_starts: set[str] = set()
   # With `linger` the run does not end when nothing can progress: it waits (no polling) for
   # retry() or queue() until stop(). A dashboard wants that; a batch run does not.
   self._linger = linger
@@ -208,17 +221,50 @@ class ConductorEngine:
 
  # -- observers ------------------------------------------------------------------------
 
- def add_listener(self, listener: Listener) -> None:
-  """Call `listener(transition)` on the loop for every ticket transition, pause, resume."""
+ def add_listener(self, listener: Listener, *, flush: Flush | None = None) -> None:
+  """Call `listener(transition)` on the loop for every ticket transition, pause, resume.
+
+  A listener that batches (a store that commits) also gives `flush`, which the engine
+  calls on the loop so that what was emitted is flushed
+  - before a worker runs, if its own start was not flushed yet: the first worker of a
+    round flushes for all the starts of the round (and the completions that released
+    them), the others find theirs done; so a worker never runs before its start, and
+    everything emitted before it, is flushed (write-ahead);
+  - at the end of a step that emitted transitions but started no worker (a failure, the
+    last completion, a pause, a command), and when the run ends.
+  So every transition is flushed within one scheduling round, and a chain of tickets costs
+  one flush per ticket, not one per transition.
+  """
   self._listeners.append(listener)
+  if flush is not None:
+   self._flushes.append(flush)
 
  def _emit(
-  self, ticket: str | None, status: str, attempt: int = 0, detail: str | None = None
+  self,
+  ticket: str | None,
+  status: str,
+  attempt: int = 0,
+  detail: str | None = None,
+  exit_code: int | None = None,
  ) -> None:
   if self._listeners:  # no Transition is built when nobody listens: this is the hot path
-   transition = Transition(ticket, status, attempt, detail)
+   self._unflushed = True
+   transition = Transition(ticket, status, time.time(), attempt, detail, exit_code)
    for listener in self._listeners:
     listener(transition)
+
+ def _flush(self) -> None:
+  # The flags are cleared first: a flush that fails cancels the run, which may come back here.
+  self._unflushed = False
+  self._unflushed_starts.clear()
+  for flush in self._flushes:
+   flush()
+
+ def _step_end(self) -> None:
+  # The end of a step that emitted: flush, unless a worker started in it will (see
+  # add_listener); that worker runs in this same round and flushes for this step too.
+  if self._unflushed and not self._unflushed_starts:
+   self._flush()
 
  # -- control: any thread --------------------------------------------------------------
 
@@ -335,12 +381,18 @@ class ConductorEngine:
   bridge = self._bridge
   if bridge.in_loop_thread:
    fn()
+   self._step_end()
    return
   with self._control:
    if not bridge.attached and not self._finished:
     self._early.append(fn)
     return
-  bridge.post(fn)
+
+  def command() -> None:
+   fn()
+   self._step_end()
+
+  bridge.post(command)
 
  # -- the run --------------------------------------------------------------------------
 
@@ -368,6 +420,7 @@ class ConductorEngine:
     with CancelScope() as self._drive_scope:
      for command in early:  # pause/resume/stop/... asked before the run began
       command()
+     self._step_end()
      await self._drive(sched)
   except BaseException as exc:
    self._phase = MmaStatus.ERROR
@@ -387,6 +440,8 @@ class ConductorEngine:
    self._drive_scope = None
    while self._ready:  # handed out but never started: back to the engine, still todo
     self.engine.requeue(self._ready.popleft().id)
+   if self._unflushed:  # e.g. starts whose workers were cancelled before they ran
+    self._flush()
    self._touch()
    final = self._build_snapshot()
    self._bridge.publish(final)
@@ -405,6 +460,7 @@ class ConductorEngine:
   engine, ready = self.engine, self._ready
   while not self._stopping:
    self._pump(sched)
+   self._step_end()
    if ready:
     # No free slot, or paused: wait for admission. The ticket leaves the queue first so
     # that a worker finishing meanwhile (which pumps too) cannot start it a second time.
@@ -449,7 +505,9 @@ class ConductorEngine:
   self.engine.start(ticket.id)
   self._running[ticket.id] = RunningWorker(ticket.id, ticket.attempts, time.monotonic())
   self._changed(ticket)
-  self._emit(ticket.id, Status.IN_PROGRESS, ticket.attempts)
+  if self._listeners:
+   self._unflushed_starts.add(ticket.id)
+   self._emit(ticket.id, Status.IN_PROGRESS, ticket.attempts)
 
  async def _work(self, ticket: Ticket) -> None:
   # Runs one attempt; turns every outcome into a DAG transition. Never raises except
@@ -461,8 +519,12 @@ class ConductorEngine:
   # in_progress (and recorded, for a store listening) before the user's worker runs.
   if ticket.status is not Status.IN_PROGRESS:
    self._start(ticket)
+  if ticket.id in self._unflushed_starts:  # write-ahead: see add_listener
+   self._flush()
   try:
    try:
+    if self._stopping:  # e.g. the flush failed and cancelled the run: do not start
+     await checkpoint()
     result = await self._worker(ticket)
    except get_cancelled_exc_class():
     self._finish(ticket, None, "")
@@ -481,7 +543,7 @@ class ConductorEngine:
     self._finish(ticket, exit_code, output)
     self.engine.complete(ticket.id)
     self._changed(ticket)
-    self._emit(ticket.id, Status.COMPLETED, ticket.attempts)
+    self._emit(ticket.id, Status.COMPLETED, ticket.attempts, exit_code=exit_code)
   finally:
    sched = self._sched
    if sched is not None:
@@ -491,6 +553,7 @@ class ConductorEngine:
    # switch per ticket on a chain.
    if self._ready or self.engine.is_settled:
     self._notify()
+   self._step_end()
 
  def _failed(self, ticket: Ticket, error: str, exit_code: int | None, output: str) -> None:
   self._finish(ticket, exit_code, output)
@@ -499,11 +562,11 @@ class ConductorEngine:
    self.engine.requeue(ticket.id)
    ticket.error = error
    self._changed(ticket)
-   self._emit(ticket.id, "retrying", ticket.attempts, error)
+   self._emit(ticket.id, "retrying", ticket.attempts, error, exit_code)
    return
   blocked = self.engine.fail(ticket.id, error)
   self._changed(ticket)
-  self._emit(ticket.id, Status.FAILED, ticket.attempts, error)
+  self._emit(ticket.id, Status.FAILED, ticket.attempts, error, exit_code)
   for tid in blocked:
    other = self.engine.tickets[tid]
    self._changed(other)

@@ -5,11 +5,13 @@ What is kept: every ticket's status, attempts, last error and exit code, the tra
 restores it: completed tickets stay done, tickets that were running when the process died run
 again (their interrupted attempt stays counted, the history says "interrupted").
 
-Cost. A transition is one INSERT into `history` (the `tickets` table is brought up to date
-when a run starts and when it ends cleanly; the `ticket_state` view is always current), and
-a starting worker commits what is pending (its start and what released it) before it runs;
-the first of a round commits for all the starts recorded with it. benchmarks/store_overhead.py
-measures what that costs.
+Cost. A transition is one row appended to `history` (the `tickets` table is brought up to
+date when a run starts and when it ends cleanly; the `ticket_state` view is always current).
+Rows are buffered and written on commit, many to an INSERT statement; and a commit is made
+where the engine flushes (`ConductorEngine.add_listener`): before a worker runs, if its start
+is not committed yet, so the first worker of a round commits for the whole round (a chain
+costs one commit per ticket, a wide DAG one per round), and at the end of a step that started
+no worker. benchmarks/store_overhead.py measures what that costs.
 
 Durability. The file is in WAL mode with `synchronous=NORMAL`: a committed transaction is in
 the operating system's hands the moment `commit()` returns, so it survives the process being
@@ -21,15 +23,19 @@ The rules a run relies on (see `StateStore.attach`):
 
 - a worker starts only after its own start (attempt count) and everything recorded before it,
   in particular its dependencies' completion, is committed;
-- every other transition is committed within one scheduling round (a flusher task), or at
-  once when no flusher runs;
-- what is committed is always a prefix of the transitions, cut between two of the engine's
-  synchronous bursts, so a restore never sees half of a step.
+- every other transition is committed within one scheduling round, and all of them by the
+  end of `run()`;
+- what is committed is always a prefix of the transitions, in the order they happened.
 
 Files that are not conductor states (another program's SQLite database, anything else, a
 damaged file, a newer format) are refused with a one-line `StateFileError` and never written:
 they are recognised from the SQLite header (`application_id`) read as plain bytes, and
 checked with `PRAGMA quick_check` on a read-only, immutable connection (no side files).
+
+Locking: an open `StateStore` holds its file exclusively (SQLite's EXCLUSIVE locking mode):
+one process owns a state at a time anyway (control.StateOwner), and it saves six fcntl()
+calls per commit. Another process, the sqlite3 shell included, can read the file once the
+store is closed or its process is gone; a live run answers `conductor status` instead.
 
 Threads: a `StateStore` is used from one thread, the one that opened it (the event loop's).
 """
@@ -40,17 +46,14 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-import anyio
-
 from .dag_engine import Status, Ticket
 from .pipeline import fingerprint
-from .workers import WorkFailed, WorkResult
 
 if TYPE_CHECKING:
  from .multi_agent_conductor import ConductorEngine, Transition
@@ -119,7 +122,8 @@ CREATE TABLE pause (
 );
 INSERT INTO pause VALUES (1, 0, NULL, NULL, '[]');
 -- The current state of every ticket: its row in `tickets`, overridden by its latest history
--- entry after `synced_seq`. Read it from any connection (the sqlite3 shell too).
+-- entry after `synced_seq`. Read it from any connection (the sqlite3 shell too) while no
+-- run holds the file; during a run, `conductor status --json` asks the run.
 CREATE VIEW ticket_state AS
 SELECT
  t.id,
@@ -320,10 +324,12 @@ _STORED_STATUS = {
  "retrying": Status.TODO,
  "interrupted": Status.TODO,
 }
-_WITH_EXIT_CODE = frozenset({"completed", "failed", "retrying"})
+# A history row as recorded: (at, ticket, event, status, attempt, detail, error, exit_code);
+# the pid is written into the statement. Up to `_BATCH` rows go in one INSERT statement.
+_ROW = 8
+_BATCH = 64
 _INSERT_HISTORY = (
- "INSERT INTO history (at, ticket, event, status, attempt, detail, error, exit_code, pid) "
- "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+ "INSERT INTO history (at, ticket, event, status, attempt, detail, error, exit_code, pid) VALUES "
 )
 _TICKET_COLUMNS = "id, position, fingerprint, status, attempts, error, exit_code, updated_at"
 
@@ -342,14 +348,16 @@ class StateStore:
   self._closed = False
   self._pid = os.getpid()
   self._dirty = False  # a transaction is open with writes not yet committed
+  # History rows recorded and not yet written, flat (`_ROW` values a row), in order: they
+  # are written together when committed, in as few INSERT statements as possible.
+  self._rows: list[object] = []
+  self._row_count = 0
+  self._inserts: dict[int, str] = {}  # row count -> its INSERT statement
   self._pending: list[Transition] = []  # recorded, not yet committed (only with watchers)
   self._watchers: list[Callable[[Transition], None]] = []
   self._conductor: ConductorEngine | None = None
   self._live: Mapping[str, Ticket] = {}  # the run's tickets (the engine's): their errors
   self._statuses: dict[str, str] = {}  # ticket -> status as last written; for retry()
-  self._exit_codes: dict[str, int | None] = {}  # of attempts that just ended
-  self._wake: anyio.Event | None = None  # the flusher waits on it; None: no flusher
-  self._flush_asked = False  # `_wake` is set: the flusher commits in its next turn
   self.failure: str | None = None  # why writing failed; the run was cancelled then
 
  # -- opening and closing ------------------------------------------------------------------
@@ -374,6 +382,12 @@ class StateStore:
    _create(path)
   try:
    conn = sqlite3.connect(path, isolation_level=None)  # we issue BEGIN / COMMIT ourselves
+   # One process at a time owns a state (control.StateOwner's lock). Telling SQLite so
+   # before its first read lets it keep the WAL index in its own memory and take the file
+   # lock once, instead of six fcntl() calls per commit: a quarter of what the store costs a
+   # chain of tickets. Other processes cannot read the file while it is open, so they ask
+   # the owner (`conductor status`); a kill releases the lock with the process.
+   conn.execute("PRAGMA locking_mode = EXCLUSIVE")
    conn.execute("PRAGMA journal_mode = WAL")
    conn.execute(f"PRAGMA synchronous = {synchronous}")
    conn.execute("PRAGMA foreign_keys = OFF")
@@ -409,11 +423,13 @@ class StateStore:
  def tickets(self) -> list[TicketState]:
   """Every ticket's current state (committed or recorded on this connection), in pipeline
   order. O(tickets + history since the tickets were last brought up to date)."""
+  self.commit()
   rows = self._conn.execute(f"SELECT {_TICKET_COLUMNS} FROM ticket_state ORDER BY position")
   return [TicketState(*row) for row in rows]
 
  def history(self, *, since_seq: int = 0, limit: int | None = None) -> list[HistoryEntry]:
   """The transition log, oldest first (the last `limit` entries when given)."""
+  self.commit()
   query = "SELECT seq, at, ticket, event, attempt, detail, pid FROM history WHERE seq > ?"
   if limit is None:
    rows = self._conn.execute(query + " ORDER BY seq", (since_seq,)).fetchall()
@@ -562,64 +578,15 @@ class StateStore:
  def attach(self, conductor: ConductorEngine) -> None:
   """Record every transition of `conductor` from now on (call before `run()`).
 
-  The listener runs on the loop, synchronously, as ConductorEngine emits; it executes one
-  history INSERT at once, inside an open transaction. The commit follows:
-  at once without a flusher (`flusher()` not running), else within one scheduling round,
-  and always before a worker wrapped by `durable()` starts.
+  The listener runs on the loop, synchronously, as ConductorEngine emits: it only appends
+  the history row to a buffer. The engine's flush (see `ConductorEngine.add_listener`) is
+  `commit()`: before a worker runs its start, and everything emitted before it (its
+  dependencies' completion) is committed, with one commit for all the workers of a round;
+  every other transition is committed at the end of its step.
   """
   self._conductor = conductor
   self._live = conductor.engine.tickets
-  conductor.add_listener(self._record)
-
- def durable(
-  self, worker: Callable[[Ticket], Awaitable[WorkResult | None]]
- ) -> Callable[[Ticket], Awaitable[WorkResult | None]]:
-  """Wrap `worker` so that it starts only once everything recorded so far is committed.
-
-  That is what makes "a ticket never starts before its dependencies' completion (and its
-  own attempt) is durable" hold: the engine records the completion, then the dependent's
-  start, and only then runs the dependent's worker, whose first act is to commit what is
-  pending, covering both. The first worker of a round commits for all the starts recorded
-  with it; the others find nothing to commit. Also notes each attempt's exit code.
-  """
-
-  async def durable_worker(ticket: Ticket) -> WorkResult | None:
-   if self._dirty:
-    await self._durable_point()
-   try:
-    result = await worker(ticket)
-   except WorkFailed as exc:
-    self._exit_codes[ticket.id] = exc.exit_code
-    raise
-   self._exit_codes[ticket.id] = result.exit_code if result is not None else None
-   return result
-
-  return durable_worker
-
- async def _durable_point(self) -> None:
-  # Return once everything recorded before this call is committed: commit right here. The
-  # engine records a round's starts (and the completions that released them) in the step
-  # before their workers run, so the first worker's commit covers the round and the others
-  # find nothing to commit; waiting for the flusher instead would cost every chain step a
-  # scheduling hop.
-  self.commit()
-  if self.failure is not None:  # the state cannot be written: this start is not durable
-   await anyio.sleep_forever()  # the run was cancelled; that cancellation ends this wait
-
- async def flusher(self) -> None:
-  """Commit recorded transitions within one scheduling round; run it beside the conductor.
-
-  Waits on an event the recorder sets (no polling, no timer). Cancel it to stop; what is
-  still pending is committed by `commit()` or `close()`.
-  """
-  try:
-   while True:
-    self._wake = wake = anyio.Event()
-    self._flush_asked = False
-    await wake.wait()
-    self.commit()
-  finally:
-   self._wake = None
+  conductor.add_listener(self._record, flush=self.commit)
 
  def watch(self, fn: Callable[[Transition], None]) -> None:
   """Call `fn(transition)` for every recorded transition once it is committed (on the loop).
@@ -635,10 +602,15 @@ class StateStore:
   A write error (disk full, the file deleted, ...) does not raise here: the run is
   cancelled and `failure` says why, so no worker starts on an undurable state.
   """
-  if not self._dirty:
+  if not self._row_count and not self._dirty:
    return
   try:
-   self._conn.execute("COMMIT")
+   if self._row_count > _BATCH:  # several statements: one transaction around them
+    self._begin()
+   # Alone, one statement is one transaction: no BEGIN and COMMIT to send.
+   self._write_rows()
+   if self._dirty:
+    self._conn.execute("COMMIT")
   except sqlite3.Error as exc:
    self._failed(exc)
    return
@@ -653,34 +625,25 @@ class StateStore:
   # The listener: ConductorEngine calls it on the loop for every transition. Hot path.
   if self.failure is not None:
    return
-  try:
-   self._begin()
-   tid = t.ticket
-   if tid is None:
+  tid, event, at, attempt, detail, exit_code = t
+  if tid is None:
+   try:
     self._record_pipeline_event(t)
-   else:
-    event = t.status
-    status = _STORED_STATUS[event]
-    code = self._exit_codes.pop(tid, None) if event in _WITH_EXIT_CODE else None
-    self._conn.execute(
-     _INSERT_HISTORY,
-     (t.at, tid, event, status, t.attempt, t.detail, self._live[tid].error, code, self._pid),
-    )
-    self._statuses[tid] = status
-    if event == "todo":  # retry(): it may have unblocked others, which are not emitted
-     self._record_unblocked(t.at)
-  except sqlite3.Error as exc:
-   self._failed(exc)
-   return
+   except sqlite3.Error as exc:
+    self._failed(exc)
+    return
+  else:
+   status = _STORED_STATUS[event]
+   self._rows += (at, tid, event, status, attempt, detail, self._live[tid].error, exit_code)
+   self._row_count += 1
+   self._statuses[tid] = status
+   if event == "todo":  # retry(): it may have unblocked others, which are not emitted
+    self._record_unblocked(at)
   if self._watchers:
    self._pending.append(t)
-  if self._wake is None:
-   self.commit()
-  elif not self._flush_asked:
-   self._flush_asked = True
-   self._wake.set()
 
  def _record_pipeline_event(self, t: Transition) -> None:
+  self._begin()
   if t.status == "paused":
    conductor = self._conductor
    # The exact set in flight when pause() closed the gate; a snapshot is O(tickets), but
@@ -714,6 +677,7 @@ class StateStore:
  def _compact(self) -> None:
   # Bring `tickets` up to date with the history, inside the caller's transaction.
   # O(history since the last time).
+  self._write_rows()
   synced = int(self._conn.execute("SELECT value FROM meta WHERE key = 'synced_seq'").fetchone()[0])
   last = self._conn.execute("SELECT max(seq) FROM history").fetchone()[0] or 0
   if last <= synced:
@@ -743,9 +707,29 @@ class StateStore:
   error: str | None = None,
   exit_code: int | None = None,
  ) -> None:
-  self._conn.execute(
-   _INSERT_HISTORY, (at, ticket, event, status, attempt, detail, error, exit_code, self._pid)
-  )
+  # Buffered like the run's own rows, so the history stays in order; written on commit.
+  self._rows += (at, ticket, event, status, attempt, detail, error, exit_code)
+  self._row_count += 1
+
+ def _write_rows(self) -> None:
+  # Execute the buffered history rows in order, `_BATCH` to a statement.
+  count = self._row_count
+  if not count:
+   return
+  rows, self._rows, self._row_count = self._rows, [], 0
+  if count <= _BATCH:
+   self._conn.execute(self._insert(count), rows)
+   return
+  for first in range(0, count, _BATCH):
+   n = min(_BATCH, count - first)
+   self._conn.execute(self._insert(n), rows[first * _ROW : (first + n) * _ROW])
+
+ def _insert(self, rows: int) -> str:
+  sql = self._inserts.get(rows)
+  if sql is None:
+   values = f"(?, ?, ?, ?, ?, ?, ?, ?, {int(self._pid)})"
+   sql = self._inserts[rows] = _INSERT_HISTORY + ", ".join([values] * rows)
+  return sql
 
  def _transaction(self) -> _Transaction:
   return _Transaction(self)
@@ -758,6 +742,8 @@ class StateStore:
   except sqlite3.Error:
    pass
   self._dirty = False
+  self._rows.clear()
+  self._row_count = 0
   self._pending.clear()
   if self._conductor is not None:
    self._conductor.cancel()
@@ -774,11 +760,14 @@ class _Transaction:
   self._store._conn.execute("BEGIN IMMEDIATE")
 
  def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
-  conn = self._store._conn
+  store = self._store
   if exc_type is None:
-   conn.execute("COMMIT")
+   store._write_rows()
+   store._conn.execute("COMMIT")
   else:
-   conn.execute("ROLLBACK")
+   store._rows.clear()
+   store._row_count = 0
+   store._conn.execute("ROLLBACK")
 
 
 def _create(path: Path) -> None:

@@ -152,7 +152,7 @@ async def run_work(ticket: Ticket) -> WorkResult:
  """
  work = ticket.work
  if isinstance(work, ShellWork):
-  return await run_shell(work)
+  return await run_shell(work, ticket)
  if isinstance(work, CallWork):
   return await run_call(work, ticket)
  if isinstance(work, SleepWork):
@@ -169,8 +169,11 @@ async def run_work(ticket: Ticket) -> WorkResult:
 # -- shell commands ---------------------------------------------------------------------------
 
 
-async def run_shell(spec: ShellWork) -> WorkResult:
+async def run_shell(spec: ShellWork, ticket: Ticket | None = None) -> WorkResult:
  """Run `spec.command` through `/bin/sh -c` in `spec.cwd` and wait for it.
+
+ With `ticket`, the command also sees `CONDUCTOR_TICKET` (its id) and `CONDUCTOR_ATTEMPT`
+ (1 for the first attempt; interrupted attempts count too) in its environment.
 
  Guarantees:
 
@@ -191,6 +194,12 @@ async def run_shell(spec: ShellWork) -> WorkResult:
    group outlives the call, except one that left the group itself (`setsid`).
  """
  env = None if spec.env is None else {**os.environ, **spec.env}
+ if ticket is not None:
+  env = {
+   **(env if env is not None else os.environ),
+   "CONDUCTOR_TICKET": ticket.id,
+   "CONDUCTOR_ATTEMPT": str(ticket.attempts),
+  }
  try:
   # Shielded: cancelled mid-start, asyncio would SIGKILL only the shell, orphaning whatever
   # it has already started. Starting is brief; a pending cancellation then arrives at the

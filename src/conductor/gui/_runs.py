@@ -257,7 +257,7 @@ class PipelineRunner:
   engine = ExecutionEngine(self.pipeline.tickets, auto_queue=self.pipeline.auto_queue)
   conductor = ConductorEngine(
    engine,
-   durable.store.durable(run_work),
+   run_work,
    max_workers=self.max_workers,
    name=self.pipeline.name,
    paused=pause.paused,
