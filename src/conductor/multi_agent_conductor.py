@@ -203,6 +203,7 @@ class ConductorEngine:
   # Loop-side state.
   self._ready: deque[Ticket] = deque()  # handed out by tick(), not yet admitted
   self._parked: Ticket | None = None  # the next one, waiting in Scheduler.spawn
+  self._started_itself: Ticket | None = None  # ... admitted by a resume: _work started it
   self._running: dict[str, RunningWorker] = {}
   self._wake: Event | None = None  # set when a completion may unblock the run loop
   self._drive_scope: CancelScope | None = None
@@ -225,15 +226,18 @@ class ConductorEngine:
   """Call `listener(transition)` on the loop for every ticket transition, pause, resume.
 
   A listener that batches (a store that commits) also gives `flush`, which the engine
-  calls on the loop so that what was emitted is flushed
+  calls on the loop, with no argument, so that what was emitted is flushed
   - before a worker runs, if its own start was not flushed yet: the first worker of a
     round flushes for all the starts of the round (and the completions that released
     them), the others find theirs done; so a worker never runs before its start, and
     everything emitted before it, is flushed (write-ahead);
-  - at the end of a step that emitted transitions but started no worker (a failure, the
-    last completion, a pause, a command), and when the run ends.
-  So every transition is flushed within one scheduling round, and a chain of tickets costs
-  one flush per ticket, not one per transition.
+  - at the end of a step that emitted transitions and started no worker (a failure, the
+    last completion, a pause, a command), unless it is a worker's last step and the next
+    worker is about to take its slot (that one flushes);
+  - when the run ends.
+  So every transition is flushed within a few task steps, never waiting on a worker or a
+  timer; and a chain of tickets costs one flush per ticket, a wide DAG one per round of
+  workers, not one per transition.
   """
   self._listeners.append(listener)
   if flush is not None:
@@ -260,10 +264,12 @@ class ConductorEngine:
   for flush in self._flushes:
    flush()
 
- def _step_end(self) -> None:
+ def _step_end(self, *, successor: bool = False) -> None:
   # The end of a step that emitted: flush, unless a worker started in it will (see
-  # add_listener); that worker runs in this same round and flushes for this step too.
-  if self._unflushed and not self._unflushed_starts:
+  # add_listener): it runs next and flushes for this step too. `successor`: this step is a
+  # worker's last and the run loop waits in Scheduler.spawn for the slot it frees, so the
+  # next worker starts at once, and flushes.
+  if self._unflushed and not self._unflushed_starts and not successor:
    self._flush()
 
  # -- control: any thread --------------------------------------------------------------
@@ -468,10 +474,20 @@ class ConductorEngine:
     try:
      await sched.spawn(self._work, ticket, name=ticket.id)
     except BaseException:
-     ready.appendleft(ticket)
+     if self._started_itself is ticket:  # cancelled just after a resume admitted it
+      self._started_itself = None
+     else:
+      ready.appendleft(ticket)
      raise
     finally:
      self._parked = None
+    # Admitted at once (a slot came free): its task has not run yet, so it starts here,
+    # in this step, like the tickets `_pump` starts (and is flushed with them). Admitted
+    # by a resume instead, its own task has started it already (see _work).
+    if self._started_itself is ticket:
+     self._started_itself = None
+    else:
+     self._start(ticket)
     continue
    if not self._running and engine.is_settled and not engine.awaiting_approval():
     if not self._linger:
@@ -519,6 +535,7 @@ class ConductorEngine:
   # in_progress (and recorded, for a store listening) before the user's worker runs.
   if ticket.status is not Status.IN_PROGRESS:
    self._start(ticket)
+   self._started_itself = ticket
   if ticket.id in self._unflushed_starts:  # write-ahead: see add_listener
    self._flush()
   try:
@@ -553,7 +570,7 @@ class ConductorEngine:
    # switch per ticket on a chain.
    if self._ready or self.engine.is_settled:
     self._notify()
-   self._step_end()
+   self._step_end(successor=self._parked is not None and not self._paused)
 
  def _failed(self, ticket: Ticket, error: str, exit_code: int | None, output: str) -> None:
   self._finish(ticket, exit_code, output)
