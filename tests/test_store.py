@@ -24,6 +24,7 @@ from conductor.pipeline import Pipeline, pipeline_from_dict
 from conductor.store import (
  APPLICATION_ID,
  PipelineChangedError,
+ StateError,
  StateFileError,
  StateStore,
  check_state_file,
@@ -344,6 +345,26 @@ def test_foreign_damaged_and_newer_files_are_refused_and_left_untouched(tmp_path
   assert "\n" not in message and str(path) in message, (kind, message)
   assert path.read_bytes() == before, kind
   assert sorted(p.name for p in tmp_path.iterdir()) == siblings, kind
+
+
+def test_the_open_store_holds_the_file_and_another_program_holding_it_is_named(
+ tmp_path: Path,
+) -> None:
+ path = tmp_path / "p.state.db"
+ with StateStore.open(path) as store:
+  store.restore("p", pipeline([{"id": "a", "sleep": 0}]).tickets)
+  other = sqlite3.connect(path, timeout=0.1)
+  with pytest.raises(sqlite3.OperationalError, match="locked"):
+   other.execute("SELECT count(*) FROM history").fetchone()
+  other.close()
+ other = sqlite3.connect(path)  # closed: anyone may read it, e.g. a sqlite3 shell
+ assert other.execute("SELECT status FROM ticket_state").fetchall() == [("todo",)]
+ with pytest.raises(StateError) as caught:  # ... and while it holds the file, we wait
+  StateStore.open(path)
+ other.close()
+ assert "another program has the state file open" in str(caught.value)
+ assert "\n" not in str(caught.value)
+ StateStore.open(path).close()
 
 
 async def test_open_run_refuses_a_second_claim_and_a_released_claim_recovers(

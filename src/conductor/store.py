@@ -380,8 +380,10 @@ class StateStore:
      f"{path}: no such state file; it is made by `conductor run PIPELINE --state {path}`"
     )
    _create(path)
+  # We issue BEGIN / COMMIT ourselves. The busy timeout only matters while another program
+  # has the file open (see below), and then it is better to say so soon.
+  conn = sqlite3.connect(path, isolation_level=None, timeout=2.0)
   try:
-   conn = sqlite3.connect(path, isolation_level=None)  # we issue BEGIN / COMMIT ourselves
    # One process at a time owns a state (control.StateOwner's lock). Telling SQLite so
    # before its first read lets it keep the WAL index in its own memory and take the file
    # lock once, instead of six fcntl() calls per commit: a quarter of what the store costs a
@@ -393,6 +395,13 @@ class StateStore:
    conn.execute("PRAGMA foreign_keys = OFF")
    fmt = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
   except sqlite3.Error as exc:
+   conn.close()
+   if exc.sqlite_errorcode == sqlite3.SQLITE_BUSY:
+    # Our own runs exclude each other before they get here (control.StateOwner): this is
+    # another program holding the file open.
+    raise StateError(
+     f"{path}: another program has the state file open (a sqlite3 shell?); close it and try again"
+    ) from None
    raise StateFileError(f"{path}: cannot open the conductor state ({exc})") from None
   if fmt is None or fmt[0] != FORMAT:
    conn.close()
