@@ -346,7 +346,7 @@ def _answer(message: object, conductor: ConductorEngine, store: StateStore) -> d
  elif op != "status":
   return {"ok": False, "error": f"unknown request {op!r}"}
  store.commit()
- snap = conductor.snapshot()
+ snap = conductor.snapshot(rows=False)  # the report reads the tickets from the store
  if op == "status":
   return {"ok": True, "report": status_report(store, snap, history=bool(message.get("history")))}
  # A pause's answer stays small: building the full report is O(tickets + history), and the

@@ -358,16 +358,25 @@ class ConductorEngine:
  def max_workers(self) -> int:
   return self._max_workers
 
- def snapshot(self) -> Snapshot:
+ @property
+ def running_at_pause(self) -> tuple[str, ...]:
+  """The workers in flight when the current pause began; () when not paused. Any thread."""
+  sched = self._sched
+  return sched.running_at_pause if sched is not None and self._paused else ()
+
+ def snapshot(self, *, rows: bool = True) -> Snapshot:
   """An immutable view of the run. Any thread; never blocks.
 
   On the loop it is exact. From another thread it is the latest one the loop published
   (at most one loop turn old; a newer one is requested); `mma_status` is always live.
+  `rows=False`, on the loop, leaves out the per-ticket table (`rows` is empty): the part
+  that costs O(tickets) the first time, which a quick answer does not need.
   """
   bridge = self._bridge
   if bridge.in_loop_thread or not bridge.attached:
-   snap = self._build_snapshot()
-   bridge.publish(snap)
+   snap = self._build_snapshot(rows=rows)
+   if rows:
+    bridge.publish(snap)
    return snap
   snap = bridge.snapshot
   if snap.version != self._version and not self._refresh_posted:

@@ -655,9 +655,8 @@ class StateStore:
   self._begin()
   if t.status == "paused":
    conductor = self._conductor
-   # The exact set in flight when pause() closed the gate; a snapshot is O(tickets), but
-   # pausing is rare.
-   at_pause = conductor.snapshot().running_at_pause if conductor is not None else ()
+   # The exact set in flight when pause() closed the gate.
+   at_pause = conductor.running_at_pause if conductor is not None else ()
    self._conn.execute(
     "UPDATE pause SET paused = 1, reason = ?, since = ?, running_at_pause = ?",
     (t.detail, t.at, json.dumps(list(at_pause))),
