@@ -296,6 +296,46 @@ def test_pause_from_another_terminal_survives_kill_9_and_resumes_from_another(
  assert {s for s, _ in read_state(state).values()} == {"completed"}
 
 
+def alive(pid: int) -> bool:
+ """Running (a zombie nobody reaps, as in some containers, counts as ended)."""
+ try:
+  stat = Path(f"/proc/{pid}/stat").read_text()
+ except FileNotFoundError:
+  return False
+ return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_what_a_killed_run_left_running_is_stopped_before_its_ticket_runs_again(
+ tmp_path: Path, backend: str
+) -> None:
+ # The first attempt reports its pid through a FIFO and sleeps; the second one just ends.
+ os.mkfifo(tmp_path / "started")
+ command = "if [ -e again ]; then exit 0; fi; touch again; echo $$ > started; exec sleep 60"
+ (tmp_path / "p.toml").write_text(f'[[tickets]]\nid = "t"\nrun = {json.dumps(command)}\n')
+ run = Child("run", "p.toml", "--backend", backend, cwd=tmp_path)
+ reported: list[str] = []
+ reader = threading.Thread(target=lambda: reported.append((tmp_path / "started").read_text()))
+ reader.start()
+ reader.join(WAIT)
+ assert reported, run.lines[-10:]
+ pid = int(reported[0])
+ try:
+  os.kill(run.proc.pid, signal.SIGKILL)  # the runner only: its ticket's process lives on
+  run.proc.wait(WAIT)
+  assert alive(pid)
+  again = conductor("run", "p.toml", "--backend", backend, cwd=tmp_path)
+  assert again.returncode == 0, again.stdout + again.stderr
+  assert "1 interrupted, running again: t" in again.stdout
+  assert f"stopped 1 process that the interrupted run had left running (t pid {pid})" in (
+   again.stdout.replace("\n", " ")
+  )
+  assert not alive(pid)
+ finally:
+  with contextlib.suppress(ProcessLookupError):
+   os.kill(pid, signal.SIGKILL)
+
+
 def test_with_no_run_pause_and_resume_write_the_flag_to_the_state(tmp_path: Path) -> None:
  (tmp_path / "p.toml").write_text('[[tickets]]\nid = "a"\nsleep = 0\n')
  first = conductor("run", "p.toml", cwd=tmp_path)

@@ -31,10 +31,10 @@ from rich.text import Text
 
 from .control import DurableRun, open_run, request
 from .dag_engine import ExecutionEngine, PipelineError
+from .leftovers import Leftover
 from .multi_agent_conductor import ConductorEngine, MmaStatus, Snapshot, Transition
 from .pipeline import Pipeline, PipelineFileError, load_pipeline
 from .store import StateError, default_state_path, demo_state_path
-from .workers import run_work
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 130
 
@@ -279,7 +279,27 @@ def _open_durable(pipeline: Pipeline, args: argparse.Namespace, console: Console
   if restored.retried:
    notes.append(f"{len(restored.retried)} failed, retrying: {', '.join(restored.retried)}")
   console.print(f"state: {shown} (resuming: {'; '.join(notes)})", soft_wrap=True)
+ if durable.stopped:
+  console.print(
+   f"stopped {_plural(len(durable.stopped), 'process', 'processes')} that the interrupted "
+   f"run had left running ({_who(durable.stopped)}), so no attempt overlaps its re-run",
+   soft_wrap=True,
+  )
+ if durable.unstoppable:
+  console.print(
+   f"[yellow]warning:[/] {_plural(len(durable.unstoppable), 'process', 'processes')} of the "
+   f"interrupted run outlived SIGKILL ({_who(durable.unstoppable)}); their tickets run again",
+   soft_wrap=True,
+  )
  return durable
+
+
+def _plural(n: int, one: str, many: str) -> str:
+ return f"{n} {one if n == 1 else many}"
+
+
+def _who(leftovers: Sequence[Leftover]) -> str:
+ return ", ".join(f"{x.ticket} pid {x.pid}" for x in leftovers)
 
 
 def execute(pipeline: Pipeline, args: argparse.Namespace, console: Console) -> int:
@@ -312,7 +332,7 @@ def _execute(
  max_workers = args.max_workers or pipeline.max_workers
  conductor = ConductorEngine(
   engine,
-  run_work,
+  durable.worker,
   max_workers=max_workers,
   name=pipeline.name,
   paused=pause.paused,

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -45,9 +46,11 @@ from anyio.abc import SocketListener, SocketStream, TaskStatus
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from .dag_engine import Status
+from .leftovers import STATE_VARIABLE, Leftover, find_leftovers, stop_leftovers
 from .multi_agent_conductor import ConductorEngine, Snapshot
 from .pipeline import Pipeline
 from .store import PauseState, Restored, StateError, StateStore, check_state_file
+from .workers import Worker, run_work
 
 __all__ = [
  "CONTROL_TIMEOUT",
@@ -375,6 +378,16 @@ class DurableRun:
  store: StateStore
  owner: StateOwner
  restored: Restored
+ # Processes of interrupted attempts that the killed run left running, found and stopped
+ # before this run (conductor.leftovers); `unstoppable` survived even SIGKILL.
+ stopped: tuple[Leftover, ...] = ()
+ unstoppable: tuple[Leftover, ...] = ()
+
+ @property
+ def worker(self) -> Worker:
+  """The default worker for this run: its shell tickets carry `CONDUCTOR_STATE`, by which
+  a later run finds what they left running if this one is killed."""
+  return functools.partial(run_work, env={STATE_VARIABLE: str(self.state.resolve())})
 
  async def drive(self, conductor: ConductorEngine, body: Callable[[], Awaitable[T]]) -> T:
   """Run `body()` (which runs `conductor`) with the control socket beside it; hand over
@@ -417,10 +430,15 @@ def open_run(state: Path, pipeline: Pipeline, *, fresh: bool = False) -> Durable
   except BaseException:
    store.close()
    raise
+  # Before anything starts: no attempt may overlap the interrupted one it replaces.
+  interrupted = set(restored.interrupted)
+  attempts = {t.id: t.attempts for t in pipeline.tickets if t.id in interrupted}
+  stopped = find_leftovers(state.resolve(), attempts)
+  unstoppable = stop_leftovers(stopped)
  except BaseException:
   owner.release()
   raise
- return DurableRun(state, store, owner, restored)
+ return DurableRun(state, store, owner, restored, tuple(stopped), tuple(unstoppable))
 
 
 # -- the client's side ------------------------------------------------------------------------

@@ -140,8 +140,11 @@ class Worker(Protocol):
 # -- the default worker -----------------------------------------------------------------------
 
 
-async def run_work(ticket: Ticket) -> WorkResult:
+async def run_work(ticket: Ticket, *, env: Mapping[str, str] | None = None) -> WorkResult:
  """Run one attempt of `ticket` according to its work spec; the default `Worker`.
+
+ `env`: variables to add to a shell command's environment (a durable run adds
+ `CONDUCTOR_STATE`; bind it with `functools.partial`).
 
  - `ShellWork`: see `run_shell`. Exit 0 returns the output tail; otherwise `WorkFailed`.
  - `CallWork`: see `run_call`. A bad target raises `ValueError` (a one-line message).
@@ -152,7 +155,7 @@ async def run_work(ticket: Ticket) -> WorkResult:
  """
  work = ticket.work
  if isinstance(work, ShellWork):
-  return await run_shell(work, ticket)
+  return await run_shell(work, ticket, env=env)
  if isinstance(work, CallWork):
   return await run_call(work, ticket)
  if isinstance(work, SleepWork):
@@ -169,11 +172,14 @@ async def run_work(ticket: Ticket) -> WorkResult:
 # -- shell commands ---------------------------------------------------------------------------
 
 
-async def run_shell(spec: ShellWork, ticket: Ticket | None = None) -> WorkResult:
+async def run_shell(
+ spec: ShellWork, ticket: Ticket | None = None, *, env: Mapping[str, str] | None = None
+) -> WorkResult:
  """Run `spec.command` through `/bin/sh -c` in `spec.cwd` and wait for it.
 
  With `ticket`, the command also sees `CONDUCTOR_TICKET` (its id) and `CONDUCTOR_ATTEMPT`
- (1 for the first attempt; interrupted attempts count too) in its environment.
+ (1 for the first attempt; interrupted attempts count too) in its environment; `env` adds
+ more (after `spec.env`).
 
  Guarantees:
 
@@ -193,13 +199,10 @@ async def run_shell(spec: ShellWork, ticket: Ticket | None = None) -> WorkResult
    cleanup is shielded and bounded, and then the cancellation propagates. No process of the
    group outlives the call, except one that left the group itself (`setsid`).
  """
- env = None if spec.env is None else {**os.environ, **spec.env}
+ extra = {**(spec.env or {}), **(env or {})}
  if ticket is not None:
-  env = {
-   **(env if env is not None else os.environ),
-   "CONDUCTOR_TICKET": ticket.id,
-   "CONDUCTOR_ATTEMPT": str(ticket.attempts),
-  }
+  extra |= {"CONDUCTOR_TICKET": ticket.id, "CONDUCTOR_ATTEMPT": str(ticket.attempts)}
+ full_env = {**os.environ, **extra} if extra else None  # None: the runner's own, unchanged
  try:
   # Shielded: cancelled mid-start, asyncio would SIGKILL only the shell, orphaning whatever
   # it has already started. Starting is brief; a pending cancellation then arrives at the
@@ -208,7 +211,7 @@ async def run_shell(spec: ShellWork, ticket: Ticket | None = None) -> WorkResult
    process = await anyio.open_process(
     ["/bin/sh", "-c", spec.command],
     cwd=spec.cwd,
-    env=env,
+    env=full_env,
     stdin=subprocess.DEVNULL,
     stdout=subprocess.PIPE,
     stderr=subprocess.PIPE,

@@ -18,7 +18,6 @@ from ..dag_engine import ExecutionEngine
 from ..multi_agent_conductor import ConductorEngine, Snapshot
 from ..pipeline import Pipeline
 from ..store import StateError, default_state_path, demo_state_path
-from ..workers import run_work
 
 # The loop spends about 0.2 µs per ticket building a snapshot (2 ms at 10,000 tickets).
 # Pulling one at most every 5 µs per ticket keeps that under ~4% of the loop's time and
@@ -245,6 +244,8 @@ class PipelineRunner:
    notes = [f"{restored.completed}/{restored.total} completed"]
    if restored.interrupted:
     notes.append(f"{len(restored.interrupted)} interrupted, running again")
+   if durable.stopped:
+    notes.append(f"stopped {len(durable.stopped)} of their processes left running")
    if restored.retried:
     notes.append(f"{len(restored.retried)} failed, retrying")
    self.note = f"state: {where} (resumed: {'; '.join(notes)})"
@@ -257,7 +258,7 @@ class PipelineRunner:
   engine = ExecutionEngine(self.pipeline.tickets, auto_queue=self.pipeline.auto_queue)
   conductor = ConductorEngine(
    engine,
-   run_work,
+   durable.worker,
    max_workers=self.max_workers,
    name=self.pipeline.name,
    paused=pause.paused,
