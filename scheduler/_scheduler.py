@@ -214,9 +214,10 @@ class Scheduler:
   that learns of new work inside a finishing worker can start it without a task switch.
   Call from the scheduler's loop.
   """
+  slots = self._slots
+  if slots is not None and (slots.value == 0 or self.paused):  # cheap refusals first:
+   return False  # raising WouldBlock is not (and this is the common refusal)
   tg, slots = self._live("try_spawn")
-  if slots.value == 0 or self.paused:  # cheap refusals first: raising WouldBlock is not
-   return False
   try:
    slots.acquire_nowait()
   except WouldBlock:

@@ -222,11 +222,13 @@ class ExecutionEngine:
   self._counts: dict[Status, int] = dict.fromkeys(Status, 0)
 
   nodes = self._nodes
+  fresh = True  # every ticket todo: nothing to restore (the common case, made cheap)
   for ticket in tickets:
    if ticket.id in nodes:
     raise DuplicateTicketError(ticket.id)
    try:
-    ticket.status = Status(ticket.status)  # a store may hand back plain strings
+    if type(ticket.status) is not Status:  # a store may hand back plain strings
+     ticket.status = Status(ticket.status)
    except ValueError:
     raise PipelineError(
      f"ticket {ticket.id!r} has unknown status {ticket.status!r}: use one of {', '.join(Status)}",
@@ -234,10 +236,12 @@ class ExecutionEngine:
     ) from None
    nodes[ticket.id] = _Node(ticket)
    self._tickets[ticket.id] = ticket
+   fresh = fresh and ticket.status is Status.TODO
 
   for tid, node in nodes.items():
    deps: list[_Node] = []
-   for dep_id in dict.fromkeys(node.ticket.depends_on):
+   depends_on = node.ticket.depends_on
+   for dep_id in dict.fromkeys(depends_on) if len(depends_on) > 1 else depends_on:
     if dep_id == tid:
      raise SelfDependencyError(tid)
     dep = nodes.get(dep_id)
@@ -250,6 +254,11 @@ class ExecutionEngine:
 
   order = self._topological_order()
 
+  if fresh:
+   for node in order:
+    node.unmet = len(node.deps)  # the sort counted them down
+   self._counts[Status.TODO] = len(order)
+   order = []
   # Dependencies come first in `order`, so each ticket sees its dependencies' final statuses.
   for node in order:
    ticket = node.ticket

@@ -53,15 +53,18 @@ class Counts:
   return self.todo + self.in_progress + self.completed + self.failed + self.blocked
 
 
-@dataclass(frozen=True, slots=True)
-class RunningWorker:
+# RunningWorker and TicketRow are NamedTuples rather than frozen dataclasses: one of each is
+# built per ticket and a tuple builds in a third of the time (a run's final table of 100,000
+# rows is built at its end).
+
+
+class RunningWorker(NamedTuple):
  ticket: str
  attempt: int
  started_at: float  # time.monotonic()
 
 
-@dataclass(frozen=True, slots=True)
-class TicketRow:
+class TicketRow(NamedTuple):
  """One ticket as displayed: immutable, rebuilt whenever the ticket changes."""
 
  id: str
@@ -210,6 +213,7 @@ class ConductorEngine:
   self._index = {tid: i for i, tid in enumerate(engine.tickets)}
   self._details: dict[str, tuple[int | None, str, float | None, float | None]] = {}
   self._rows: list[TicketRow | None] = [None] * len(self._index)  # None: rebuild
+  self._work_text: dict[str, str] = {}  # describe_work() of each ticket, once built
   self._started = False
   self._spawned = 0  # workers admitted by the run, once it has ended
   self._stopping = False  # stop() or cancel() asked: no new workers, the run ends
@@ -654,13 +658,16 @@ class ConductorEngine:
    worker = self._running.get(ticket.id)
    if worker is not None:  # running again: the last attempt's end is no longer news
     started, finished = worker.started_at, None
+   work = self._work_text.get(ticket.id)
+   if work is None:  # the work spec never changes: describe it once
+    work = self._work_text[ticket.id] = describe_work(ticket.work)
    row = TicketRow(
     ticket.id,
     ticket.status,
     ticket.attempts,
     ticket.description,
     ticket.depends_on,
-    describe_work(ticket.work),
+    work,
     ticket.error,
     exit_code,
     output,
