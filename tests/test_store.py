@@ -252,6 +252,31 @@ async def test_a_retry_during_the_run_records_what_it_unblocked(tmp_path: Path) 
   assert {row.status for row in store.tickets()} == {"completed"}
 
 
+@pytest.mark.parametrize("details", [True, False])
+@pytest.mark.parametrize("rows", [3, 200])  # one INSERT statement, and several
+def test_buffered_rows_with_and_without_details_are_written_in_order(
+ tmp_path: Path, rows: int, details: bool
+) -> None:
+ # Plain rows are buffered narrow (NULL details in the statement); the first row with
+ # details widens what is buffered. Everything lands in order with its own values.
+ with StateStore.open(tmp_path / "p.state.db") as store:
+  store.restore("p", [Ticket("a")])
+  expected = []
+  for i in range(rows):
+   detail = f"d{i}" if details and i % 7 == 5 else None
+   code = i if details and i % 11 == 3 else None
+   store._log(
+    float(i), "a", "completed", status="completed", attempt=i, detail=detail, exit_code=code
+   )
+   expected.append((float(i), i, detail, code))
+  store.commit()
+  got = store._conn.execute(
+   "SELECT at, attempt, detail, exit_code FROM history WHERE ticket = 'a' ORDER BY seq"
+  ).fetchall()
+  assert got == expected
+  assert {pid for (pid,) in store._conn.execute("SELECT pid FROM history")} == {os.getpid()}
+
+
 def pipeline(tickets: list[dict[str, object]], name: str = "p") -> Pipeline:
  return pipeline_from_dict({"tickets": tickets}, name=name)
 

@@ -326,7 +326,11 @@ _STORED_STATUS = {
 }
 # A history row as recorded: (at, ticket, event, status, attempt, detail, error, exit_code);
 # the pid is written into the statement. Up to `_BATCH` rows go in one INSERT statement.
+# Most rows have no detail, error or exit code: while all buffered rows are such "plain"
+# rows they are kept without those three and the statement says NULL for them (binding
+# three NULLs a row costs more than a tenth of a no-op ticket's store cost).
 _ROW = 8
+_PLAIN = 5
 _BATCH = 64
 _INSERT_HISTORY = (
  "INSERT INTO history (at, ticket, event, status, attempt, detail, error, exit_code, pid) VALUES "
@@ -352,7 +356,8 @@ class StateStore:
   # are written together when committed, in as few INSERT statements as possible.
   self._rows: list[object] = []
   self._row_count = 0
-  self._inserts: dict[int, str] = {}  # row count -> its INSERT statement
+  self._plain = True  # every buffered row is plain: `_PLAIN` values a row, else `_ROW`
+  self._inserts: dict[tuple[int, bool], str] = {}  # (rows, plain) -> its INSERT statement
   self._pending: list[Transition] = []  # recorded, not yet committed (only with watchers)
   self._watchers: list[Callable[[Transition], None]] = []
   self._conductor: ConductorEngine | None = None
@@ -382,7 +387,8 @@ class StateStore:
    _create(path)
   # We issue BEGIN / COMMIT ourselves. The busy timeout only matters while another program
   # has the file open (see below), and then it is better to say so soon.
-  conn = sqlite3.connect(path, isolation_level=None, timeout=2.0)
+  # Up to 2 x _BATCH history statements (plain or not, by row count) plus a few others.
+  conn = sqlite3.connect(path, isolation_level=None, timeout=2.0, cached_statements=256)
   try:
    # One process at a time owns a state (control.StateOwner's lock). Telling SQLite so
    # before its first read lets it keep the WAL index in its own memory and take the file
@@ -643,8 +649,12 @@ class StateStore:
     return
   else:
    status = _STORED_STATUS[event]
-   self._rows += (at, tid, event, status, attempt, detail, self._live[tid].error, exit_code)
-   self._row_count += 1
+   error = self._live[tid].error
+   if self._plain and detail is None and error is None and exit_code is None:
+    self._rows += (at, tid, event, status, attempt)
+    self._row_count += 1
+   else:
+    self._add_row(at, tid, event, status, attempt, detail, error, exit_code)
    self._statuses[tid] = status
    if event == "todo":  # retry(): it may have unblocked others, which are not emitted
     self._record_unblocked(at)
@@ -716,7 +726,20 @@ class StateStore:
   exit_code: int | None = None,
  ) -> None:
   # Buffered like the run's own rows, so the history stays in order; written on commit.
-  self._rows += (at, ticket, event, status, attempt, detail, error, exit_code)
+  self._add_row(at, ticket, event, status, attempt, detail, error, exit_code)
+
+ def _add_row(self, *row: object) -> None:
+  if self._plain:
+   if row[_PLAIN:] == (None, None, None):
+    self._rows += row[:_PLAIN]
+    self._row_count += 1
+    return
+   # The first row with details: widen the plain rows buffered so far.
+   plain, self._rows, self._plain = self._rows, [], False
+   for first in range(0, len(plain), _PLAIN):
+    self._rows += plain[first : first + _PLAIN]
+    self._rows += (None, None, None)
+  self._rows += row
   self._row_count += 1
 
  def _write_rows(self) -> None:
@@ -724,19 +747,22 @@ class StateStore:
   count = self._row_count
   if not count:
    return
-  rows, self._rows, self._row_count = self._rows, [], 0
+  rows, plain = self._rows, self._plain
+  self._rows, self._row_count, self._plain = [], 0, True
   if count <= _BATCH:
-   self._conn.execute(self._insert(count), rows)
+   self._conn.execute(self._insert(count, plain), rows)
    return
+  width = _PLAIN if plain else _ROW
   for first in range(0, count, _BATCH):
    n = min(_BATCH, count - first)
-   self._conn.execute(self._insert(n), rows[first * _ROW : (first + n) * _ROW])
+   self._conn.execute(self._insert(n, plain), rows[first * width : (first + n) * width])
 
- def _insert(self, rows: int) -> str:
-  sql = self._inserts.get(rows)
+ def _insert(self, rows: int, plain: bool) -> str:
+  sql = self._inserts.get((rows, plain))
   if sql is None:
-   values = f"(?, ?, ?, ?, ?, ?, ?, ?, {int(self._pid)})"
-   sql = self._inserts[rows] = _INSERT_HISTORY + ", ".join([values] * rows)
+   details = "NULL, NULL, NULL" if plain else "?, ?, ?"
+   values = f"(?, ?, ?, ?, ?, {details}, {int(self._pid)})"
+   sql = self._inserts[rows, plain] = _INSERT_HISTORY + ", ".join([values] * rows)
   return sql
 
  def _transaction(self) -> _Transaction:
@@ -750,8 +776,7 @@ class StateStore:
   except sqlite3.Error:
    pass
   self._dirty = False
-  self._rows.clear()
-  self._row_count = 0
+  self._rows, self._row_count, self._plain = [], 0, True
   self._pending.clear()
   if self._conductor is not None:
    self._conductor.cancel()
@@ -773,8 +798,7 @@ class _Transaction:
    store._write_rows()
    store._conn.execute("COMMIT")
   else:
-   store._rows.clear()
-   store._row_count = 0
+   store._rows, store._row_count, store._plain = [], 0, True
    store._conn.execute("ROLLBACK")
 
 
