@@ -281,14 +281,15 @@ def _open_durable(pipeline: Pipeline, args: argparse.Namespace, console: Console
   console.print(f"state: {shown} (resuming: {'; '.join(notes)})", soft_wrap=True)
  if durable.stopped:
   console.print(
-   f"stopped {_plural(len(durable.stopped), 'process', 'processes')} that the interrupted "
-   f"run had left running ({_who(durable.stopped)}), so no attempt overlaps its re-run",
+   f"stopped {_plural(len(durable.stopped), 'process', 'processes')} that the killed run "
+   f"had left running ({_who(durable.stopped)}), so no attempt overlaps its re-run",
    soft_wrap=True,
   )
  if durable.unstoppable:
   console.print(
    f"[yellow]warning:[/] {_plural(len(durable.unstoppable), 'process', 'processes')} of the "
-   f"interrupted run outlived SIGKILL ({_who(durable.unstoppable)}); their tickets run again",
+   f"killed run outlived SIGKILL ({_who(durable.unstoppable)}; pids "
+   f"{', '.join(str(x.pid) for x in durable.unstoppable)}): stuck in the kernel?",
    soft_wrap=True,
   )
  return durable
@@ -299,7 +300,8 @@ def _plural(n: int, one: str, many: str) -> str:
 
 
 def _who(leftovers: Sequence[Leftover]) -> str:
- return ", ".join(f"{x.ticket} pid {x.pid}" for x in leftovers)
+ tickets = dict.fromkeys(x.ticket for x in leftovers)
+ return f"{'ticket' if len(tickets) == 1 else 'tickets'} {', '.join(tickets)}"
 
 
 def execute(pipeline: Pipeline, args: argparse.Namespace, console: Console) -> int:
