@@ -129,6 +129,37 @@ async def test_a_ticket_starts_only_after_its_dependencies_completion_is_committ
  assert snap.counts.completed == len(tickets) == len(seen)
 
 
+async def test_no_worker_runs_once_the_state_cannot_be_written(tmp_path: Path) -> None:
+ path = tmp_path / "p.state.db"
+ chain = [Ticket(f"c{i}", (f"c{i - 1}",) if i else ()) for i in range(5)]
+ ran: list[str] = []
+ with StateStore.open(path) as store:
+  store.restore("p", chain)
+
+  async def worker(ticket: Ticket) -> None:
+   ran.append(ticket.id)
+   if ticket.id == "c2":  # the disk goes away: every later write fails in SQLite
+    store._conn.execute("PRAGMA query_only = ON")
+   await anyio.lowlevel.checkpoint()
+
+  conductor = ConductorEngine(ExecutionEngine(chain), worker, 2)
+  store.attach(conductor)
+  with anyio.fail_after(10):
+   snap = await conductor.run()  # the store cancelled it
+  # c2's completion and c3's start could not be committed: c3's worker never ran.
+  assert ran == ["c0", "c1", "c2"]
+  assert snap.counts.completed == 3 and snap.stopping
+  assert store.failure is not None and str(path) in store.failure
+  store._conn.execute("PRAGMA query_only = OFF")
+ assert {tid: status for tid, (status, _) in current(path).items()} == {
+  "c0": "completed",
+  "c1": "completed",
+  "c2": "in_progress",  # a re-run runs it again (interrupted)
+  "c3": "todo",
+  "c4": "todo",
+ }
+
+
 async def test_every_watched_transition_is_already_committed(tmp_path: Path) -> None:
  path = tmp_path / "p.state.db"
  lines: list[tuple[str | None, str]] = []
