@@ -23,8 +23,8 @@ The rules a run relies on (see `StateStore.attach`):
 
 - a worker starts only after its own start (attempt count) and everything recorded before it,
   in particular its dependencies' completion, is committed;
-- every other transition is committed within one scheduling round, and all of them by the
-  end of `run()`;
+- every other transition is committed within a few task steps (at the end of its step, or
+  by the next worker to start), never waiting on a running worker; all by the end of `run()`;
 - what is committed is always a prefix of the transitions, in the order they happened.
 
 Files that are not conductor states (another program's SQLite database, anything else, a
@@ -597,7 +597,7 @@ class StateStore:
   the history row to a buffer. The engine's flush (see `ConductorEngine.add_listener`) is
   `commit()`: before a worker runs its start, and everything emitted before it (its
   dependencies' completion) is committed, with one commit for all the workers of a round;
-  every other transition is committed at the end of its step.
+  every other transition at the end of its step, or by the worker that starts next.
   """
   self._conductor = conductor
   self._live = conductor.engine.tickets
