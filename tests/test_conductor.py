@@ -383,6 +383,33 @@ async def test_a_step_that_starts_no_worker_flushes_at_its_end() -> None:
   tg.cancel_scope.cancel()
 
 
+async def test_a_completion_that_frees_a_slot_is_flushed_by_the_worker_taking_it() -> None:
+ gate = Gatekeeper()
+ tickets = [Ticket("a"), Ticket("b"), Ticket("c")]
+ conductor = ConductorEngine(ExecutionEngine(tickets), gate, 1)  # b and c wait for a slot
+ log = FlushLog(conductor)
+ async with create_task_group() as tg:
+  tg.start_soon(conductor.run)
+  with fail_after(10):
+   while gate.started != ["a"]:
+    await wait_all_tasks_blocked()
+   gate.event("a").set()
+   while gate.started != ["a", "b"]:
+    await wait_all_tasks_blocked()
+   await wait_all_tasks_blocked()
+   # a's completion went out with b's start, in one flush, before b's worker ran.
+   assert [(t.ticket, t.status) for t in log.seen[-2:]] == [
+    ("a", "completed"),
+    ("b", "in_progress"),
+   ]
+   assert log.flushed == len(log.seen)
+   flushes = log.flushes
+   gate.event("b").set()
+   gate.event("c").set()
+  tg.cancel_scope.cancel()
+ assert flushes == 2  # a's start; then a's completion with b's start
+
+
 @pytest.fixture
 def frequent_thread_switches() -> Iterator[None]:
  old = sys.getswitchinterval()
