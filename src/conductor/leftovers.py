@@ -81,8 +81,12 @@ def stop_leftovers(
  """
  fds: dict[int, Leftover] = {}
  for leftover in leftovers:
-  with contextlib.suppress(ProcessLookupError):  # exited already
+  try:
    fds[os.pidfd_open(leftover.pid)] = leftover
+  except ProcessLookupError:  # exited already
+   pass
+  except OSError:  # no pidfds (a kernel before 5.3): kill outright, nothing to wait on
+   _signal_pid(leftover.pid, signal.SIGKILL)
  try:
   for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, timeout)):
    if not fds:
@@ -97,12 +101,22 @@ def stop_leftovers(
 
 
 def _signal(fd: int, pid: int, sig: signal.Signals) -> None:
+ _signal_group(pid, sig)
+ with contextlib.suppress(ProcessLookupError):
+  signal.pidfd_send_signal(fd, sig)  # by pidfd: never a recycled pid
+
+
+def _signal_pid(pid: int, sig: signal.Signals) -> None:
+ _signal_group(pid, sig)
+ with contextlib.suppress(ProcessLookupError):
+  os.kill(pid, sig)
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
  with contextlib.suppress(ProcessLookupError):
   group = os.getpgid(pid)
   if group != os.getpgrp():
    os.killpg(group, sig)
- with contextlib.suppress(ProcessLookupError):
-  signal.pidfd_send_signal(fd, sig)  # by pidfd: never a recycled pid
 
 
 def _wait_exited(fds: dict[int, Leftover], seconds: float) -> None:
