@@ -357,8 +357,9 @@ async def test_a_chain_flushes_once_a_ticket_and_a_wide_dag_once_a_round() -> No
   await conductor.run()
  assert log.flushed == len(log.seen) == 2 * len(wide)
  # About one a round of 8 workers (and one for each of the last completions), not one a
- # ticket: measured 28 on asyncio, 30-43 on trio, which starts a round in any order.
- assert log.flushes < len(wide) // 3
+ # ticket: measured 28 on asyncio, 30-47 on trio (150 runs), which starts a round in any
+ # order; one a ticket would be 160 or more.
+ assert log.flushes < len(wide) // 2
 
 
 async def test_a_step_that_starts_no_worker_flushes_at_its_end() -> None:
