@@ -156,3 +156,26 @@ def test_the_shipped_examples_validate() -> None:
  examples = Path(__file__).parent.parent / "examples"
  for pipeline in sorted(examples.glob("*.toml")):
   assert conductor("validate", str(pipeline)).returncode == 0, pipeline
+
+
+def test_status_of_a_large_pipeline_lists_the_notable_tickets_and_all_on_request(
+ tmp_path: Path,
+) -> None:
+ tickets = "".join(f'[[tickets]]\nid = "t{i}"\nsleep = 0\n' for i in range(60))
+ tickets += '[[tickets]]\nid = "bad"\nsleep = 0\nfail = true\n'
+ tickets += '[[tickets]]\nid = "after"\nsleep = 0\ndepends_on = ["bad"]\n'
+ write(tmp_path / "big.toml", tickets)
+ assert conductor("run", "big.toml", cwd=tmp_path).returncode == 1
+ short = conductor("status", "big.toml", cwd=tmp_path)
+ assert short.returncode == 0, short.stderr
+ assert table_ids(short.stdout) == ["bad", "after"]
+ assert "60 of 62 tickets not listed" in short.stdout and "--all" in short.stdout
+ every = conductor("status", "big.toml", "--all", cwd=tmp_path)
+ assert len(table_ids(every.stdout)) == 62 and "not listed" not in every.stdout
+
+
+def table_ids(output: str) -> list[str]:
+ """The ticket ids of a `conductor status` table (wrapped error lines left out)."""
+ statuses = {"todo", "in_progress", "completed", "failed", "blocked"}
+ rows = [line.split() for line in output.splitlines() if line.startswith("  ")]
+ return [w[0] for w in rows if len(w) > 1 and w[1] in statuses]

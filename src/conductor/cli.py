@@ -30,7 +30,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .control import DurableRun, open_run, request
-from .dag_engine import ExecutionEngine, PipelineError
+from .dag_engine import ExecutionEngine, PipelineError, Status
 from .leftovers import Leftover
 from .multi_agent_conductor import ConductorEngine, MmaStatus, Snapshot, Transition
 from .pipeline import Pipeline, PipelineFileError, load_pipeline
@@ -490,8 +490,18 @@ def _stamp(at: float | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
  return time.strftime(fmt, time.localtime(at)) if at else "-"
 
 
-def render_status(answer: dict[str, Any]) -> RenderableType:
- """`conductor status` for people: one function of the answer, so it is easy to test."""
+STATUS_ROWS = 30
+"""Above this many tickets, `conductor status` lists only the notable ones (see render_status)."""
+
+
+def render_status(answer: dict[str, Any], *, every_ticket: bool = False) -> RenderableType:
+ """`conductor status` for people: one function of the answer, so it is easy to test.
+
+ The ticket table lists every ticket of a small pipeline. Of a larger one, unless
+ `every_ticket`, it lists the notable ones (running, failed, blocked, retried, with an
+ error), at most `STATUS_ROWS` of them, and says what it left out; the counts above it
+ cover everything.
+ """
  report = answer["report"]
  counts = report["counts"]
  status = MmaStatus(report["mma_status"])
@@ -530,7 +540,20 @@ def render_status(answer: dict[str, Any]) -> RenderableType:
  table = Table(box=None, padding=(0, 2), header_style="bold")
  for column in ("ticket", "status", "attempts", "exit", "last error"):
   table.add_column(column)
- for row in report["tickets"]:
+ rows = report["tickets"]
+ if not every_ticket and len(rows) > STATUS_ROWS:
+  notable = [r for r in rows if _notable(r)]
+  rows = notable[:STATUS_ROWS]
+  left = len(report["tickets"]) - len(rows)
+  more = f"{len(notable) - len(rows)} more notable, " if len(notable) > len(rows) else ""
+  note = Text(
+   f"{left} of {len(report['tickets'])} tickets not listed ({more}the rest completed or "
+   "not started); --all lists every ticket",
+   "dim",
+  )
+ else:
+  note = None
+ for row in rows:
   code = row["exit_code"]
   table.add_row(
    row["id"],
@@ -539,8 +562,18 @@ def render_status(answer: dict[str, Any]) -> RenderableType:
    "" if code is None else str(code),
    row["error"] or "",
   )
- parts.append(table)
+ if rows:
+  parts.append(table)
+ if note is not None:
+  parts.append(note)
  return Group(*parts)
+
+
+def _notable(row: dict[str, Any]) -> bool:
+ status = row["status"]
+ if status in (Status.COMPLETED, Status.TODO):  # done once, or never run: the counts say it
+  return row["attempts"] > 1 or bool(row["error"])
+ return True
 
 
 def history_lines(history: Sequence[dict[str, Any]]) -> list[str]:
@@ -563,7 +596,7 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
  if args.json:
   print(json.dumps({"live": answer["live"], **answer["report"]}, indent=1))
   return EXIT_OK
- console.print(render_status(answer))
+ console.print(render_status(answer, every_ticket=args.all))
  if args.history:
   console.print(Text("history:", "bold"))
   for line in history_lines(answer["report"].get("history", [])):
@@ -639,6 +672,11 @@ def build_parser() -> argparse.ArgumentParser:
  control_options(p)
  p.add_argument("--json", action="store_true", help="machine-readable output")
  p.add_argument("--history", action="store_true", help="also print the transition log")
+ p.add_argument(
+  "--all",
+  action="store_true",
+  help=f"list every ticket (above {STATUS_ROWS} tickets only the notable ones are listed)",
+ )
  p.set_defaults(func=cmd_status)
 
  p = sub.add_parser("validate", help="check a pipeline file without running it")
