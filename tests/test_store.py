@@ -8,9 +8,11 @@ are in test_durability.py.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import sqlite3
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import anyio
@@ -213,6 +215,52 @@ async def test_a_crash_image_resumes_with_the_interrupted_attempt_counted(tmp_pa
   assert by_id["d"].attempts == 2
   events = [h.status for h in store.history() if h.ticket == "d"]
   assert events == ["in_progress", "interrupted", "in_progress", "completed"]
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_random_runs_are_written_ahead_and_the_state_matches_the_engine(
+ tmp_path: Path, seed: int
+) -> None:
+ # Random DAGs with failures, automatic retries, exit codes and pauses from the workers:
+ # at every start the state a kill would leave has this start and its dependencies'
+ # completions; at the end the stored tickets equal the engine's and every attempt logged.
+ rng = random.Random(seed)
+ tickets = []
+ for i in range(24):
+  deps = tuple(sorted({f"t{j}" for j in rng.sample(range(i), min(i, rng.randint(0, 3)))}))
+  tickets.append(Ticket(f"t{i}", deps, retries=rng.choice((0, 0, 1, 2))))
+ fail_first = {t.id: rng.randint(0, 3) for t in tickets}  # failures before a success
+ path = tmp_path / "p.state.db"
+ with StateStore.open(path) as store:
+  store.restore("p", tickets)
+
+  async def worker(ticket: Ticket) -> WorkResult:
+   visible = current(path)
+   assert visible[ticket.id] == ("in_progress", ticket.attempts), ticket.id
+   for dep in ticket.depends_on:
+    assert visible[dep][0] == "completed", (ticket.id, dep)
+   if rng.random() < 0.1:
+    conductor.pause("seed pause")
+    conductor.resume()
+   await anyio.lowlevel.checkpoint()
+   if ticket.attempts <= fail_first[ticket.id]:
+    raise WorkFailed(f"attempt {ticket.attempts} broke", exit_code=ticket.attempts)
+   return WorkResult(output="ok", exit_code=0)
+
+  conductor = ConductorEngine(ExecutionEngine(tickets), worker, max_workers=rng.randint(1, 5))
+  store.attach(conductor)
+  with anyio.fail_after(20):
+   await conductor.run()
+  engine_view = {t.id: (str(t.status), t.attempts, t.error) for t in tickets}
+  rows = store.tickets()
+  assert {row.id: (row.status, row.attempts, row.error) for row in rows} == engine_view
+  assert all(row.exit_code == 0 for row in rows if row.status == "completed")
+  starts = Counter(h.ticket for h in store.history() if h.status == "in_progress")
+  assert starts == Counter({t.id: t.attempts for t in tickets if t.attempts})
+  exits = store._conn.execute(
+   "SELECT ticket, attempt, exit_code FROM history WHERE event IN ('failed', 'retrying')"
+  ).fetchall()
+  assert all(code == attempt for _ticket, attempt, code in exits)
 
 
 async def test_failed_tickets_are_retried_by_a_re_run_and_blocked_ones_follow(
