@@ -12,7 +12,18 @@ import pytest
 
 from conductor.leftovers import STATE_VARIABLE, find_leftovers, stop_leftovers
 
-pytestmark = pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
+
+def _pidfds() -> bool:
+ try:
+  os.close(os.pidfd_open(os.getpid()))
+ except (AttributeError, OSError):
+  return False
+ return True
+
+
+pytestmark = pytest.mark.skipif(
+ not Path("/proc/self/environ").exists() or not _pidfds(), reason="needs Linux /proc and pidfds"
+)
 
 
 @pytest.fixture
