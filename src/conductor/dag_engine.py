@@ -254,12 +254,20 @@ class ExecutionEngine:
 
   order = self._topological_order()
 
-  if fresh:
+  if fresh:  # nothing to restore; only the counters, which the sort counted down
    for node in order:
-    node.unmet = len(node.deps)  # the sort counted them down
+    node.unmet = len(node.deps)
    self._counts[Status.TODO] = len(order)
-   order = []
-  # Dependencies come first in `order`, so each ticket sees its dependencies' final statuses.
+  else:
+   self._restore(order)
+
+  for node in nodes.values():
+   if node.unmet == 0 and node.ticket.status is Status.TODO:
+    self._make_ready(node)
+
+ def _restore(self, order: list[_Node]) -> None:
+  # Honour the statuses a store handed back (see __init__) and count them. Dependencies
+  # come first in `order`, so each ticket sees its dependencies' final statuses.
   for node in order:
    ticket = node.ticket
    if ticket.status is Status.IN_PROGRESS:
@@ -276,10 +284,6 @@ class ExecutionEngine:
      ticket.error = None
    node.unmet = sum(1 for dep in node.deps if dep.ticket.status is not Status.COMPLETED)
    self._counts[ticket.status] += 1
-
-  for node in nodes.values():
-   if node.unmet == 0 and node.ticket.status is Status.TODO:
-    self._make_ready(node)
 
  def _topological_order(self) -> list[_Node]:
   # Kahn's algorithm on the `unmet` counters (still equal to len(deps) here). Nodes left

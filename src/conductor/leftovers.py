@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .workers import REAP_TIMEOUT, TERM_GRACE
+from .workers import _signal_group as signal_group  # killpg, an empty group is no error
 
 __all__ = ["STATE_VARIABLE", "Leftover", "find_leftovers", "stop_leftovers"]
 
@@ -116,7 +117,7 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
  with contextlib.suppress(ProcessLookupError):
   group = os.getpgid(pid)
   if group != os.getpgrp():
-   os.killpg(group, sig)
+   signal_group(group, sig)
 
 
 def _wait_exited(fds: dict[int, Leftover], seconds: float) -> None:

@@ -268,13 +268,16 @@ class ConductorEngine:
   for flush in self._flushes:
    flush()
 
- def _step_end(self, *, successor: bool = False) -> None:
+ def _step_end(self, *, worker_done: bool = False) -> None:
   # The end of a step that emitted: flush, unless a worker started in it will (see
-  # add_listener): it runs next and flushes for this step too. `successor`: this step is a
-  # worker's last and the run loop waits in Scheduler.spawn for the slot it frees, so the
-  # next worker starts at once, and flushes.
-  if self._unflushed and not self._unflushed_starts and not successor:
-   self._flush()
+  # add_listener): it runs next and flushes for this step too. `worker_done`: this step is
+  # a worker's last; if the run loop waits in Scheduler.spawn for the slot it frees, the
+  # next worker starts at once and flushes.
+  if not self._unflushed or self._unflushed_starts:
+   return
+  if worker_done and self._parked is not None and not self._paused:
+   return
+  self._flush()
 
  # -- control: any thread --------------------------------------------------------------
 
@@ -583,7 +586,7 @@ class ConductorEngine:
    # switch per ticket on a chain.
    if self._ready or self.engine.is_settled:
     self._notify()
-   self._step_end(successor=self._parked is not None and not self._paused)
+   self._step_end(worker_done=True)
 
  def _failed(self, ticket: Ticket, error: str, exit_code: int | None, output: str) -> None:
   self._finish(ticket, exit_code, output)
