@@ -12,12 +12,16 @@ Three ways to run N no-op units of work with at most W at once, on asyncio and t
 DAG shapes: wide (no edges), chain (each ticket depends on the previous one) and random
 (each ticket depends on up to 3 of the 50 tickets before it).
 
-    python benchmarks/throughput.py [--sizes 1000 10000 100000] [--workers 8] [--json PATH]
+    python benchmarks/throughput.py [--sizes 1000 10000 100000] [--workers 8] [--no-gc] [--json PATH]
+
+`--no-gc` turns CPython's cyclic garbage collector off while each run is timed: the gap to a
+normal run is what the collector costs at each size.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import graphlib
 import json
 import os
@@ -118,12 +122,19 @@ async def _timed(
  return time.perf_counter() - start
 
 
-def measure(variant: str, shape: str, n: int, *, workers: int, backend: str, repeat: int) -> float:
+def measure(
+ variant: str, shape: str, n: int, *, workers: int, backend: str, repeat: int, no_gc: bool = False
+) -> float:
  """Best of `repeat` wall times, in seconds, for one run of `n` tickets."""
  best = float("inf")
  for _ in range(repeat):
   tickets = SHAPES[shape](n)  # fresh tickets each time: they carry run state
-  best = min(best, anyio.run(_timed, VARIANTS[variant], tickets, workers, backend=backend))
+  if no_gc:
+   gc.disable()
+  try:
+   best = min(best, anyio.run(_timed, VARIANTS[variant], tickets, workers, backend=backend))
+  finally:
+   gc.enable()
  return best
 
 
@@ -133,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
  )
  parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
  parser.add_argument("--workers", type=int, default=8)
+ parser.add_argument("--no-gc", action="store_true", help="cyclic GC off while timing")
  parser.add_argument("--repeat", type=int, default=3)
  parser.add_argument("--backends", nargs="+", default=["asyncio", "trio"])
  parser.add_argument(
@@ -141,7 +153,11 @@ def main(argv: list[str] | None = None) -> int:
  args = parser.parse_args(argv)
 
  machine = f"{platform.machine()} · {os.cpu_count()} cores · Python {platform.python_version()} · {platform.system()}"
- print(f"throughput of no-op tickets, {args.workers} workers, best of {args.repeat} · {machine}\n")
+ gc_note = " · cyclic GC off" if args.no_gc else ""
+ print(
+  f"throughput of no-op tickets, {args.workers} workers, best of {args.repeat}{gc_note} · "
+  f"{machine}\n"
+ )
  header = f"{'backend':8} {'shape':7} {'tickets':>8} {'raw/s':>10} {'graphlib/s':>11} {'conductor/s':>12} {'vs raw':>7} {'growth':>7}"
  print(header)
  print("-" * len(header))
@@ -152,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
    previous: float | None = None
    for n in args.sizes:
     times = {
-     v: measure(v, shape, n, workers=args.workers, backend=backend, repeat=args.repeat)
+     v: measure(
+      v, shape, n, workers=args.workers, backend=backend, repeat=args.repeat, no_gc=args.no_gc
+     )
      for v in VARIANTS
     }
     rates = {v: n / t for v, t in times.items()}
@@ -186,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     "machine": machine,
     "workers": args.workers,
     "repeat": args.repeat,
+    "gc": not args.no_gc,
     "results": results,
     "targets_met": ok,
    },
