@@ -70,12 +70,16 @@ def write_pipeline(folder: Path, n: int, workers: int) -> Path:
 
 
 class Hook:
- def __init__(self, port: int) -> None:
-  self.base = f"http://127.0.0.1:{port}"
+ """The dashboard's test hook, from its port file (`{"port": N, "token": "..."}`)."""
+
+ def __init__(self, port_file: Path) -> None:
+  info = json.loads(port_file.read_text(encoding="utf-8"))
+  self.base = f"http://127.0.0.1:{info['port']}"
+  self.headers = {"Authorization": f"Bearer {info['token']}"}  # every request needs it
 
  def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
   data = json.dumps(body or {}).encode() if method == "POST" else None
-  request = urllib.request.Request(self.base + path, data=data, method=method)
+  request = urllib.request.Request(self.base + path, data=data, method=method, headers=self.headers)
   with urllib.request.urlopen(request, timeout=60) as response:
    return json.loads(response.read())
 
@@ -96,7 +100,7 @@ def start_gui(pipeline: Path, folder: Path, size: str) -> tuple[subprocess.Popen
    proc.kill()
    raise SystemExit(f"the dashboard did not start:\n{(folder / 'gui.log').read_text()}")
   time.sleep(0.05)  # waiting for another process to come up, bounded by the deadline
- return proc, Hook(int(port_file.read_text()))
+ return proc, Hook(port_file)  # renamed into place whole: never half written
 
 
 def frame_stats(samples: list[list[float]]) -> dict[str, float]:

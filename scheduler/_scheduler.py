@@ -10,7 +10,7 @@ from typing import Any, Self, TypeVarTuple, Unpack
 
 from anyio import CancelScope, Event, Semaphore, WouldBlock, create_task_group
 from anyio.abc import TaskGroup
-from anyio.lowlevel import checkpoint
+from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 
 from ._gate import Gate
 
@@ -44,7 +44,10 @@ class Scheduler:
  - `paused`, `running`, `running_at_pause` and `spawned` may be read from any thread.
 
  A worker that raises propagates through the task group and cancels its siblings, as in
- any anyio task group: catch inside the worker what should not stop the others.
+ any anyio task group: catch inside the worker what should not stop the others. Once the
+ group is cancelled (`cancel()`, or a worker raised), nothing is admitted any more, ever:
+ `try_spawn` refuses and `spawn` raises, so a worker that starts more work while it is being
+ cancelled cannot restart its siblings in a loop.
  """
 
  def __init__(self, max_workers: int = 4, *, paused: bool = False) -> None:
@@ -96,6 +99,15 @@ class Scheduler:
   """Cancel every running worker and parked spawn. Call from the scheduler's loop."""
   if self._tg is not None:
    self._tg.cancel_scope.cancel()
+
+ @property
+ def cancelled(self) -> bool:
+  """The task group was cancelled, or the scheduler has exited: nothing starts any more.
+
+  Read it on the scheduler's loop.
+  """
+  tg = self._tg
+  return tg.cancel_scope.cancel_called if tg is not None else self._entered
 
  # -- pause and resume: any thread -----------------------------------------------------
 
@@ -156,6 +168,10 @@ class Scheduler:
   tg, slots = self._live("spawn")
   name = _name_of(fn, name)
   await slots.acquire()
+  if tg.cancel_scope.cancel_called:
+   slots.release()
+   await checkpoint_if_cancelled()  # a spawner inside the group is cancelled with it
+   raise RuntimeError("Scheduler.spawn(): the scheduler was cancelled; nothing starts any more")
   key = self._admit(name)
   if key is not None:
    tg.start_soon(self._run, fn, args, key, name=name)
@@ -188,8 +204,9 @@ class Scheduler:
     try:
      while key is None:
       await self._gate.wait()
-      # A spawn cancelled after the gate woke us must still start nothing.
-      if scope.cancel_called:
+      # A spawn cancelled after the gate woke us must still start nothing; nor may one
+      # whose group was cancelled meanwhile (an open gate does not checkpoint).
+      if scope.cancel_called or self.cancelled:
        break
       key = self._admit(name)
     finally:
@@ -218,6 +235,8 @@ class Scheduler:
   if slots is not None and (slots.value == 0 or self.paused):  # cheap refusals first:
    return False  # raising WouldBlock is not (and this is the common refusal)
   tg, slots = self._live("try_spawn")
+  if tg.cancel_scope.cancel_called:  # the invariant: never start into a cancelled group
+   return False
   try:
    slots.acquire_nowait()
   except WouldBlock:

@@ -15,6 +15,10 @@ import contextlib
 import json
 import os
 import re
+import signal
+import socket
+import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -55,23 +59,52 @@ def sleep_pipeline(
 
 
 class Gui:
- """A running `conductor gui` process and its test hook."""
+ """A running `conductor gui` process and its test hook (port and token from its port file)."""
 
- def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Path, shots: Path) -> None:
+ def __init__(self, proc: subprocess.Popen[bytes], port_file: Path, log: Path, shots: Path) -> None:
+  info = json.loads(port_file.read_text(encoding="utf-8"))
   self.proc = proc
-  self.port = port
+  self.port: int = info["port"]
+  self.token: str = info["token"]
+  self.port_file = port_file
   self.log = log
-  self.shots = shots
+  self.shots = shots  # the hook's screenshot folder: the port file's
 
- def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+ def request(
+  self,
+  method: str,
+  path: str,
+  body: dict[str, Any] | None = None,
+  *,
+  headers: dict[str, str] | None = None,
+ ) -> tuple[int, Any]:
+  """(HTTP status, JSON answer). `headers` replaces the token's Authorization header."""
   data = json.dumps(body or {}).encode() if method == "POST" else None
-  request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method)
+  sent = {"Authorization": f"Bearer {self.token}"} if headers is None else headers
+  request = urllib.request.Request(
+   f"http://127.0.0.1:{self.port}{path}", data=data, method=method, headers=sent
+  )
   try:
    with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:
-    return json.loads(response.read())
+    return response.status, json.loads(response.read())
   except urllib.error.HTTPError as exc:
    with exc:
-    return json.loads(exc.read())
+    return exc.code, json.loads(exc.read())
+
+ def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+  return self.request(method, path, body)[1]
+
+ def raw(self, request: bytes) -> int:
+  """Send `request` as is on a connection of its own; return the answer's status code."""
+  with socket.create_connection(("127.0.0.1", self.port), timeout=HTTP_TIMEOUT) as sock:
+   sock.sendall(request)
+   sock.shutdown(socket.SHUT_WR)
+   answer = b""
+   while chunk := sock.recv(65536):
+    answer += chunk
+  match = re.match(rb"HTTP/1\.[01] (\d{3}) ", answer)
+  assert match, answer[:300]
+  return int(match[1])
 
  def state(self, *, rows: bool = False) -> State:
   result: State = self._call("GET", "/state?rows=1" if rows else "/state")
@@ -86,9 +119,10 @@ class Gui:
   return result
 
  def screenshot(self, name: str) -> Path:
-  path = self.shots / f"{name}.png"
-  result = self._call("POST", "/screenshot", {"path": str(path)})
+  result = self._call("POST", "/screenshot", {"name": f"{name}.png"})
   assert result["ok"], result
+  path = self.shots / f"{name}.png"
+  assert result["path"] == str(path)
   assert path.stat().st_size > 1000
   return path
 
@@ -121,13 +155,16 @@ GuiFactory = Callable[..., Gui]
 def live_gui(tmp_path: Path) -> Iterator[GuiFactory]:
  """Start `conductor gui PIPELINE --test-hook ...` (working folder: tmp_path); returns a Gui.
 
- Teardown asks the window to close and waits for the process to exit.
+ `port_file=` chooses the hook's port file (default: a new one in tmp_path); the hook
+ writes screenshots into its folder. Teardown asks the window to close and waits for the
+ process to exit.
  """
  require_display()
  started: list[tuple[Gui, Any]] = []
 
- def start(pipeline: Path, *args: str) -> Gui:
-  port_file = tmp_path / f"hook-port-{len(started)}"
+ def start(pipeline: Path, *args: str, port_file: Path | None = None) -> Gui:
+  if port_file is None:
+   port_file = tmp_path / f"hook-port-{len(started)}"
   log = tmp_path / f"gui-{len(started)}.log"
   out = log.open("wb")
   command = [sys.executable, "-m", "conductor", "gui", str(pipeline), "--test-hook"]
@@ -139,14 +176,15 @@ def live_gui(tmp_path: Path) -> Iterator[GuiFactory]:
    stderr=subprocess.STDOUT,
   )
   deadline = time.monotonic() + STARTUP_TIMEOUT
-  while not port_file.exists():
+  # The hook renames its port file into place (replacing whatever was planted there).
+  while port_file.is_symlink() or not port_file.exists():
    if proc.poll() is not None or time.monotonic() > deadline:
     proc.kill()
     proc.wait()
     out.close()
     pytest.fail(f"the dashboard did not start (exit {proc.returncode}):\n{log.read_text()}")
    time.sleep(0.02)  # waiting for another process to come up: bounded by the deadline
-  gui = Gui(proc, int(port_file.read_text()), log, tmp_path)
+  gui = Gui(proc, port_file, log, port_file.parent)
   started.append((gui, out))
   return gui
 
@@ -417,6 +455,352 @@ def test_hook_listens_on_loopback_only(live_gui: GuiFactory, tmp_path: Path) -> 
  assert ours == ["0100007F:" + f"{gui.port:04X}"]  # 127.0.0.1, nothing else
 
 
+def no_traceback(gui: Gui) -> None:
+ """The process has exited and printed no traceback (its stderr is in its log)."""
+ assert gui.proc.poll() is not None
+ log = gui.log.read_text(errors="replace")
+ assert "Traceback" not in log, log
+ assert gui.token not in log
+
+
+@pytest.mark.gui
+def test_hook_port_file_is_owner_only_json_and_replaces_a_planted_symlink(
+ live_gui: GuiFactory, tmp_path: Path
+) -> None:
+ victim = tmp_path / "victim.txt"
+ victim.write_text("keep me\n", encoding="utf-8")
+ port_file = tmp_path / "port"
+ port_file.symlink_to(victim)  # planted: the hook must not write through it
+ gui = live_gui(sleep_pipeline(tmp_path, 1, 0.1), port_file=port_file)
+ assert victim.read_text(encoding="utf-8") == "keep me\n"
+ info = port_file.lstat()
+ assert stat.S_ISREG(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o600
+ assert info.st_uid == os.getuid()
+ data = json.loads(port_file.read_text(encoding="utf-8"))
+ assert set(data) == {"port", "token"} and len(data["token"]) >= 40
+ assert gui.state()["mma_status"] == "idle"  # the token works
+ assert not list(tmp_path.glob(".port*"))  # no temporary file left beside it
+ gui.quit()
+ assert not port_file.exists()  # removed at close
+ no_traceback(gui)
+
+
+@pytest.mark.gui
+def test_hook_refuses_every_request_without_its_token_and_does_nothing(
+ live_gui: GuiFactory, tmp_path: Path
+) -> None:
+ gui = live_gui(sleep_pipeline(tmp_path, 4, 30.0, workers=2), "--start")
+ gui.wait_for("two workers running", lambda s: len(s["snapshot"]["running"]) == 2)
+ token = gui.token
+ wrong: list[dict[str, str]] = [
+  {},
+  {"Authorization": ""},
+  {"Authorization": "Bearer"},
+  {"Authorization": "Bearer " + "x" * len(token)},
+  {"Authorization": f"Bearer {token}x"},
+  {"Authorization": f"Bearer {token[:-1]}"},
+  {"Authorization": f"bearer {token}"},
+  {"Authorization": token},
+  {"Authorization": f"Basic {token}"},
+  {"Authorization": "Bearer \u00e9t\u00e9"},  # not ASCII: still just a wrong token
+ ]
+ for headers in wrong:
+  for method, path, body in (
+   ("POST", "/click", {"label": "Pause"}),
+   ("POST", "/key", {"key": "Space"}),
+   ("POST", "/screenshot", {"name": "sneaky.png"}),
+   ("POST", "/quit", None),
+   ("POST", "/frames/reset", None),
+   ("GET", "/state", None),
+   ("GET", "/frames", None),
+  ):
+   status, answer = gui.request(method, path, body, headers=headers)
+   assert status == 401, (headers, path, answer)
+   assert answer == {
+    "ok": False,
+    "error": "give the token from the port file: Authorization: Bearer TOKEN",
+   }
+ # A token in the query string is no token either.
+ assert gui.request("GET", f"/state?token={token}", headers={})[0] == 401
+
+ # Nothing happened: no pause, no key, no screenshot, the window is still open.
+ state = gui.state()
+ assert state["mma_status"] == "executing" and not state["paused"], state
+ assert state["gui"]["buttons"]["Pause"] is True and state["spawned"] == 2
+ assert not (gui.shots / "sneaky.png").exists()
+ assert gui.proc.poll() is None
+ assert gui.click("Pause")["acted"]  # the same click with the token does act
+ assert gui.state()["paused"]
+ gui.quit()
+ no_traceback(gui)
+
+
+@pytest.mark.gui
+def test_hook_writes_screenshots_only_by_plain_name_inside_its_folder(
+ live_gui: GuiFactory, tmp_path: Path
+) -> None:
+ shots = tmp_path / "shots"
+ shots.mkdir()
+ victim = tmp_path / "victim.conf"
+ victim.write_text("precious\n", encoding="utf-8")
+ (shots / "link.png").symlink_to(victim)
+ (shots / "folder.png").mkdir()
+ gui = live_gui(sleep_pipeline(tmp_path, 1, 0.1), port_file=shots / "port")
+ before_outside = sorted(p.name for p in tmp_path.iterdir())
+ refused: list[object] = [
+  "../escape.png",
+  "../../escape.png",
+  str(tmp_path / "absolute.png"),
+  str(victim),
+  "sub/x.png",
+  "sub\\x.png",
+  "x.txt",
+  "x.png.txt",
+  "x",
+  ".png",
+  ".hidden.png",
+  "..png",
+  "a..png",
+  "nul\x00.png",
+  "new\nline.png",
+  "~/x.png",
+  "x" * 300 + ".png",
+  "",
+  None,
+  5,
+  ["x.png"],
+  "link.png",  # an existing symlink (to the victim)
+  "folder.png",  # an existing folder
+ ]
+ for name in refused:
+  status, answer = gui.request("POST", "/screenshot", {"name": name})
+  assert status == 400 and not answer["ok"], (name, answer)
+ # The old API (any absolute path) is gone.
+ status, _ = gui.request("POST", "/screenshot", {"path": str(tmp_path / "old.png")})
+ assert status == 400
+
+ assert victim.read_text(encoding="utf-8") == "precious\n"
+ assert (shots / "link.png").is_symlink() and (shots / "folder.png").is_dir()
+ assert sorted(p.name for p in tmp_path.iterdir()) == before_outside
+ assert sorted(p.name for p in shots.iterdir()) == ["folder.png", "link.png", "port"]
+
+ # A plain name is written there, and again over the file it wrote.
+ first = gui.screenshot("window")
+ assert first.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+ assert gui.screenshot("window") == first
+ assert sorted(p.name for p in shots.iterdir()) == ["folder.png", "link.png", "port", "window.png"]
+ gui.quit()
+ no_traceback(gui)
+
+
+@pytest.mark.gui
+def test_hook_screenshots_go_into_the_folder_chosen_at_start(
+ live_gui: GuiFactory, tmp_path: Path
+) -> None:
+ # Needs `conductor gui --test-hook-shots DIR` (cli.py passes it on as args.test_hook_shots).
+ chosen = tmp_path / "chosen"
+ chosen.mkdir()
+ gui = live_gui(sleep_pipeline(tmp_path, 1, 0.1), "--test-hook-shots", "chosen")
+ status, answer = gui.request("POST", "/screenshot", {"name": "here.png"})
+ assert status == 200 and answer["path"] == str(chosen / "here.png"), answer
+ assert (chosen / "here.png").stat().st_size > 1000
+ assert not (tmp_path / "here.png").exists()
+ status, _ = gui.request("POST", "/screenshot", {"name": "../here.png"})
+ assert status == 400
+ gui.quit()
+ no_traceback(gui)
+
+
+def http_request(method: str, path: str, token: str, extra: str = "", body: bytes = b"") -> bytes:
+ head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+ return (head + extra + "\r\n").encode() + body
+
+
+@pytest.mark.gui
+def test_hook_answers_malformed_requests_with_4xx_and_prints_no_traceback(
+ live_gui: GuiFactory, tmp_path: Path
+) -> None:
+ gui = live_gui(sleep_pipeline(tmp_path, 2, 0.1))
+ token = gui.token
+ # A client that sends half a request and stalls holds no one up.
+ stalled = socket.create_connection(("127.0.0.1", gui.port), timeout=HTTP_TIMEOUT)
+ stalled.sendall(b"POST /click HTTP/1.1\r\nContent-Length: 50\r\n")
+
+ def post(body: bytes, extra: str = "", path: str = "/click") -> bytes:
+  return http_request("POST", path, token, f"Content-Length: {len(body)}\r\n" + extra, body)
+
+ cases: list[tuple[bytes, int]] = [
+  (http_request("GET", "/frames?since=abc", token), 400),
+  (http_request("GET", "/frames?since=-1", token), 400),
+  (http_request("GET", "/frames?since=1.5", token), 400),
+  (http_request("GET", "/frames?since=" + "9" * 5000, token), 400),
+  (http_request("GET", "/frames?since=1&since=2", token), 400),
+  (http_request("GET", "/state?rows=maybe", token), 400),
+  (http_request("GET", "/state?" + "&".join(f"k{i}=1" for i in range(50)), token), 400),
+  (http_request("GET", "/nope", token), 404),
+  (http_request("POST", "/nope", token), 404),
+  (http_request("PUT", "/state", token), 405),
+  (http_request("DELETE", "/quit", token), 405),
+  (http_request("POST", "/click", token, "Content-Length: abc\r\n"), 400),
+  (http_request("POST", "/click", token, "Content-Length: -5\r\n"), 400),
+  (http_request("POST", "/click", token, "Content-Length: 1e3\r\n"), 400),
+  (http_request("POST", "/click", token, "Content-Length: 2\r\nContent-Length: 2\r\n"), 400),
+  (http_request("POST", "/click", token, "Content-Length: 1000000000\r\n"), 413),
+  (http_request("POST", "/click", token, "Transfer-Encoding: chunked\r\n"), 411),
+  (http_request("POST", "/click", token, "Content-Length: 100\r\n", b'{"la'), 400),
+  (post(b"{"), 400),
+  (post(b"[" * 30_000 + b"]" * 30_000), 400),  # RecursionError inside json
+  (post(b'{"label": "\xff\xfe"}'), 400),  # not UTF-8
+  (post(b"[1, 2]"), 400),
+  (post(b"null"), 400),
+  (post(b'{"label": 5}'), 400),
+  (post(b'{"label": ""}'), 400),
+  (post(b'{"key": "NoSuchKey"}', path="/key"), 400),
+  (post(b'{"key": ["Space"]}', path="/key"), 400),
+  (post(b"{}", path="/screenshot"), 400),
+  (b"HELLO\r\n\r\n", 400),
+  (b"POST /click\r\n\r\n", 400),  # HTTP/0.9 had GET only
+  (b"GET /state\r\n\r\n", 401),  # HTTP/0.9: no headers, so no token
+  (b"GET /state HTTP/9.9\r\n\r\n", 400),
+  (b"GET /state HTTP/1.1\r\n" + b"X-Long: " + b"y" * 70_000 + b"\r\n\r\n", 431),
+  (b"GET /state HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(150)) + b"\r\n", 431),
+ ]
+ for request, expected in cases:
+  status = gui.raw(request)
+  assert status == expected, (request[:120], status)
+  assert 400 <= status < 500
+ # Still serving, and nothing was clicked.
+ state = gui.state()
+ assert state["mma_status"] == "idle" and state["gui"]["runs"] == 0
+
+ # A flood of idle connections: those past the limit are answered 503 at once, in order
+ # (the stalled one above holds a slot too); closing them frees the slots.
+ from conductor.gui._hook import MAX_CLIENTS
+
+ idle = [
+  socket.create_connection(("127.0.0.1", gui.port), timeout=HTTP_TIMEOUT)
+  for _ in range(MAX_CLIENTS + 3)
+ ]
+ for sock in idle[MAX_CLIENTS - 1 :]:
+  assert sock.recv(100).startswith(b"HTTP/1.0 503 "), "over the limit: answered at once"
+ for sock in [*idle, stalled]:
+  sock.close()
+ deadline = time.monotonic() + 10
+ while gui.raw(http_request("GET", "/state", token)) != 200:
+  assert time.monotonic() < deadline, "the slots were never freed"
+  time.sleep(0.02)  # their threads are ending in the other process: bounded, see the deadline
+ assert gui.quit() == 130
+ no_traceback(gui)
+
+
+@pytest.mark.gui
+def test_a_dashboard_reopened_on_a_paused_state_shows_when_the_pause_began(
+ live_gui: GuiFactory, tmp_path: Path
+) -> None:
+ pipeline = sleep_pipeline(tmp_path, 3, 0.1)
+ live_gui(pipeline).quit()  # makes the state, as any first window does
+ state_file = tmp_path / "sleepy.state.db"
+ paused = subprocess.run(
+  [sys.executable, "-m", "conductor", "pause", "--state", str(state_file), "--reason", "lunch"],
+  capture_output=True,
+  text=True,
+  timeout=60,
+  check=False,
+ )
+ assert paused.returncode == 0, paused
+ # A pause that began a known time ago: an hour before it was written.
+ with contextlib.closing(sqlite3.connect(state_file)) as db, db:
+  db.execute("UPDATE pause SET since = since - 3600")
+  (since,) = db.execute("SELECT since FROM pause WHERE paused = 1").fetchone()
+
+ gui = live_gui(pipeline)
+ state = gui.state()
+ assert state["paused"] and state["snapshot"]["paused_at"] == since
+ assert gui.click("Start")["acted"]
+ shown = gui.wait_for("the run to show paused", lambda s: s["gui"]["badge"] == "PAUSED")
+ assert shown["snapshot"]["paused_at"] == since
+ began = time.strftime("%H:%M:%S", time.localtime(since))
+ title = shown["gui"]["banner"][1]
+ assert title.startswith(f"since {began} (1:00:") and title.endswith("ago)  —  lunch"), title
+ gui.quit()
+ no_traceback(gui)
+
+
+def alive(pid: int) -> bool:
+ """A process with this pid exists and is not a zombie waiting to be reaped."""
+ try:
+  fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+ except (FileNotFoundError, ProcessLookupError):
+  return False
+ return fields[0] != "Z"
+
+
+@pytest.mark.gui
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_sigterm_closes_the_dashboard_like_its_close_button(
+ live_gui: GuiFactory, tmp_path: Path, backend: str
+) -> None:
+ if not Path("/proc/self/stat").exists():
+  pytest.skip("needs /proc to look for the ticket's process")
+ (tmp_path / "long.toml").write_text(
+  '[pipeline]\nname = "long"\n[[tickets]]\nid = "long"\nrun = "echo $$ > long.pid; exec sleep 600"\n',
+  encoding="utf-8",
+ )
+ gui = live_gui(tmp_path / "long.toml", "--start", "--backend", backend)
+ gui.wait_for("the ticket to run", lambda s: bool(s["snapshot"]["running"]))
+ pid_file = tmp_path / "long.pid"
+ deadline = time.monotonic() + 10
+ while not pid_file.exists() or not pid_file.read_text().endswith("\n"):
+  assert time.monotonic() < deadline, "the ticket never wrote its pid"
+  time.sleep(0.02)  # waiting for the ticket's shell, bounded by the deadline
+ pid = int(pid_file.read_text())
+ assert alive(pid)
+
+ gui.proc.send_signal(signal.SIGTERM)
+ assert gui.proc.wait(timeout=30) == 128 + signal.SIGTERM
+ assert not alive(pid), "the ticket's process was left running"
+ no_traceback(gui)
+ assert "long: 0/1 completed" in gui.log.read_text()
+ # The state was committed and released: any SQLite client reads it now.
+ with contextlib.closing(sqlite3.connect(tmp_path / "long.state.db")) as db:
+  status, attempts = db.execute(
+   "SELECT status, attempts FROM ticket_state WHERE id = 'long'"
+  ).fetchone()
+  events = [
+   e for (e,) in db.execute("SELECT event FROM history WHERE ticket = 'long' ORDER BY seq")
+  ]
+ assert (status, attempts) == ("todo", 1)
+ assert events == ["in_progress", "interrupted"], events
+
+
+@pytest.mark.gui
+@pytest.mark.parametrize(
+ "sig", [pytest.param(s, id=s.name) for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)]
+)
+def test_a_signal_closes_an_idle_dashboard(
+ live_gui: GuiFactory, tmp_path: Path, sig: signal.Signals
+) -> None:
+ # Idle: nothing moves, the GUI thread sleeps in GLFW; the signal must still wake it.
+ gui = live_gui(sleep_pipeline(tmp_path, 2, 0.1))
+ assert gui.state()["mma_status"] == "idle"
+ gui.proc.send_signal(sig)
+ assert gui.proc.wait(timeout=15) == 128 + sig
+ no_traceback(gui)
+ assert released(tmp_path / "sleepy.toml")
+
+
+def released(pipeline: Path) -> bool:
+ """The state is free: `conductor status` answers from the file, not from a live run."""
+ result = subprocess.run(
+  [sys.executable, "-m", "conductor", "status", str(pipeline), "--json"],
+  capture_output=True,
+  text=True,
+  timeout=60,
+  check=False,
+ )
+ return result.returncode == 0 and json.loads(result.stdout).get("live") is False
+
+
 @pytest.mark.parametrize(
  ("args", "message"),
  [
@@ -424,6 +808,7 @@ def test_hook_listens_on_loopback_only(live_gui: GuiFactory, tmp_path: Path) -> 
   (["--size", "huge"], "--size 'huge': expected WIDTHxHEIGHT"),
   (["--size", "200x100"], "needs at least 400x300"),
   (["--test-hook", "no-such-folder/port"], "its folder does not exist"),
+  (["--test-hook", "port", "--test-hook-shots", "nowhere"], "--test-hook-shots nowhere: no such"),
  ],
 )
 def test_user_errors_exit_2_with_one_line_and_no_window(

@@ -13,10 +13,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from ._text import printable
+
 __all__ = [
  "CycleError",
  "DuplicateTicketError",
  "ExecutionEngine",
+ "InvalidTicketIdError",
  "PipelineError",
  "SelfDependencyError",
  "Status",
@@ -92,13 +95,35 @@ class UnknownDependencyError(PipelineError):
   self.dependency = dependency
 
 
-class SelfDependencyError(PipelineError):
- """A ticket lists itself in its own `depends_on`."""
+class InvalidTicketIdError(PipelineError):
+ """A ticket id, or an id in a `depends_on`, that is not a string of printable characters.
 
- def __init__(self, ticket: str) -> None:
-  super().__init__(
-   f"ticket {ticket!r} depends on itself: remove {ticket!r} from its depends_on", ticket
-  )
+ A newline, NUL, escape or any other character `str.isprintable()` rejects would forge log
+ lines, repaint a terminal, or break the environment a shell ticket gets its id in.
+ `ticket` is the ticket it is about (for a `depends_on` entry, the ticket listing it).
+ """
+
+ def __init__(self, ticket: object, dependency: object | None = None) -> None:
+  bad = dependency if dependency is not None else ticket
+  if isinstance(bad, str):
+   chars = ", ".join(dict.fromkeys(printable(ch) for ch in bad if not ch.isprintable()))
+   problem = f"has a character that cannot be printed ({chars})"
+  else:
+   problem = f"is a {type(bad).__name__}, not a string"
+  tid = ticket if isinstance(ticket, str) else None
+  if dependency is None:
+   message = f"ticket id '{_shown(bad)}' {problem}: a ticket id must be printable text; rename it"
+  else:
+   message = (
+    f"ticket '{_shown(ticket)}' depends on '{_shown(bad)}', which {problem}: "
+    "list printable ticket ids in depends_on"
+   )
+  super().__init__(message, tid)
+
+
+def _shown(value: object, limit: int = 60) -> str:
+ text = printable(value if isinstance(value, str) else repr(value))
+ return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class CycleError(PipelineError):
@@ -113,11 +138,21 @@ class CycleError(PipelineError):
 
  def __init__(self, cycle: tuple[str, ...]) -> None:
   super().__init__(
-   f"dependency cycle: {' -> '.join(cycle)} ('->' means 'depends on'): "
+   f"dependency cycle: {' -> '.join(map(printable, cycle))} ('->' means 'depends on'): "
    f"remove one of these dependencies",
    cycle[0],
   )
   self.cycle = cycle
+
+
+class SelfDependencyError(CycleError):
+ """A ticket lists itself in its own `depends_on`: the shortest cycle, `(id, id)`."""
+
+ def __init__(self, ticket: str) -> None:
+  PipelineError.__init__(
+   self, f"ticket {ticket!r} depends on itself: remove {ticket!r} from its depends_on", ticket
+  )
+  self.cycle = (ticket, ticket)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,8 +231,9 @@ class ExecutionEngine:
  def __init__(self, tickets: Iterable[Ticket], *, auto_queue: bool = True) -> None:
   """Validate the pipeline and resume it from the tickets' current statuses.
 
-  Raises `DuplicateTicketError`, `SelfDependencyError`, `UnknownDependencyError` or
-  `CycleError` (all `PipelineError`, a `ValueError`) for a pipeline that cannot run, naming
+  Raises `DuplicateTicketError`, `InvalidTicketIdError` (an id, or an id in a depends_on,
+  that is not printable text), `SelfDependencyError` (a `CycleError`), `UnknownDependencyError`
+  or `CycleError` (all `PipelineError`, a `ValueError`) for a pipeline that cannot run, naming
   the first offending ticket in insertion order. O(V + E).
 
   Statuses restored from a store are honoured: `completed` tickets count as satisfied
@@ -224,6 +260,8 @@ class ExecutionEngine:
   nodes = self._nodes
   fresh = True  # every ticket todo: nothing to restore (the common case, made cheap)
   for ticket in tickets:
+   if type(ticket.id) is not str or not ticket.id.isprintable():
+    raise InvalidTicketIdError(ticket.id)
    if ticket.id in nodes:
     raise DuplicateTicketError(ticket.id)
    try:
@@ -245,7 +283,9 @@ class ExecutionEngine:
     if dep_id == tid:
      raise SelfDependencyError(tid)
     dep = nodes.get(dep_id)
-    if dep is None:
+    if dep is None:  # every known id is printable: only an unknown one needs checking
+     if type(dep_id) is not str or not dep_id.isprintable():
+      raise InvalidTicketIdError(tid, dep_id)
      raise UnknownDependencyError(tid, dep_id)
     deps.append(dep)
     dep.dependents.append(node)

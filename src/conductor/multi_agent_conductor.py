@@ -22,7 +22,7 @@ from anyio.lowlevel import checkpoint
 from scheduler import Scheduler, ThreadBridge
 
 from .dag_engine import ExecutionEngine, Status, Ticket
-from .workers import WorkFailed, WorkResult, run_work
+from .workers import WorkFailed, WorkResult, describe_exception, is_cancellation, run_work
 
 Worker = Callable[[Ticket], Awaitable[WorkResult | None]]
 
@@ -129,6 +129,21 @@ class Transition(NamedTuple):
  exit_code: int | None = None  # of the attempt that just ended (completed, failed, retrying)
 
 
+SNAPSHOT_WAIT = 1.0
+"""Seconds a thread's `snapshot()` waits for the loop before it settles for the latest one."""
+
+
+class _SnapshotRequest:
+ """A thread waiting for the loop to build it a snapshot (see `ConductorEngine.snapshot`)."""
+
+ __slots__ = ("done", "rows", "snap")
+
+ def __init__(self, rows: bool) -> None:
+  self.rows = rows
+  self.done = threading.Event()
+  self.snap: Snapshot | None = None  # set by the loop (or the run's end) before `done`
+
+
 Listener = Callable[[Transition], None]
 Flush = Callable[[], None]
 _NO_DETAILS: tuple[int | None, str, float | None, float | None] = (None, "", None, None)
@@ -155,8 +170,9 @@ class ConductorEngine:
  `retry()`/`queue()` until `stop()` (what a dashboard wants).
 
  Thread-safety: `pause`, `resume`, `stop`, `cancel`, `retry`, `queue`, `mma_status` and
- `snapshot` may be called from any thread and never block on the event loop. Everything
- else (the DAG engine, listeners) runs on the loop.
+ `published` may be called from any thread and never wait for the event loop; `snapshot`
+ too, and from another thread it waits for the loop to build it (one loop turn, bounded).
+ Everything else (the DAG engine, listeners) runs on the loop.
  """
 
  def __init__(
@@ -222,7 +238,8 @@ class ConductorEngine:
   # The first published snapshot leaves out the rows: building them is O(tickets), and a
   # reader gets a full one on its first request anyway.
   self._bridge: ThreadBridge[Snapshot] = ThreadBridge(self._build_snapshot(rows=False))
-  self._refresh_posted = False
+  # Snapshots other threads are waiting for (see snapshot()); guarded by `_control`.
+  self._snapshot_requests: list[_SnapshotRequest] = []
 
  # -- observers ------------------------------------------------------------------------
 
@@ -371,29 +388,56 @@ class ConductorEngine:
   sched = self._sched
   return sched.running_at_pause if sched is not None and self._paused else ()
 
- def snapshot(self, *, rows: bool = True) -> Snapshot:
-  """An immutable view of the run. Any thread; never blocks.
+ def snapshot(self, *, rows: bool = True, timeout: float = SNAPSHOT_WAIT) -> Snapshot:
+  """An immutable view of the run. Any thread.
 
-  On the loop it is exact. From another thread it is the latest one the loop published
-  (at most one loop turn old; a newer one is requested); `mma_status` is always live.
-  `rows=False`, on the loop, leaves out the per-ticket table (`rows` is empty): the part
-  that costs O(tickets) the first time, which a quick answer does not need.
+  On the loop it is exact and built at once. From another thread during a run it is built
+  by the loop at its next turn (the request is posted with the loop's thread-safe hook and
+  this thread waits on an event, no polling), so it is at most one loop turn old; the wait is
+  a loop turn, bounded by `timeout` seconds, after which (a loop blocked by a worker that
+  never awaits) the latest published snapshot is returned instead. Before and after the run
+  there is no loop: the snapshot is built here, or is the run's final one. A GUI thread that
+  must never wait reads `published` instead; `mma_status` is always live.
+
+  `rows=False` leaves out the per-ticket table (`rows` is empty): the part that costs
+  O(tickets) the first time, which a quick answer does not need.
   """
   bridge = self._bridge
-  if bridge.in_loop_thread or not bridge.attached:
-   snap = self._build_snapshot(rows=rows)
-   if rows:
-    bridge.publish(snap)
-   return snap
-  snap = bridge.snapshot
-  if snap.version != self._version and not self._refresh_posted:
-   self._refresh_posted = True
-   bridge.post(self._refresh)
+  if bridge.in_loop_thread:
+   return self._build_and_publish(rows)
+  request = _SnapshotRequest(rows)
+  with self._control:
+   live = bridge.attached
+   if live:
+    self._snapshot_requests.append(request)
+   elif self._finished:
+    return bridge.snapshot  # the run's final snapshot, with every row
+  if not live:  # the run has not begun: nothing else touches its state
+   return self._build_and_publish(rows)
+  # Not posted (the loop has just ended): run() answers every request still listed.
+  bridge.post(lambda: self._answer(request))
+  request.done.wait(timeout)
+  return request.snap if request.snap is not None else bridge.snapshot
+
+ @property
+ def published(self) -> Snapshot:
+  """The latest snapshot the loop published. Any thread; never waits, never builds."""
+  return self._bridge.snapshot
+
+ def _build_and_publish(self, rows: bool) -> Snapshot:
+  snap = self._build_snapshot(rows=rows)
+  if rows:
+   self._bridge.publish(snap)
   return snap
 
- def _refresh(self) -> None:
-  self._refresh_posted = False
-  self._bridge.publish(self._build_snapshot())
+ def _answer(self, request: _SnapshotRequest, final: Snapshot | None = None) -> None:
+  with self._control:
+   try:
+    self._snapshot_requests.remove(request)
+   except ValueError:
+    return  # answered already (by the end of the run)
+  request.snap = final if final is not None else self._build_and_publish(request.rows)
+  request.done.set()
 
  def _in_loop(self, fn: Callable[[], None]) -> None:
   # Run `fn` on the loop, so that listeners (a SQLite store) always run on its thread:
@@ -470,6 +514,9 @@ class ConductorEngine:
    with self._control:
     self._bridge.detach()
     self._finished = True
+    waiting = list(self._snapshot_requests)
+   for request in waiting:  # posted too late for the loop to answer: the final one
+    self._answer(request, final)
   return final
 
  def _end_phase(self) -> MmaStatus:
@@ -542,8 +589,8 @@ class ConductorEngine:
    self._emit(ticket.id, Status.IN_PROGRESS, ticket.attempts)
 
  async def _work(self, ticket: Ticket) -> None:
-  # Runs one attempt; turns every outcome into a DAG transition. Never raises except
-  # cancellation, so one failing ticket never stops its siblings.
+  # Runs one attempt; turns every outcome into a DAG transition. Never raises except a
+  # real cancellation, so one failing ticket never stops its siblings, whatever it raises.
   exit_code: int | None = None
   output = ""
   # A spawn that waited at the gate is admitted by the worker's own task (see
@@ -559,17 +606,21 @@ class ConductorEngine:
     if self._stopping:  # e.g. the flush failed and cancelled the run: do not start
      await checkpoint()
     result = await self._worker(ticket)
-   except get_cancelled_exc_class():
-    self._finish(ticket, None, "")
-    self.engine.requeue(ticket.id)
-    self._changed(ticket)
-    self._emit(ticket.id, "interrupted", ticket.attempts)
-    raise
    except WorkFailed as exc:
     exit_code, output = exc.exit_code, exc.output
     self._failed(ticket, exc.error, exit_code, output)
-   except Exception as exc:
-    self._failed(ticket, f"{type(exc).__name__}: {exc}", None, "")
+   except BaseException as exc:
+    # User code is untrusted input: whatever it raises (sys.exit(), KeyboardInterrupt, a
+    # CancelledError of its own, ...) fails this ticket and nothing else. Only a real
+    # cancellation of this worker (a cancel(), the run ending) propagates.
+    if not is_cancellation(exc):
+     self._failed(ticket, describe_exception(exc), None, "")
+    else:
+     self._finish(ticket, None, "")
+     self.engine.requeue(ticket.id)
+     self._changed(ticket)
+     self._emit(ticket.id, "interrupted", ticket.attempts)
+     raise
    else:
     if result is not None:
      exit_code, output = result.exit_code, result.output
@@ -579,7 +630,9 @@ class ConductorEngine:
     self._emit(ticket.id, Status.COMPLETED, ticket.attempts, exit_code=exit_code)
   finally:
    sched = self._sched
-   if sched is not None:
+   # Never start work from a worker being cancelled: its scope is gone, and a start there
+   # would be cancelled at once and handed out again, forever (Scheduler refuses it too).
+   if sched is not None and not sched.cancelled:
     self._pump(sched)  # start the dependents this may have released, right here
    # Wake the run loop only if it has something to do: tickets that could not start here
    # (no slot, or paused), or a run that may be over. Not waking it otherwise saves a task

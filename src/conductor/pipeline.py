@@ -32,6 +32,7 @@ from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from ._text import printable
 from .dag_engine import Ticket
 from .workers import CallWork, ShellWork, SleepWork, parse_call_target
 
@@ -40,6 +41,11 @@ _TOP_KEYS = ("pipeline", "tickets")
 _TICKET_KEYS = ("id", "depends_on", "description", "run", "call", "sleep", "fail", "retries")
 _WORK_KEYS = ("run", "call", "sleep")
 _WORK_HINT = 'run = "<shell command>", call = "module:function" or sleep = <seconds>'
+# Limits that keep a wrong or hostile file from exhausting memory or flooding a message: a
+# 100,000-ticket pipeline is about 8 MB; an id is shown in every log line and listing, and
+# travels in a shell ticket's environment.
+MAX_FILE_BYTES = 64 * 1024 * 1024
+MAX_ID_LENGTH = 256
 
 
 @dataclass(frozen=True)
@@ -89,7 +95,8 @@ def load_pipeline(path: str | Path) -> Pipeline:
  """
  given = Path(path)
  try:
-  raw = given.read_bytes()
+  with open(given, "rb") as f:
+   raw = f.read(MAX_FILE_BYTES + 1)  # bounded: also for /dev/zero or an endless pipe
  except FileNotFoundError:
   raise PipelineFileError(f"{given}: no such pipeline file; check the path", path=given) from None
  except IsADirectoryError:
@@ -101,6 +108,12 @@ def load_pipeline(path: str | Path) -> Pipeline:
    f"{given}: cannot read the pipeline file ({exc.strerror}); check its permissions",
    path=given,
   ) from None
+ if len(raw) > MAX_FILE_BYTES:
+  raise PipelineFileError(
+   f"{given}: is larger than {MAX_FILE_BYTES // (1024 * 1024)} MB, too large for a pipeline "
+   "file; is it the right file?",
+   path=given,
+  )
  try:
   data = tomllib.loads(raw.decode("utf-8-sig"))  # -sig: tolerate an editor's BOM
  except UnicodeDecodeError as exc:
@@ -112,9 +125,15 @@ def load_pipeline(path: str | Path) -> Pipeline:
   message, line, column = _split_toml_error(str(exc))
   where = f"{given}:{line}:{column}" if line is not None else str(given)
   raise PipelineFileError(
-   f"{where}: TOML syntax error: {message}; fix the syntax at that spot",
+   f"{where}: TOML syntax error: {printable(message)}; fix the syntax at that spot",
    path=given,
    line=line,
+  ) from None
+ except RecursionError:  # tomllib recurses once per nested array or inline table
+  raise PipelineFileError(
+   f"{given}: arrays or inline tables are nested too deeply for Python's TOML reader; "
+   "flatten them (a pipeline needs two levels)",
+   path=given,
   ) from None
  resolved = given.resolve()
  return _build(data, path=resolved, where=str(given), error_path=given, name=given.stem)
@@ -156,7 +175,7 @@ class _Checker:
   self.path = path
 
  def fail(self, problem: str, ticket: str | None = None, label: str | None = None) -> NoReturn:
-  subject = label if label is not None else None if ticket is None else f"ticket {ticket!r}"
+  subject = label if label is not None else None if ticket is None else f"ticket '{_shown(ticket)}'"
   message = f"{self.where}: {subject}: {problem}" if subject else f"{self.where}: {problem}"
   raise PipelineFileError(message, path=self.path, ticket=ticket)
 
@@ -170,7 +189,9 @@ class _Checker:
  ) -> None:
   unknown = [key for key in table if key not in allowed]
   if unknown:
-   keys = ", ".join(repr(k) for k in unknown)
+   keys = ", ".join(f"'{_shown(k, 40)}'" for k in unknown[:8])
+   if len(unknown) > 8:
+    keys += f" and {len(unknown) - 8} more"
    plural = "s" if len(unknown) > 1 else ""
    self.fail(
     f"unknown key{plural} {keys} in {what}; allowed keys: {', '.join(allowed)}",
@@ -189,7 +210,7 @@ def _toml_type(value: object) -> str:
   return f"float {value}"
  if isinstance(value, str):
   text = value if len(value) <= 40 else value[:39] + "…"
-  return f"string {json.dumps(text, ensure_ascii=False)}"
+  return f"string {printable(json.dumps(text, ensure_ascii=False))}"
  if isinstance(value, list):
   return "an array"
  if isinstance(value, dict):
@@ -215,6 +236,12 @@ def _build(
  if not isinstance(pipeline_name, str) or not pipeline_name.strip():
   check.fail(
    f"'name' must be a non-empty string, found {_toml_type(pipeline_name)}", label="[pipeline]"
+  )
+ if not pipeline_name.isprintable():  # it starts every log line
+  check.fail(
+   f"'name' has a character that cannot be printed ({_unprintable(pipeline_name)}); "
+   "use printable text",
+   label="[pipeline]",
   )
  max_workers = section.get("max_workers", 4)
  if not _is_int(max_workers) or max_workers < 1:
@@ -247,6 +274,31 @@ def _build(
  )
 
 
+def _check_id(check: _Checker, value: str, tid: str, *, dependency: bool = False) -> None:
+ what = f"'depends_on' entry '{_shown(value)}'" if dependency else "'id'"
+ if len(value) > MAX_ID_LENGTH:
+  check.fail(
+   f"{what} is {len(value)} characters long; keep ticket ids to {MAX_ID_LENGTH} characters",
+   tid,
+  )
+ if not value.isprintable():
+  check.fail(
+   f"{what} has a character that cannot be printed ({_unprintable(value)}); ticket ids "
+   "must be printable text (no newlines, tabs or control characters)",
+   tid,
+  )
+
+
+def _shown(text: str, limit: int = 80) -> str:
+ # Untrusted text in a message: escaped, and cut short (an id may be a megabyte long).
+ shown = printable(text)
+ return shown if len(shown) <= limit else shown[: limit - 1] + "…"
+
+
+def _unprintable(text: str) -> str:
+ return ", ".join(dict.fromkeys(printable(ch) for ch in text if not ch.isprintable()))
+
+
 def _is_int(value: object) -> bool:
  return isinstance(value, int) and not isinstance(value, bool)  # TOML true is not 1
 
@@ -265,6 +317,7 @@ def _ticket(
   check.fail('has no id; add id = "<name>" to it', label=f"{number} (counting from the top)")
  if not isinstance(tid, str) or not tid.strip():
   check.fail(f"'id' must be a non-empty string, found {_toml_type(tid)}", label=number)
+ _check_id(check, tid, tid)
  check.unknown_keys(raw, _TICKET_KEYS, "a ticket", tid)
 
  deps = raw.get("depends_on", [])
@@ -278,6 +331,8 @@ def _ticket(
    f'\'depends_on\' must be an array of ticket ids (depends_on = ["a", "b"]), found {found}',
    tid,
   )
+ for dep in deps:
+  _check_id(check, dep, tid, dependency=True)
  description = raw.get("description", "")
  if not isinstance(description, str):
   check.fail(f"'description' must be a string, found {_toml_type(description)}", tid)
@@ -308,7 +363,7 @@ def _ticket(
   try:
    parse_call_target(value)
   except ValueError as exc:
-   check.fail(str(exc), tid)
+   check.fail(printable(str(exc)), tid)
   work = CallWork(target=value, search_path=folder if importable_folder else None)
  else:
   if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):

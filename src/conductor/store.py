@@ -30,7 +30,22 @@ The rules a run relies on (see `StateStore.attach`):
 Files that are not conductor states (another program's SQLite database, anything else, a
 damaged file, a newer format) are refused with a one-line `StateFileError` and never written:
 they are recognised from the SQLite header (`application_id`) read as plain bytes, and
-checked with `PRAGMA quick_check` on a read-only, immutable connection (no side files).
+checked (`deep`) with `PRAGMA quick_check` on a read-only connection that sees the file the way
+SQLite does, WAL included (see `check_state_file`). "Damaged" is said only when that check
+fails; `open(..., fresh=True)` then moves the file aside and starts a new state.
+
+Errors. Every SQLite or OS error that reaches a user through the public methods is raised as a
+one-line `StateError` subclass naming the file and the fix (`StateDiskFullError`,
+`StateReadOnlyError`, `StateIOError`, `StateDamagedError`, ...): `_translating` is the one
+place that does it. During a run a write error does not raise: `failure` holds the same line
+and the run is cancelled. Errors that are bugs (`sqlite3.ProgrammingError`, ...) still raise.
+
+Side files. SQLite's `-wal`, `-shm` and `-journal` beside a state, and the `<name>.new-<pid>`
+a new state is built in, are never followed if they are symbolic links (another local user
+who can write the folder may have planted one to make us write over their victim's file), nor
+used if another user owns them: refused with a one-line `StateSideFileError` before SQLite
+opens anything (SQLite itself opens them with O_NOFOLLOW, which closes the race after the
+check).
 
 Locking: an open `StateStore` holds its file exclusively (SQLite's EXCLUSIVE locking mode):
 one process owns a state at a time anyway (control.StateOwner), and it saves six fcntl()
@@ -42,16 +57,23 @@ Threads: a `StateStore` is used from one thread, the one that opened it (the eve
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import functools
 import json
 import os
+import shutil
 import sqlite3
+import stat
+import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 from urllib.parse import quote
 
+from ._text import printable
 from .dag_engine import Status, Ticket
 from .pipeline import fingerprint
 
@@ -65,8 +87,13 @@ __all__ = [
  "PauseState",
  "PipelineChangedError",
  "Restored",
+ "StateDamagedError",
+ "StateDiskFullError",
  "StateError",
  "StateFileError",
+ "StateIOError",
+ "StateReadOnlyError",
+ "StateSideFileError",
  "StateStore",
  "TicketState",
  "check_state_file",
@@ -159,6 +186,31 @@ class StateFileError(StateError):
  """
 
 
+class StateDamagedError(StateFileError):
+ """SQLite's own integrity check fails on the file (WAL included): it is really damaged.
+
+ The message says what `--fresh` would lose; `StateStore.open(..., fresh=True)` moves the
+ file (and its -wal/-shm) aside as `<name>.damaged-<UTC time>` and starts a new state.
+ """
+
+
+class StateDiskFullError(StateError):
+ """The disk holding the state is full. Everything committed before is kept."""
+
+
+class StateReadOnlyError(StateError):
+ """The state file, its folder or its file system cannot be written."""
+
+
+class StateIOError(StateError):
+ """The operating system reported an I/O error on the state."""
+
+
+class StateSideFileError(StateError):
+ """A file beside the state (-wal, -shm, -journal, .new-<pid>) is a symbolic link, not a
+ regular file, or belongs to another user: refused before anything opens it."""
+
+
 class PipelineChangedError(StateError):
  """The pipeline file changed since its state was written (tickets added, removed, edited)."""
 
@@ -185,8 +237,201 @@ class PipelineChangedError(StateError):
 
 
 def _ids(ids: Sequence[str], limit: int = 8) -> str:
- shown = ", ".join(ids[:limit])
+ shown = ", ".join(map(printable, ids[:limit]))  # ids read back from a file: untrusted
  return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+# -- turning SQLite and OS errors into one line -----------------------------------------------
+
+# The sqlite3 exceptions that mean a bug in our SQL or in the caller, never the environment:
+# they are raised as they are.
+_BUGS = (
+ sqlite3.IntegrityError,
+ sqlite3.ProgrammingError,
+ sqlite3.InterfaceError,
+ sqlite3.DataError,
+ sqlite3.NotSupportedError,
+)
+_FRESH_HINT = (
+ "`conductor run PIPELINE --fresh` moves it aside (as {name}.damaged-<UTC time>) and starts over"
+)
+
+
+@contextlib.contextmanager
+def _translating(path: Path) -> Iterator[None]:
+ """Raise every SQLite or OS error from the body as the one-line `StateError` for `path`.
+
+ The one place where that happens (used by `StateStore`'s public methods through
+ `_user_errors`, and by `check_state_file`). `StateError`s and bugs pass through unchanged.
+ """
+ try:
+  yield
+ except (sqlite3.DatabaseError, OSError) as exc:
+  if isinstance(exc, _BUGS):
+   raise
+  raise _translate(path, exc) from exc
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _user_errors(
+ method: Callable[Concatenate[StateStore, _P], _R],
+) -> Callable[Concatenate[StateStore, _P], _R]:
+ """A public `StateStore` method whose SQLite and OS errors reach the user as one line."""
+
+ @functools.wraps(method)
+ def wrapper(self: StateStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+  with _translating(self.path):
+   return method(self, *args, **kwargs)
+
+ return wrapper
+
+
+def _translate(path: Path, exc: sqlite3.Error | OSError) -> StateError:
+ # Decide by the SQLite result code or errno first; where SQLite only says "cannot open" or
+ # "disk I/O error" (it does for a read-only file system), ask the file system why.
+ if isinstance(exc, sqlite3.Error):
+  code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+  detail, err = str(exc), None
+ else:
+  code, detail, err = 0, exc.strerror or str(exc), exc.errno
+ if code == sqlite3.SQLITE_FULL or err in (errno.ENOSPC, errno.EDQUOT):
+  return _disk_full(path)
+ if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+  return StateDamagedError(
+   f"{path}: the conductor state is damaged ({detail}); {_FRESH_HINT.format(name=path.name)} "
+   "without the progress recorded in it, or choose another --state"
+  )
+ if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+  # Our own runs exclude each other before they get here (control.StateOwner): this is
+  # another program holding the file open.
+  return StateError(
+   f"{path}: another program has the state file open (a sqlite3 shell?); close it and try again"
+  )
+ side = _planted_side_file(path)
+ if side is not None:
+  return side
+ read_only = _why_read_only(path)
+ if read_only is not None and (
+  code
+  in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_PERM)
+  or err in (errno.EROFS, errno.EACCES, errno.EPERM)
+ ):
+  return StateReadOnlyError(
+   f"{read_only}; conductor must write its state there: make it writable or choose another "
+   "--state; everything recorded so far is kept"
+  )
+ if code == sqlite3.SQLITE_READONLY or err == errno.EROFS:
+  return StateReadOnlyError(
+   f"{path}: cannot write the state, it is read-only ({detail}); make it writable or choose "
+   "another --state; everything recorded so far is kept"
+  )
+ if code == sqlite3.SQLITE_IOERR or err == errno.EIO:
+  if _free_bytes(path) == 0:  # some full-disk paths surface as a plain I/O error
+   return _disk_full(path)
+  return StateIOError(
+   f"{path}: I/O error on the state file ({detail}): the disk failed or a disk quota is "
+   "exceeded; check `dmesg` and `quota`, then run again: everything committed so far is kept"
+  )
+ return StateError(f"{path}: cannot use the state file ({detail})")
+
+
+def _disk_full(path: Path) -> StateDiskFullError:
+ return StateDiskFullError(
+  f"the disk holding {path} is full: free some space and run again; "
+  "everything recorded so far is kept"
+ )
+
+
+def _why_read_only(path: Path) -> str | None:
+ """Why `path` (or the files SQLite makes beside it) cannot be written, or None."""
+ folder = os.path.dirname(os.path.abspath(path))
+ try:
+  if os.statvfs(folder).f_flag & os.ST_RDONLY:
+   return f"{path}: its file system is mounted read-only"
+ except OSError:
+  return None
+ if os.path.exists(path) and not os.access(path, os.W_OK):
+  return f"{path}: the file is read-only"
+ if not os.access(folder, os.W_OK):
+  return f"{path}: its folder is read-only (SQLite makes {path.name}-wal beside the state)"
+ return None
+
+
+def _free_bytes(path: Path) -> int | None:
+ try:
+  vfs = os.statvfs(os.path.dirname(os.path.abspath(path)))
+ except OSError:
+  return None
+ return vfs.f_bavail * vfs.f_frsize
+
+
+# -- files beside a state ---------------------------------------------------------------------
+
+_SIDE_SUFFIXES = ("-wal", "-shm", "-journal")  # SQLite's, named after the resolved path
+
+
+def _side(path: Path | str, suffix: str) -> Path:
+ return Path(f"{path}{suffix}")
+
+
+def _planted(file: Path, owners: tuple[int, ...]) -> StateSideFileError | None:
+ """The refusal for `file` if it is a symlink, not a regular file, or not ours; else None."""
+ try:
+  info = os.lstat(file)
+ except FileNotFoundError:
+  return None
+ if stat.S_ISLNK(info.st_mode):
+  problem = "is a symbolic link"
+ elif not stat.S_ISREG(info.st_mode):
+  problem = "is not a regular file"
+ elif info.st_uid not in owners:
+  problem = f"belongs to another user (uid {info.st_uid})"
+ else:
+  return None
+ return StateSideFileError(
+  f"{file}: {problem}; conductor never follows or uses such a file beside its state "
+  "(another user may have planted it): remove it and run again"
+ )
+
+
+def _planted_side_file(path: Path) -> StateSideFileError | None:
+ # SQLite names its side files after the resolved path of the database.
+ real = os.path.realpath(path)
+ owners = [os.geteuid(), 0]  # root could replace the state itself anyway
+ with contextlib.suppress(OSError):
+  owners.append(os.stat(real).st_uid)  # e.g. root reading a user's state
+ for suffix in _SIDE_SUFFIXES:
+  refusal = _planted(_side(real, suffix), tuple(owners))
+  if refusal is not None:
+   return refusal
+ return None
+
+
+def _check_side_files(path: Path) -> None:
+ refusal = _planted_side_file(path)
+ if refusal is not None:
+  raise refusal
+
+
+def _move_aside(path: Path, why: str) -> Path:
+ """Rename `path` and its side files to `<name>.<why>-<UTC time>` (-wal, -shm keep their
+ suffix, so SQLite still opens the pair). Side files go first: whatever happens, a state
+ never meets another state's WAL (SQLite would replay it into the new file)."""
+ stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+ target = path.with_name(f"{path.name}.{why}-{stamp}")
+ n = 1
+ while any(os.path.lexists(f) for f in (target, *(_side(target, x) for x in _SIDE_SUFFIXES))):
+  n += 1
+  target = path.with_name(f"{path.name}.{why}-{stamp}-{n}")
+ for suffix in _SIDE_SUFFIXES:
+  if os.path.lexists(_side(path, suffix)):
+   os.rename(_side(path, suffix), _side(target, suffix))
+ if os.path.lexists(path):
+  os.rename(path, target)
+ return target
 
 
 # -- where states live ------------------------------------------------------------------------
@@ -211,9 +456,17 @@ def check_state_file(path: Path, *, deep: bool = False) -> bool:
  """Whether `path` holds a conductor state (True) or nothing yet (False: no such file).
 
  Raises `StateFileError` for anything else: a folder, an empty or foreign file, another
- program's SQLite database, a state written by a newer conductor, or (with `deep`, which
- runs SQLite's `quick_check`, O(file size)) a damaged one. Never writes to the file: the
- header is read as plain bytes and the deep check opens the file read-only and immutable.
+ program's SQLite database, a state written by a newer conductor, or (with `deep`)
+ `StateDamagedError` for one that SQLite's integrity check (`quick_check`, O(file size))
+ finds damaged, saying what `--fresh` would lose. With `deep`, also `StateSideFileError` for
+ a planted -wal/-shm/-journal and the other one-line `StateError`s of `_translate`.
+
+ Never writes to the file: the header is read as plain bytes. The deep check reads what
+ SQLite would (the main file and its WAL): with no WAL, the main file alone on an immutable
+ connection; with one, a private copy of the pair (in the temporary folder) on a read-only
+ connection. A read-only connection in place would create a -wal and -shm beside the file,
+ and cannot open the pair at all in a read-only folder; it is used only when no copy can be
+ made (the temporary folder is full), and then makes a -shm beside the state.
  """
  try:
   with open(path, "rb") as f:
@@ -224,7 +477,7 @@ def check_state_file(path: Path, *, deep: bool = False) -> bool:
   raise StateFileError(f"{path}: is a folder, not a state file; give a file path") from None
  except OSError as exc:
   raise StateFileError(f"{path}: cannot read the state file ({exc.strerror})") from None
- refuse = "refusing to use it; delete it or choose another --state"
+ refuse = "refusing to touch it; choose another --state"
  if not header:
   raise StateFileError(f"{path}: is an empty file, not a conductor state; {refuse}")
  if len(header) < _HEADER_SIZE or not header.startswith(_SQLITE_MAGIC):
@@ -241,27 +494,73 @@ def check_state_file(path: Path, *, deep: bool = False) -> bool:
    f"{SCHEMA_VERSION}); upgrade conductor or choose another --state"
   )
  if deep:
-  _quick_check(path, refuse)
+  with _translating(path):
+   _check_side_files(path)
+   _deep_check(path)
  return True
 
 
-def _quick_check(path: Path, refuse: str) -> None:
- # immutable: read the main file as it is, without locks and without creating the -wal and
- # -shm files beside it (the WAL, if any, is SQLite's to validate: it checksums its frames).
- uri = f"file:{quote(os.path.abspath(path))}?mode=ro&immutable=1"
+def _deep_check(path: Path) -> None:
+ wal = _side(os.path.realpath(path), "-wal")
+ if not os.path.lexists(wal):
+  # No WAL: the main file is all there is, and immutable reads it without creating a -wal
+  # and -shm beside it (a plain read-only connection would).
+  _integrity_check(f"file:{quote(os.path.abspath(path))}?mode=ro&immutable=1", path)
+  return
+ # The WAL holds the latest commits (a killed run leaves them there, and it may have been
+ # killed half-way through copying them into the main file: the main file alone may look
+ # damaged then). Check a private copy of the pair, as SQLite will see it on opening.
+ scratch = tempfile.mkdtemp(prefix="conductor-check-")
  try:
-  conn = sqlite3.connect(uri, uri=True)
+  copy = os.path.join(scratch, "state.db")
   try:
-   problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
+   shutil.copyfile(path, copy)
+   shutil.copyfile(wal, copy + "-wal")
+  except OSError:
+   copy = ""  # no room for a copy: read it in place (that makes a -shm beside it)
+  if copy:
+   _integrity_check(f"file:{quote(copy)}?mode=ro", path)
+   return
+ finally:
+  shutil.rmtree(scratch, ignore_errors=True)
+ _integrity_check(f"file:{quote(os.path.abspath(path))}?mode=ro", path)
+
+
+def _integrity_check(uri: str, path: Path) -> None:
+ conn = sqlite3.connect(uri, uri=True)
+ try:
+  try:
+   problems = [str(row[0]) for row in conn.execute("PRAGMA quick_check")]
    fmt = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
-  finally:
-   conn.close()
- except sqlite3.Error as exc:
-  raise StateFileError(f"{path}: conductor state is damaged ({exc}); {refuse}") from None
- if problems != ["ok"]:
-  raise StateFileError(f"{path}: conductor state is damaged ({problems[0]}); {refuse}")
- if fmt is None or fmt[0] != FORMAT:
-  raise StateFileError(f"{path}: conductor state has no format marker; {refuse}")
+  except sqlite3.DatabaseError as exc:
+   if ((exc.sqlite_errorcode or 0) & 0xFF) not in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+    raise  # not a verdict on the file: translated by the caller (busy, I/O, ...)
+   problems, fmt = [str(exc)], None
+  if problems != ["ok"]:
+   # quick_check finds a subset of what integrity_check finds: this is a real verdict.
+   raise StateDamagedError(
+    f"{path}: the conductor state is damaged (SQLite's integrity check: {problems[0]}); "
+    f"{_FRESH_HINT.format(name=path.name)}, losing the progress it records "
+    f"({_progress(conn)}); or choose another --state"
+   )
+  if fmt is None or fmt[0] != FORMAT:
+   raise StateFileError(
+    f"{path}: is not a conductor state (no format marker); refusing to touch it; "
+    "choose another --state"
+   )
+ finally:
+  conn.close()
+
+
+def _progress(conn: sqlite3.Connection) -> str:
+ # What a damaged state still says about its progress, as far as SQLite can read it.
+ try:
+  total, completed = conn.execute(
+   "SELECT count(*), count(*) FILTER (WHERE status = 'completed') FROM ticket_state"
+  ).fetchone()
+ except sqlite3.Error:
+  return "SQLite cannot read how many tickets it records as completed"
+ return f"{completed} of {total} tickets completed"
 
 
 # -- what the store hands back ----------------------------------------------------------------
@@ -363,28 +662,57 @@ class StateStore:
   self._conductor: ConductorEngine | None = None
   self._live: Mapping[str, Ticket] = {}  # the run's tickets (the engine's): their errors
   self._statuses: dict[str, str] = {}  # ticket -> status as last written; for retry()
-  self.failure: str | None = None  # why writing failed; the run was cancelled then
+  self.failure: str | None = None  # why writing failed (one line); the run was cancelled then
+  # Where `open(..., fresh=True)` moved a damaged state before starting this one, if it did.
+  self.moved_aside: Path | None = None
 
  # -- opening and closing ------------------------------------------------------------------
 
  @classmethod
  def open(
-  cls, path: Path, *, create: bool = True, synchronous: str = "NORMAL", deep_check: bool = False
+  cls,
+  path: Path,
+  *,
+  create: bool = True,
+  synchronous: str = "NORMAL",
+  deep_check: bool = False,
+  fresh: bool = False,
  ) -> StateStore:
   """Open the state at `path`, creating it (atomically, via a rename) if it does not exist.
 
   Raises `StateFileError` for a file that is not a conductor state (nothing written), and
-  for a missing one when `create` is false. `synchronous` is "NORMAL" (survives any kill
-  of the process) or "FULL" (also survives power loss; an fsync per commit).
+  for a missing one when `create` is false; `deep_check` also runs SQLite's integrity check
+  (see `check_state_file`). `fresh` (the user asked to start over) implies `deep_check`, and
+  a damaged state is then moved aside, with its -wal and -shm, as
+  `<name>.damaged-<UTC time>` (`moved_aside`), and a new one created. Every other problem
+  is a one-line `StateError` too (disk full, read-only, planted side files, ...).
+  `synchronous` is "NORMAL" (survives any kill of the process) or "FULL" (also survives
+  power loss; an fsync per commit).
   """
   if synchronous not in ("NORMAL", "FULL"):
    raise ValueError(f"synchronous must be 'NORMAL' or 'FULL', got {synchronous!r}")
-  if not check_state_file(path, deep=deep_check):
-   if not create:
-    raise StateFileError(
-     f"{path}: no such state file; it is made by `conductor run PIPELINE --state {path}`"
-    )
-   _create(path)
+  moved: Path | None = None
+  with _translating(path):
+   _check_side_files(path)
+   try:
+    exists = check_state_file(path, deep=deep_check or fresh)
+   except StateDamagedError:
+    if not fresh or not create:
+     raise
+    moved = _move_aside(path, "damaged")
+    exists = False
+   if not exists:
+    if not create:
+     raise StateFileError(
+      f"{path}: no such state file; it is made by `conductor run PIPELINE --state {path}`"
+     )
+    _create(path)
+   store = cls(path, cls._connect(path, synchronous))
+  store.moved_aside = moved
+  return store
+
+ @staticmethod
+ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
   # We issue BEGIN / COMMIT ourselves. The busy timeout only matters while another program
   # has the file open (see below), and then it is better to say so soon.
   # Up to 2 x _BATCH history statements (plain or not, by row count) plus a few others.
@@ -400,32 +728,39 @@ class StateStore:
    conn.execute(f"PRAGMA synchronous = {synchronous}")
    conn.execute("PRAGMA foreign_keys = OFF")
    fmt = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
-  except sqlite3.Error as exc:
+  except BaseException:
    conn.close()
-   if exc.sqlite_errorcode == sqlite3.SQLITE_BUSY:
-    # Our own runs exclude each other before they get here (control.StateOwner): this is
-    # another program holding the file open.
-    raise StateError(
-     f"{path}: another program has the state file open (a sqlite3 shell?); close it and try again"
-    ) from None
-   raise StateFileError(f"{path}: cannot open the conductor state ({exc})") from None
+   raise
   if fmt is None or fmt[0] != FORMAT:
    conn.close()
-   raise StateFileError(f"{path}: conductor state has no format marker; choose another --state")
-  return cls(path, conn)
+   raise StateFileError(
+    f"{path}: is not a conductor state (no format marker); choose another --state"
+   )
+  return conn
 
  def close(self) -> None:
-  """Commit what is pending and close. Idempotent."""
+  """Commit what is pending and close. Idempotent.
+
+  Raises a one-line `StateError` if that fails, except when the run already failed to write
+  (`failure` says why) and when only the compaction (bringing `tickets` up to date, an
+  optimisation) finds the disk full or the file read-only: everything is committed then,
+  and the next run compacts.
+  """
   if self._closed:
    return
   self._closed = True
-  try:
-   self.commit()
-   if self.failure is None:
-    with self._transaction():
-     self._compact()
-  finally:
-   self._conn.close()
+  with _translating(self.path):
+   try:
+    self.commit()
+    if self.failure is None:
+     try:
+      with self._transaction():
+       self._compact()
+     except sqlite3.OperationalError as exc:
+      if (exc.sqlite_errorcode or 0) & 0xFF not in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_READONLY):
+       raise
+   finally:
+    self._conn.close()
 
  def __enter__(self) -> StateStore:
   return self
@@ -435,6 +770,7 @@ class StateStore:
 
  # -- reading ------------------------------------------------------------------------------
 
+ @_user_errors
  def tickets(self) -> list[TicketState]:
   """Every ticket's current state (committed or recorded on this connection), in pipeline
   order. O(tickets + history since the tickets were last brought up to date)."""
@@ -442,6 +778,7 @@ class StateStore:
   rows = self._conn.execute(f"SELECT {_TICKET_COLUMNS} FROM ticket_state ORDER BY position")
   return [TicketState(*row) for row in rows]
 
+ @_user_errors
  def history(self, *, since_seq: int = 0, limit: int | None = None) -> list[HistoryEntry]:
   """The transition log, oldest first (the last `limit` entries when given)."""
   self.commit()
@@ -453,17 +790,20 @@ class StateStore:
    rows.reverse()
   return [HistoryEntry(*row) for row in rows]
 
+ @_user_errors
  def pause_state(self) -> PauseState:
   paused, reason, since, running = self._conn.execute(
    "SELECT paused, reason, since, running_at_pause FROM pause"
   ).fetchone()
   return PauseState(bool(paused), reason, since, tuple(json.loads(running)))
 
+ @_user_errors
  def meta(self) -> dict[str, str]:
   return dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
 
  # -- starting a run -----------------------------------------------------------------------
 
+ @_user_errors
  def restore(
   self, name: str, tickets: Sequence[Ticket], *, fresh: bool = False, source: str | None = None
  ) -> Restored:
@@ -561,6 +901,7 @@ class StateStore:
 
  # -- the pause flag without a running process ---------------------------------------------
 
+ @_user_errors
  def set_paused(self, paused: bool, reason: str | None = None) -> PauseState:
   """Write the pause flag (for `conductor pause`/`resume` when no run is live); commits.
 
@@ -769,7 +1110,7 @@ class StateStore:
   return _Transaction(self)
 
  def _failed(self, exc: sqlite3.Error) -> None:
-  self.failure = f"cannot write the state file {self.path}: {exc}"
+  self.failure = str(_translate(self.path, exc))
   try:
    if self._conn.in_transaction:
     self._conn.execute("ROLLBACK")
@@ -783,7 +1124,8 @@ class StateStore:
 
 
 class _Transaction:
- """`with store._transaction():` one explicit transaction, committed on success."""
+ """`with store._transaction():` one explicit transaction, committed on success and rolled
+ back (with the rows buffered for it) if the body or the commit fails."""
 
  def __init__(self, store: StateStore) -> None:
   self._store = store
@@ -793,23 +1135,51 @@ class _Transaction:
   self._store._conn.execute("BEGIN IMMEDIATE")
 
  def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
-  store = self._store
   if exc_type is None:
-   store._write_rows()
-   store._conn.execute("COMMIT")
+   try:
+    self._store._write_rows()
+    self._store._conn.execute("COMMIT")
+   except BaseException:
+    self._abort()
+    raise
   else:
-   store._rows, store._row_count, store._plain = [], 0, True
-   store._conn.execute("ROLLBACK")
+   self._abort()
+
+ def _abort(self) -> None:
+  store = self._store
+  store._rows, store._row_count, store._plain = [], 0, True
+  # SQLite may have rolled back already (it does on some disk-full errors).
+  if store._conn.in_transaction:
+   with contextlib.suppress(sqlite3.Error):
+    store._conn.execute("ROLLBACK")
 
 
 def _create(path: Path) -> None:
  """Create a new, empty state at `path` atomically: built beside it, then renamed in.
 
- A kill half-way leaves at most a stray `<path>.new-<pid>`, never a half-made state.
+ A kill half-way leaves at most a stray `<path>.new-<pid>`, never a half-made state. The
+ temporary file is made with O_EXCL | O_NOFOLLOW (a planted link there is refused, never
+ followed). A -wal, -shm or -journal left beside a missing state (the state was deleted
+ without them) is moved aside first: SQLite would replay that WAL into the new state.
  """
  path.parent.mkdir(parents=True, exist_ok=True)
+ if any(os.path.lexists(_side(path, suffix)) for suffix in _SIDE_SUFFIXES):
+  _move_aside(path, "orphaned")
  tmp = path.with_name(f"{path.name}.new-{os.getpid()}")
- tmp.unlink(missing_ok=True)
+ for stale in (tmp, *(_side(tmp, suffix) for suffix in _SIDE_SUFFIXES)):
+  # A killed process with our pid may have left these; anything else is refused.
+  refusal = _planted(stale, (os.geteuid(), 0))
+  if refusal is not None:
+   raise refusal
+  stale.unlink(missing_ok=True)
+ try:
+  fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+ except FileExistsError:
+  raise StateSideFileError(
+   f"{tmp}: appeared while conductor was creating it (another user's doing?); remove it and "
+   "run again"
+  ) from None
+ os.close(fd)
  try:
   conn = sqlite3.connect(tmp, isolation_level=None)
   try:
@@ -832,5 +1202,7 @@ def _create(path: Path) -> None:
    conn.close()
   os.replace(tmp, path)
  except BaseException:
-  tmp.unlink(missing_ok=True)
+  for leftover in (tmp, *(_side(tmp, suffix) for suffix in _SIDE_SUFFIXES)):
+   with contextlib.suppress(OSError):
+    leftover.unlink(missing_ok=True)
   raise

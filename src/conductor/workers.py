@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
+import math
 import os
 import re
 import signal
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Protocol, cast
 
 import anyio
+from anyio import current_effective_deadline, get_cancelled_exc_class
 from anyio.abc import ByteReceiveStream, Process
 
 from .dag_engine import Ticket
@@ -416,16 +418,21 @@ async def run_call(spec: CallWork, ticket: Ticket) -> WorkResult:
    cannot be interrupted, so cancelling waits for it to return.
  - A `str` return value becomes the output; a `WorkResult` is returned as is; anything else
    gives an empty output.
- - `WorkFailed` raised by the function propagates unchanged; any other exception becomes
-   `WorkFailed("ExceptionType: message")` with the traceback as output.
+ - `WorkFailed` raised by the function propagates unchanged; anything else it raises, at
+   import or call time, `BaseException`s included (`sys.exit()`, `KeyboardInterrupt`, a
+   `CancelledError` of its own making), becomes `WorkFailed(describe_exception(exc))` with the
+   traceback as output: user code never stops the runner. Only a real cancellation of this
+   call propagates (see `is_cancellation`).
  - A bad target raises `ValueError` (see `resolve_call_target`).
  """
  try:
   fn = await anyio.to_thread.run_sync(resolve_call_target, spec.target, spec.search_path)
  except _BadTarget:
   raise
- except Exception as exc:
-  raise _failed_call(exc, f" (while importing {spec.target})") from exc
+ except BaseException as exc:
+  if is_cancellation(exc):
+   raise
+  raise _failed_call(exc, f" (while importing {spec.target})") from None
  try:
   if _is_async(fn):
    value = await cast(Awaitable[object], fn(ticket))
@@ -433,8 +440,10 @@ async def run_call(spec: CallWork, ticket: Ticket) -> WorkResult:
    value = await anyio.to_thread.run_sync(fn, ticket)
  except WorkFailed:
   raise
- except Exception as exc:
-  raise _failed_call(exc) from exc
+ except BaseException as exc:
+  if is_cancellation(exc):
+   raise
+  raise _failed_call(exc) from None
  if isinstance(value, WorkResult):
   return value
  return WorkResult(output=value if isinstance(value, str) else "")
@@ -446,11 +455,49 @@ def _is_async(fn: object) -> bool:
  )
 
 
-def _failed_call(exc: Exception, context: str = "") -> WorkFailed:
- message = str(exc).strip().splitlines()
- head = f"{type(exc).__name__}: {message[0]}" if message else type(exc).__name__
- output = "".join(traceback.format_exception(exc))
- return WorkFailed(head + context, output=output[-OUTPUT_LIMIT:])
+def is_cancellation(exc: BaseException) -> bool:
+ """Whether `exc`, caught in the current task, is a real cancellation of it.
+
+ A backend's cancellation exception is also an ordinary class that user code can raise
+ (`raise asyncio.CancelledError()`); only when the current scope really was cancelled
+ (its effective deadline is -inf) is it the runner's cancellation, to be let through.
+ """
+ return isinstance(exc, get_cancelled_exc_class()) and current_effective_deadline() == -math.inf
+
+
+def describe_exception(exc: BaseException) -> str:
+ """One line for the ticket table naming what `exc` is, whatever it is. Never raises.
+
+ `sys.exit(3)` reads "SystemExit: sys.exit(3) was called; ..."; anything else "ExceptionType: first line". The
+ text is untrusted: an `__str__` that raises or returns junk still gives a line.
+ """
+ name = type(exc).__name__
+ if isinstance(exc, SystemExit):
+  return f"SystemExit: sys.exit({_safe_repr(exc.code)}) was called; a ticket cannot exit the runner"
+ try:
+  message = str(exc).strip().splitlines()
+ except BaseException:  # a hostile __str__: name the type, say why there is no message
+  return f"{name} (its message could not be read)"
+ first = message[0] if message else ""
+ if len(first) > 300:
+  first = first[:299] + "…"
+ return f"{name}: {first}" if first else name
+
+
+def _safe_repr(value: object) -> str:
+ try:
+  text = repr(value)
+ except BaseException:
+  return "?"
+ return text if len(text) <= 100 else text[:99] + "…"
+
+
+def _failed_call(exc: BaseException, context: str = "") -> WorkFailed:
+ try:
+  output = "".join(traceback.format_exception(exc))
+ except BaseException:  # a hostile __str__ or __repr__ inside the chain
+  output = f"{type(exc).__name__} (its traceback could not be formatted)"
+ return WorkFailed(describe_exception(exc) + context, output=output[-OUTPUT_LIMIT:])
 
 
 __all__ = [
@@ -463,6 +510,8 @@ __all__ = [
  "WorkFailed",
  "WorkResult",
  "Worker",
+ "describe_exception",
+ "is_cancellation",
  "parse_call_target",
  "resolve_call_target",
  "run_call",

@@ -9,7 +9,10 @@ Three threads, none waiting on another during a frame:
   window resumes where the last one stopped, and `conductor pause|resume|status` reach it),
   runs the pipeline on Start and wakes the GUI on every transition;
 - with `--test-hook PORT_FILE` only, a loopback HTTP server (`TestHook`, _hook.py) lets tests
-  read the state and click buttons through Dear ImGui's test engine.
+  read the state and click buttons through Dear ImGui's test engine; every request carries
+  the random token written into the owner-only PORT_FILE.
+
+SIGINT, SIGTERM and SIGHUP close the window as its close button does (`SignalClose`, _app.py).
 
 This is the only package that imports imgui-bundle.
 """

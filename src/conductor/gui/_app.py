@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import signal
+import socket
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import threading
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from imgui_bundle import hello_imgui
 
+from .._text import printable
 from ..cli import EXIT_OK, UsageError, exit_code_for
 from ..dag_engine import ExecutionEngine, PipelineError
 from ..pipeline import Pipeline
 from ..store import StateError
 from ._dashboard import Dashboard, clear_color
-from ._hook import TestHook
+from ._hook import HookError, TestHook
 from ._runs import PipelineRunner
 
 # Small enough that software rendering (Mesa llvmpipe under Xvfb, as in CI) stays well
@@ -52,23 +55,83 @@ def _check_display() -> None:
   )
 
 
-@contextmanager
-def _close_on_signals(close: Callable[[], None]) -> Iterator[None]:
- """Ctrl+C or SIGTERM close the window like its close button (then the run is cancelled).
+# Ctrl+C, `kill`, a closed terminal or session (SIGHUP does not exist on Windows).
+CLOSING_SIGNALS = tuple(
+ getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
 
- Python runs the handler on the main thread at its next frame callback, which idling
- keeps coming at least a few times a second.
+
+class SignalClose:
+ """SIGINT, SIGTERM and SIGHUP close the dashboard the way its window's close button does:
+ the run is cancelled (its interrupted tickets recorded), the state committed and released,
+ and `run_dashboard` returns 128 + the signal (130, 143, 129).
+
+ GLFW owns the main thread and sleeps in C while the window idles; Python runs a signal
+ handler only when that thread next runs Python (a frame callback). So the C-level
+ handler's wake-up byte (`signal.set_wakeup_fd`) goes to a socket that a small thread
+ waits on; it wakes the GUI (`hello_imgui.request_refresh`, callable from any thread), and
+ the next frame runs the handler, which ends the window. A signal before the window opens
+ or after it closed is only recorded: the window then does not open, or closes as planned.
+
+ Main thread only (signal handlers can only be set there). A context manager: it restores
+ the previous handlers and wake-up fd on exit.
  """
 
- def handler(signum: int, frame: FrameType | None) -> None:
-  close()
+ def __init__(self) -> None:
+  self.signum: int | None = None  # the first closing signal received
+  self._window_open = False  # between post_init and the end of hello_imgui.run
+  self._previous: dict[int, Any] = {}
+  self._old_fd = -1
+  self._reader, self._writer = socket.socketpair()
+  self._thread = threading.Thread(target=self._wake_gui, name="conductor-signals", daemon=True)
 
- previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
- try:
-  yield
- finally:
-  for sig, old in previous.items():
+ def __enter__(self) -> SignalClose:
+  self._writer.setblocking(False)  # set_wakeup_fd wants it so: a handler never blocks
+  self._thread.start()
+  self._old_fd = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+  for sig in CLOSING_SIGNALS:
+   self._previous[sig] = signal.signal(sig, self._handle)
+  return self
+
+ def __exit__(self, *exc: object) -> None:
+  for sig, old in self._previous.items():
    signal.signal(sig, old)
+  signal.set_wakeup_fd(self._old_fd)
+  self._writer.close()  # the thread reads end-of-file and ends
+  self._thread.join(1.0)
+  self._reader.close()
+
+ def window_opened(self) -> None:
+  """The window is up (post_init): a signal from now on closes it."""
+  self._window_open = True
+  if self.signum is not None:  # came while the window was opening
+   hello_imgui.get_runner_params().app_shall_exit = True
+
+ def window_closed(self) -> None:
+  self._window_open = False
+
+ def _handle(self, signum: int, frame: FrameType | None) -> None:
+  if self.signum is None:
+   self.signum = signum
+  if self._window_open:
+   hello_imgui.get_runner_params().app_shall_exit = True
+
+ def _wake_gui(self) -> None:
+  with contextlib.suppress(OSError):
+   while self._reader.recv(64):
+    hello_imgui.request_refresh()
+
+
+def _say(line: str) -> None:
+ """Print the closing line; a closed stdout or a gone terminal (SIGHUP) just drops it."""
+ try:
+  print(line, flush=True)
+ except OSError:
+  # Later writes (the interpreter's own flush at exit) must not fail either.
+  with contextlib.suppress(OSError):
+   devnull = os.open(os.devnull, os.O_WRONLY)
+   os.dup2(devnull, sys.stdout.fileno())
+   os.close(devnull)
 
 
 def run_dashboard(pipeline: Pipeline, args: argparse.Namespace) -> int:
@@ -77,14 +140,20 @@ def run_dashboard(pipeline: Pipeline, args: argparse.Namespace) -> int:
  `args` may carry: `max_workers` (None: the pipeline's), `backend` ("asyncio" / "trio"),
  `state` (the state file; default as `conductor run`), `fresh` (forget the state's
  progress), `size` ("WxH"), `start` (start the run at once), `exit_when_done` (close when
- the run ends), `test_hook` (a file to write the test hook's port to; off without it).
+ the run ends), `test_hook` (a file to write the test hook's port and token to; off without
+ it), `test_hook_shots` (the only folder the hook writes screenshots into; default: the
+ port file's). SIGINT, SIGTERM and SIGHUP close the window as its close button does.
  Exit codes as `conductor run`: 0 all completed, 1 failed or blocked, 130 stopped before
- the end (also when the window closes before a run finished), 2 for a user error.
+ the end (also when the window closes before a run finished), 2 for a user error, 128 +
+ the signal when a signal closed it (130 SIGINT, 143 SIGTERM, 129 SIGHUP).
  """
  size = parse_size(getattr(args, "size", None))
  hook_file = getattr(args, "test_hook", None)
  if hook_file is not None and not Path(hook_file).absolute().parent.is_dir():
   raise UsageError(f"--test-hook {hook_file}: its folder does not exist")
+ shots = getattr(args, "test_hook_shots", None)
+ if shots is not None and not Path(shots).is_dir():
+  raise UsageError(f"--test-hook-shots {shots}: no such folder")
  _check_display()
  where = str(pipeline.path) if pipeline.path else pipeline.name
  try:  # a pipeline that cannot run is refused before its state is touched
@@ -100,24 +169,36 @@ def run_dashboard(pipeline: Pipeline, args: argparse.Namespace) -> int:
   fresh=bool(getattr(args, "fresh", False)),
   on_change=hello_imgui.request_refresh,  # documented as callable from any thread
  )
- try:
-  runner.open()  # claims and restores the state on the engine thread, before the window
- except StateError as exc:
-  raise UsageError(str(exc)) from None
- try:
-  return _show(pipeline, args, runner, size, hook_file)
- finally:
-  runner.close()
+ with SignalClose() as signals:
+  try:
+   runner.open()  # claims and restores the state on the engine thread, before the window
+  except StateError as exc:
+   raise UsageError(str(exc)) from None
+  code = None
+  try:
+   if signals.signum is None:  # else a signal came while the state was opening
+    code = _show(
+     pipeline, args, runner, size=size, hook_file=hook_file, shots=shots, signals=signals
+    )
+  finally:
+   runner.close()  # a run still going is cancelled; the state is committed and released
+ if signals.signum is not None:
+  return 128 + signals.signum
+ assert code is not None
+ return code
 
 
 def _show(
  pipeline: Pipeline,
  args: argparse.Namespace,
  runner: PipelineRunner,
+ *,
  size: tuple[int, int],
  hook_file: str | None,
+ shots: str | None,
+ signals: SignalClose,
 ) -> int:
- hook: TestHook | None = None
+ test_hook: TestHook | None = None
  dashboard = Dashboard(
   runner,
   exit_when_done=bool(getattr(args, "exit_when_done", False)),
@@ -145,39 +226,42 @@ def _show(
  def post_init() -> None:
   # The theme is applied by now; the dashboard window draws no background of its own.
   hello_imgui.get_runner_params().imgui_window_params.background_color = clear_color()
+  signals.window_opened()
   if start:
    runner.start()
 
  params.callbacks.post_init = post_init
  if hook_file is not None:
-  hook = TestHook(Path(hook_file).absolute(), dashboard)
+  try:
+   test_hook = TestHook(
+    Path(hook_file).absolute(), dashboard, None if shots is None else Path(shots).absolute()
+   )
+  except HookError as exc:
+   raise UsageError(str(exc)) from None
   params.use_imgui_test_engine = True
-  params.callbacks.register_tests = hook.register_tests
-  params.callbacks.pre_new_frame = hook.pre_new_frame
-  params.callbacks.after_swap = hook.after_swap
-  hook.start()
-
- def close_window() -> None:
-  hello_imgui.get_runner_params().app_shall_exit = True
+  params.callbacks.register_tests = test_hook.register_tests
+  params.callbacks.pre_new_frame = test_hook.pre_new_frame
+  params.callbacks.after_swap = test_hook.after_swap
 
  try:
-  with _close_on_signals(close_window):
-   hello_imgui.run(params)
+  hello_imgui.run(params)
  except RuntimeError as exc:
   if dashboard.frame == 0:  # the window never opened: a display or OpenGL problem
    raise UsageError(f"cannot open the dashboard window: {exc}") from None
   raise
  finally:
-  if hook is not None:
-   hook.close()
+  signals.window_closed()
+  if test_hook is not None:
+   test_hook.close()
   runner.close()  # before reading the end: a run still going is cancelled and settles
+ if test_hook is not None and test_hook.failure is not None:
+  raise UsageError(test_hook.failure)
 
  final = runner.latest
  counts = final.counts
- print(
-  f"conductor: {final.name}: {counts.completed}/{counts.total} completed, "
-  f"{counts.failed} failed, {counts.blocked} blocked ({final.status}); {runner.note}",
-  flush=True,
+ _say(
+  f"conductor: {printable(final.name)}: {counts.completed}/{counts.total} completed, "
+  f"{counts.failed} failed, {counts.blocked} blocked ({final.status}); {runner.note}"
  )
  if counts.total and counts.completed == counts.total:
   return EXIT_OK  # also when it was all done before this window opened

@@ -1,16 +1,34 @@
 """The test hook: a small JSON API on 127.0.0.1 that drives the dashboard as a user would.
 
 Off unless `--test-hook PORT_FILE` is given; it never listens on anything but loopback, on
-a port the OS picks, written to PORT_FILE once the window has drawn its first frame.
+a port the OS picks. Once the window has drawn its first frame, PORT_FILE is written as
+`{"port": N, "token": "..."}`: owner-only (0600), through a new temporary file beside it
+(never through a symlink), renamed into place, so a reader never sees half of it.
+
+Every request carries `Authorization: Bearer TOKEN`. The token is random
+(`secrets.token_urlsafe(32)`), made at start, and written nowhere but PORT_FILE: another
+local user can reach a loopback port, but not read the file. A request without it, or with
+another one, is answered 401 and does nothing.
 
  GET  /state          live mma_status and spawned; what the last frame showed: the snapshot
                       it drew, its badge, banner lines, buttons (enabled or not), workers
  GET  /state?rows=1   the same with every ticket row and the pending list
- GET  /frames         recent frame timings: frame number, start, work (ms)
+ GET  /frames?since=N recent frame timings: frame number, start, work (ms)
+ POST /frames/reset
  POST /click          {"label": "Pause"} or {"ref": "//Dashboard/**/Pause"}
  POST /key            {"key": "Space"}
- POST /screenshot     {"path": "/absolute/file.png"}
+ POST /screenshot     {"name": "paused.png"}: a PNG written into the screenshot folder
+                      (`--test-hook-shots DIR`, default PORT_FILE's folder) and nowhere else
  POST /quit
+
+A screenshot's name is a plain file name ending in `.png`: no folder, no `..`, not hidden,
+not an existing symlink (400 otherwise). The test engine captures into a private folder
+(0700) and the file is then renamed into place from a new file beside it, so a symlink
+planted after the check is replaced, never written through.
+
+Anything malformed (a bad Content-Length, a body over MAX_BODY, bad JSON, a bad query
+value, an unknown endpoint or method) is answered 4xx. A client that stalls is dropped
+after SOCKET_TIMEOUT. Neither reaches the GUI or prints a traceback.
 
 Clicks, keys and screenshots go through Dear ImGui's own input path: the ImGui Test Engine
 that ships in imgui-bundle moves the mouse and presses the button, as a person would. The
@@ -20,13 +38,24 @@ request's `threading.Event`; the GUI thread runs one request at a time (`pre_new
 
 from __future__ import annotations
 
+import contextlib
+import hmac
+import itertools
 import json
 import os
 import queue
+import re
+import secrets
+import shutil
+import signal
+import stat
+import sys
+import tempfile
 import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -41,7 +70,25 @@ te = imgui.test_engine
 
 LOOPBACK = "127.0.0.1"  # the hook is for tests on this machine only, never a network API
 REQUEST_TIMEOUT = 30.0  # seconds an HTTP request waits for the GUI thread
+SOCKET_TIMEOUT = 10.0  # seconds a client may take to send its request
+MAX_BODY = 64 * 1024  # bytes; every valid body is a few dozen
+MAX_CLIENTS = 32  # connections served at once (a test uses one or two)
+BUSY = b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 LIST_LIMIT = 50  # ids listed in /state without ?rows=1 (a 10,000-ticket list is heavy)
+# A screenshot's name: one plain file name, nothing that a path could be made of.
+SHOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\.png")
+
+
+class HookError(Exception):
+ """The hook cannot start or publish itself (its files); `str()` is one line."""
+
+
+class BadRequest(Exception):
+ """A request the hook refuses: `status` (4xx) and a one-line reason."""
+
+ def __init__(self, status: int, reason: str) -> None:
+  super().__init__(reason)
+  self.status = status
 
 
 @dataclass(slots=True)
@@ -141,20 +188,34 @@ class TestHook:
  """Serves the API above for one dashboard; see the module docstring.
 
  Threads: `pre_new_frame`, `after_swap` and `register_tests` are hello_imgui callbacks on
- the GUI thread; the HTTP server runs on its own daemon thread and reads only objects that
- are replaced whole (the runner's conductor, the dashboard's `drawn` frame).
+ the GUI thread; the HTTP server runs on its own daemon thread (one more per connection)
+ and reads only objects that are replaced whole (the runner's conductor, the dashboard's
+ `drawn` frame). The token and the folders are fixed at construction.
  """
 
  __test__ = False  # not a pytest test class, despite its name
 
- def __init__(self, port_file: Path, dashboard: Dashboard) -> None:
+ def __init__(self, port_file: Path, dashboard: Dashboard, shots: Path | None = None) -> None:
+  """Raises HookError (one line) when the screenshot folder is unusable."""
   self.port_file = port_file
   self.dashboard = dashboard
   self.clock = FrameClock()
+  self.token = secrets.token_urlsafe(32)
+  self._authorization = f"Bearer {self.token}".encode("ascii")
+  self.failure: str | None = None  # why the port file could not be written (GUI thread)
+  folder = port_file.parent if shots is None else shots
+  try:
+   self.shots = Path(os.path.realpath(folder))
+   # Held open: names are resolved in this folder, whatever its path comes to point at.
+   self._shots_fd = os.open(self.shots, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+  except OSError as exc:
+   raise HookError(f"--test-hook-shots {folder}: {exc.strerror or exc}") from None
+  self._capture = Path(tempfile.mkdtemp(prefix="conductor-hook-"))  # 0700, ours alone
+  self._captures = itertools.count(1)
   self._requests: queue.SimpleQueue[_Request] = queue.SimpleQueue()
   self._current: _Request | None = None
   self._tests: dict[str, Any] = {}  # request kind -> registered test engine Test
-  self._published = False
+  self._published: tuple[int, int] | None = None  # the port file's (st_dev, st_ino)
   self._closed = False
   self._server = _Server((LOOPBACK, 0), _Handler)
   self._server.hook = self
@@ -166,13 +227,14 @@ class TestHook:
  def port(self) -> int:
   return int(self._server.server_address[1])
 
- def start(self) -> None:
-  self._thread.start()
-
  def close(self) -> None:
-  """Stop serving, answer every waiting request, and remove the port file."""
+  """Stop serving, answer every waiting request, remove the port file (if it is still the
+  one this hook wrote) and the private capture folder. Idempotent."""
+  if self._closed:
+   return
   self._closed = True
-  self._server.shutdown()
+  if self._thread.is_alive():  # else shutdown() would wait for a loop that never ran
+   self._server.shutdown()
   self._server.server_close()
   pending = [self._current] if self._current is not None else []
   while True:
@@ -183,9 +245,24 @@ class TestHook:
   for request in pending:
    request.result.update(ok=False, status="error", error="the dashboard closed")
    request.done.set()
-  self.port_file.unlink(missing_ok=True)
+  if self._published is not None:
+   try:
+    st = os.lstat(self.port_file)
+    if (st.st_dev, st.st_ino) == self._published:
+     self.port_file.unlink()
+   except OSError:
+    pass  # gone already, or replaced by someone else: theirs now
+  shutil.rmtree(self._capture, ignore_errors=True)
+  # `_shots_fd` stays open until the process ends: a handler thread may still be placing a
+  # file, and a closed descriptor's number could by then name another folder.
 
  # -- HTTP thread ----------------------------------------------------------------------
+
+ def authorized(self, header: str | None) -> bool:
+  """The request's Authorization header carries this hook's token. Constant time."""
+  # http.server decodes header bytes as latin-1: encoding back gives the bytes sent.
+  given = (header or "").encode("latin-1", "replace")
+  return hmac.compare_digest(given, self._authorization)
 
  def submit(self, kind: str, arg: str = "") -> tuple[int, dict[str, Any]]:
   """Queue a request for the GUI thread and wait (bounded) for its answer."""
@@ -197,6 +274,57 @@ class TestHook:
   if not request.done.wait(REQUEST_TIMEOUT):
    return 504, {"ok": False, "error": f"the GUI did not answer within {REQUEST_TIMEOUT:g} s"}
   return 200, request.result
+
+ def screenshot(self, name: object) -> tuple[int, dict[str, Any]]:
+  """Capture the window into `name` inside the screenshot folder. Raises BadRequest."""
+  self._check_shot_name(name)
+  assert isinstance(name, str)
+  capture = self._capture / f"{next(self._captures)}.png"
+  code, result = self.submit("screenshot", str(capture))
+  if code != 200 or not result.get("ok"):
+   capture.unlink(missing_ok=True)
+   return code, result
+  try:
+   self._place_shot(capture, name)
+  except OSError as exc:
+   return 500, {"ok": False, "error": f"cannot write {name}: {exc.strerror or exc}"}
+  finally:
+   capture.unlink(missing_ok=True)
+  result = {**result, "path": str(self.shots / name), "name": name}
+  return 200, result
+
+ def _check_shot_name(self, name: object) -> None:
+  if not isinstance(name, str) or not SHOT_NAME.fullmatch(name) or ".." in name:
+   raise BadRequest(
+    400,
+    'give {"name": "NAME.png"}: a plain file name (letters, digits, "._-"; no folder, '
+    'no "..") written into the screenshot folder',
+   )
+  try:
+   st = os.lstat(name, dir_fd=self._shots_fd)
+  except FileNotFoundError:
+   return
+  if stat.S_ISLNK(st.st_mode):
+   raise BadRequest(400, f"{name} is a symlink in the screenshot folder: refused")
+  if not stat.S_ISREG(st.st_mode):
+   raise BadRequest(400, f"{name} exists in the screenshot folder and is not a file")
+
+ def _place_shot(self, capture: Path, name: str) -> None:
+  # A new file (O_EXCL, never through a symlink) renamed over the name: whatever is at the
+  # name by then (a symlink planted after the check included) is replaced, not written to.
+  data = capture.read_bytes()
+  fd = self._shots_fd
+  tmp = f".{name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+  flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+  out = os.open(tmp, flags, 0o644, dir_fd=fd)
+  try:
+   with os.fdopen(out, "wb") as file:
+    file.write(data)
+   os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+  except BaseException:
+   with contextlib.suppress(OSError):
+    os.unlink(tmp, dir_fd=fd)
+   raise
 
  def state(self, *, rows: bool) -> dict[str, Any]:
   conductor = self.dashboard.runner.conductor
@@ -230,7 +358,7 @@ class TestHook:
 
  def pre_new_frame(self) -> None:
   self.clock.begin(self.dashboard.frame + 1)  # draw() counts it
-  if not self._published and self._tests:
+  if self._published is None and self.failure is None and self._tests:
    self._publish_port()
   self._pump()
 
@@ -238,12 +366,20 @@ class TestHook:
   self.clock.end()
 
  def _publish_port(self) -> None:
-  # Atomically, after the first frame: a reader never sees half a number, and a test that
-  # found the file talks to a window that is up.
-  tmp = self.port_file.with_name(self.port_file.name + ".tmp")
-  tmp.write_text(f"{self.port}\n", encoding="utf-8")
-  os.replace(tmp, self.port_file)
-  self._published = True
+  # After the first frame: a test that found the file talks to a window that is up.
+  # The test engine's crash handler, installed as the window opened, takes SIGPIPE too: a
+  # client that hangs up before its answer would abort the whole process. Python's own
+  # choice (ignore it, get EPIPE) comes back before the server answers anyone.
+  if hasattr(signal, "SIGPIPE"):  # POSIX
+   signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+  self._thread.start()
+  payload = json.dumps({"port": self.port, "token": self.token}).encode()
+  try:
+   self._published = write_private(self.port_file, payload)
+  except OSError as exc:
+   # Nobody could talk to this hook: close the window; run_dashboard says why.
+   self.failure = f"--test-hook {self.port_file}: cannot write it: {exc.strerror or exc}"
+   hello_imgui.get_runner_params().app_shall_exit = True
 
  def _pump(self) -> None:
   engine = hello_imgui.get_imgui_test_engine()
@@ -320,14 +456,70 @@ class TestHook:
   assert request is not None
   ctx.yield_()  # let the latest change reach the screen
   ctx.capture_reset()
-  ctx.capture_set_filename(request.arg)
+  ctx.capture_set_filename(request.arg)  # in the private capture folder; see screenshot()
   ok = bool(ctx.capture_screenshot(te.CaptureFlags_.hide_mouse_cursor))
-  request.result.update(ok=ok, path=request.arg)
+  request.result.update(ok=ok)
+
+
+def write_private(path: Path, payload: bytes) -> tuple[int, int]:
+ """Write `payload` to `path` atomically and owner-only; return the file's (dev, inode).
+
+ The bytes go to a new file beside it (O_EXCL | O_NOFOLLOW, mode 0600), which is renamed
+ over `path`: a rename replaces a symlink planted at `path`, it never writes through one.
+ Raises OSError.
+ """
+ tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+ flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+ fd = os.open(tmp, flags, 0o600)
+ try:
+  with os.fdopen(fd, "wb") as file:
+   os.fchmod(file.fileno(), 0o600)  # whatever the umask
+   file.write(payload)
+   file.flush()
+   st = os.fstat(file.fileno())
+  os.replace(tmp, path)
+ except BaseException:
+  tmp.unlink(missing_ok=True)
+  raise
+ return st.st_dev, st.st_ino
 
 
 class _Server(ThreadingHTTPServer):
+ """A thread per connection, at most MAX_CLIENTS at once: more are answered 503 at once,
+ so a flood of idle connections costs neither threads nor a stall of the others."""
+
  daemon_threads = True
+ request_queue_size = 2 * MAX_CLIENTS  # the listen backlog (5 by default: SYNs dropped)
  hook: TestHook
+
+ def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+  super().__init__(address, handler)
+  self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
+
+ def process_request(self, request: Any, client_address: Any) -> None:
+  if not self._slots.acquire(blocking=False):
+   with contextlib.suppress(OSError):
+    request.sendall(BUSY)  # a fresh socket's empty buffer takes it without blocking
+   self.shutdown_request(request)
+   return
+  try:
+   super().process_request(request, client_address)  # starts the connection's thread
+  except BaseException:
+   self._slots.release()
+   raise
+
+ def process_request_thread(self, request: Any, client_address: Any) -> None:
+  try:
+   super().process_request_thread(request, client_address)
+  finally:
+   self._slots.release()
+
+ def handle_error(self, request: Any, client_address: Any) -> None:
+  # A client that hung up or stalled is its own business: nothing to report. Anything
+  # else is a bug in the hook and prints its traceback.
+  if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+   return
+  super().handle_error(request, client_address)
 
 
 def key_name(name: str) -> str | None:
@@ -338,62 +530,138 @@ def key_name(name: str) -> str | None:
 
 class _Handler(BaseHTTPRequestHandler):
  server: _Server
+ timeout = SOCKET_TIMEOUT  # a client that stalls mid-request is dropped
+ # Answer garbage with a status line too (http.server takes it for HTTP/0.9, which has none).
+ default_request_version = "HTTP/1.0"
 
  def log_message(self, format: str, *args: Any) -> None:
   pass  # the test's output stays readable; failures are in the JSON answers
 
- def _reply(self, code: int, payload: dict[str, Any]) -> None:
+ def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+  # Only http.server calls this, on a request it cannot parse; the fault is the client's:
+  # a method it has no do_ for (501 there) or an HTTP version it does not speak (505).
+  if code == HTTPStatus.NOT_IMPLEMENTED:
+   code = HTTPStatus.METHOD_NOT_ALLOWED
+  elif code >= 500:
+   code = HTTPStatus.BAD_REQUEST
+  super().send_error(code, message, explain)
+
+ def _reply(
+  self, code: int, payload: dict[str, Any], headers: dict[str, str] | None = None
+ ) -> None:
   body = json.dumps(payload).encode()
   self.send_response(code)
   self.send_header("Content-Type", "application/json")
   self.send_header("Content-Length", str(len(body)))
+  for name, value in (headers or {}).items():
+   self.send_header(name, value)
+  if code >= 400:
+   self.close_connection = True  # an unread body must not be taken for the next request
+   self.send_header("Connection", "close")
   self.end_headers()
   self.wfile.write(body)
 
+ def _authorized(self) -> bool:
+  if self.server.hook.authorized(self.headers.get("Authorization")):
+   return True
+  self._reply(
+   401,
+   {"ok": False, "error": "give the token from the port file: Authorization: Bearer TOKEN"},
+   {"WWW-Authenticate": 'Bearer realm="conductor test hook"'},
+  )
+  return False
+
  def do_GET(self) -> None:
-  hook = self.server.hook
-  url = urlsplit(self.path)
-  query = parse_qs(url.query)
-  if url.path == "/state":
-   self._reply(200, hook.state(rows=query.get("rows", ["0"])[0] == "1"))
-  elif url.path == "/frames":
-   self._reply(200, hook.frames(int(query.get("since", ["0"])[0])))
-  else:
-   self._reply(404, {"ok": False, "error": f"no such endpoint: GET {url.path}"})
+  if not self._authorized():
+   return
+  try:
+   self._get()
+  except BadRequest as exc:
+   self._reply(exc.status, {"ok": False, "error": str(exc)})
 
  def do_POST(self) -> None:
+  if not self._authorized():
+   return
+  try:
+   self._post()
+  except BadRequest as exc:
+   self._reply(exc.status, {"ok": False, "error": str(exc)})
+
+ def _get(self) -> None:
+  hook = self.server.hook
+  url = urlsplit(self.path)
+  try:
+   query = parse_qs(url.query, keep_blank_values=True, max_num_fields=10)
+  except ValueError:  # more fields than that
+   raise BadRequest(400, "too many query fields") from None
+  if url.path == "/state":
+   rows = _query(query, "rows", "0")
+   if rows not in ("0", "1"):
+    raise BadRequest(400, f"rows={rows!r}: give rows=1 or rows=0")
+   self._reply(200, hook.state(rows=rows == "1"))
+  elif url.path == "/frames":
+   since = _query(query, "since", "0")
+   if not re.fullmatch(r"[0-9]{1,12}", since):
+    raise BadRequest(400, f"since={since[:40]!r}: give a frame number (a whole number >= 0)")
+   self._reply(200, hook.frames(int(since)))
+  else:
+   raise BadRequest(404, f"no such endpoint: GET {url.path[:200]}")
+
+ def _post(self) -> None:
   hook = self.server.hook
   path = urlsplit(self.path).path
-  length = int(self.headers.get("Content-Length") or 0)
-  try:
-   body = json.loads(self.rfile.read(length) or b"{}")
-   if not isinstance(body, dict):
-    raise ValueError("expected a JSON object")
-  except ValueError as exc:
-   self._reply(400, {"ok": False, "error": f"bad JSON body: {exc}"})
-   return
+  if path not in ("/click", "/key", "/screenshot", "/frames/reset", "/quit"):
+   raise BadRequest(404, f"no such endpoint: POST {path[:200]}")
+  body = self._body()
   if path == "/click":
    target = body.get("ref") or body.get("label")
    if not isinstance(target, str) or not target:
-    self._reply(400, {"ok": False, "error": 'give {"label": "Pause"} or {"ref": "//..."}'})
-    return
+    raise BadRequest(400, 'give {"label": "Pause"} or {"ref": "//..."}')
    self._reply(*hook.submit("click", target))
   elif path == "/key":
-   key = key_name(str(body.get("key", "")))
+   given = body.get("key")
+   key = key_name(given) if isinstance(given, str) else None
    if key is None:
-    self._reply(400, {"ok": False, "error": f"unknown key {body.get('key')!r}"})
-    return
+    raise BadRequest(400, f"unknown key {str(given)[:40]!r}")
    self._reply(*hook.submit("key", key))
   elif path == "/screenshot":
-   shot = body.get("path")
-   if not isinstance(shot, str) or not os.path.isabs(shot):
-    self._reply(400, {"ok": False, "error": 'give {"path": "/absolute/file.png"}'})
-    return
-   self._reply(*hook.submit("screenshot", shot))
+   self._reply(*hook.screenshot(body.get("name")))
   elif path == "/frames/reset":
    hook.clock.reset()
    self._reply(200, {"ok": True})
-  elif path == "/quit":
-   self._reply(*hook.submit("quit"))
   else:
-   self._reply(404, {"ok": False, "error": f"no such endpoint: POST {path}"})
+   self._reply(*hook.submit("quit"))
+
+ def _body(self) -> dict[str, Any]:
+  """The request's JSON object body ({} when there is none). Raises BadRequest."""
+  if self.headers.get("Transfer-Encoding") is not None:
+   raise BadRequest(411, "send the body with a Content-Length, not chunked")
+  lengths = self.headers.get_all("Content-Length") or []
+  if len(lengths) > 1:
+   raise BadRequest(400, "more than one Content-Length")
+  given = lengths[0].strip() if lengths else "0"
+  if not re.fullmatch(r"[0-9]{1,12}", given):
+   raise BadRequest(400, f"Content-Length {given[:40]!r}: give a whole number of bytes")
+  length = int(given)
+  if length > MAX_BODY:
+   raise BadRequest(413, f"a body of {length} bytes: at most {MAX_BODY}")
+  try:
+   data = self.rfile.read(length)
+  except TimeoutError:
+   raise BadRequest(408, f"the body did not arrive within {SOCKET_TIMEOUT:g} s") from None
+  if len(data) != length:
+   raise BadRequest(400, f"the body ended after {len(data)} of {length} bytes")
+  try:
+   body = json.loads(data or b"{}")
+  except (ValueError, RecursionError) as exc:  # RecursionError: nested thousands deep
+   raise BadRequest(400, f"bad JSON body: {str(exc)[:200]}") from None
+  if not isinstance(body, dict):
+   raise BadRequest(400, "bad JSON body: expected an object")
+  return body
+
+
+def _query(query: dict[str, list[str]], name: str, default: str) -> str:
+ values = query.get(name, [default])
+ if len(values) != 1:
+  raise BadRequest(400, f"{name} given {len(values)} times")
+ return values[0]

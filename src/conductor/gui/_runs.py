@@ -253,7 +253,8 @@ class PipelineRunner:
 
  def _prepare(self, durable: DurableRun) -> ConductorEngine:
   # A fresh engine each run, from the tickets' current statuses (it honours them), paused
-  # if the state is: a paused pipeline starts paused, as with `conductor run`.
+  # if the state is: a paused pipeline starts paused, as with `conductor run`, and keeps
+  # the time its pause began (the banner says "since" then, not since this window opened).
   pause = durable.store.pause_state()
   engine = ExecutionEngine(self.pipeline.tickets, auto_queue=self.pipeline.auto_queue)
   conductor = ConductorEngine(
@@ -263,6 +264,7 @@ class PipelineRunner:
    name=self.pipeline.name,
    paused=pause.paused,
    pause_reason=pause.reason,
+   paused_at=pause.since,
   )
   durable.store.attach(conductor)
   conductor.add_listener(lambda _transition: self._changed(conductor))
