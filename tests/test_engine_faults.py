@@ -79,11 +79,12 @@ async def test_a_call_ticket_that_calls_sys_exit_in_its_thread_fails_with_one_li
  (tmp_path / f"{module}.py").write_text(
   "import sys\n\ndef sync(ticket):\n    sys.exit(3)\n\n"
   "async def coro(ticket):\n    raise SystemExit('bye')\n\n"
-  "def interrupted(ticket):\n    raise KeyboardInterrupt\n"
+  "def interrupted(ticket):\n    raise KeyboardInterrupt\n\n"
+  "def closed(ticket):\n    raise GeneratorExit\n"
  )
  tickets = [
   Ticket(name, work=CallWork(f"{module}:{name}", tmp_path))
-  for name in ("sync", "coro", "interrupted")
+  for name in ("sync", "coro", "interrupted", "closed")
  ]
  with anyio.fail_after(TIMEOUT):
   final = await ConductorEngine(ExecutionEngine(tickets), run_work).run()
@@ -91,7 +92,9 @@ async def test_a_call_ticket_that_calls_sys_exit_in_its_thread_fails_with_one_li
  assert errors["sync"] == "SystemExit: sys.exit(3) was called; a ticket cannot exit the runner"
  assert errors["coro"] == "SystemExit: sys.exit('bye') was called; a ticket cannot exit the runner"
  assert errors["interrupted"] == "KeyboardInterrupt"
- assert final.counts.failed == 3
+ # Raised across the thread boundary, this one escaped every `except` on asyncio.
+ assert errors["closed"] == "GeneratorExit"
+ assert final.counts.failed == 4
 
 
 async def test_a_module_that_exits_while_imported_fails_its_ticket(tmp_path: Path) -> None:

@@ -421,13 +421,15 @@ class ConductorEngine:
 
  @property
  def published(self) -> Snapshot:
-  """The latest snapshot the loop published. Any thread; never waits, never builds."""
+  """The latest snapshot built on the loop (for any caller). Any thread; never waits.
+
+  Its `rows` are empty if that build left them out; the run's final snapshot has them all.
+  """
   return self._bridge.snapshot
 
  def _build_and_publish(self, rows: bool) -> Snapshot:
   snap = self._build_snapshot(rows=rows)
-  if rows:
-   self._bridge.publish(snap)
+  self._bridge.publish(snap)
   return snap
 
  def _answer(self, request: _SnapshotRequest, final: Snapshot | None = None) -> None:

@@ -28,7 +28,7 @@ import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, cast
+from typing import Protocol, TypeVar, cast
 
 import anyio
 from anyio import current_effective_deadline, get_cancelled_exc_class
@@ -426,7 +426,9 @@ async def run_call(spec: CallWork, ticket: Ticket) -> WorkResult:
  - A bad target raises `ValueError` (see `resolve_call_target`).
  """
  try:
-  fn = await anyio.to_thread.run_sync(resolve_call_target, spec.target, spec.search_path)
+  fn = _unwrap(
+   await anyio.to_thread.run_sync(_caught, resolve_call_target, spec.target, spec.search_path)
+  )
  except _BadTarget:
   raise
  except BaseException as exc:
@@ -437,7 +439,7 @@ async def run_call(spec: CallWork, ticket: Ticket) -> WorkResult:
   if _is_async(fn):
    value = await cast(Awaitable[object], fn(ticket))
   else:
-   value = await anyio.to_thread.run_sync(fn, ticket)
+   value = _unwrap(await anyio.to_thread.run_sync(_caught, fn, ticket))
  except WorkFailed:
   raise
  except BaseException as exc:
@@ -447,6 +449,26 @@ async def run_call(spec: CallWork, ticket: Ticket) -> WorkResult:
  if isinstance(value, WorkResult):
   return value
  return WorkResult(output=value if isinstance(value, str) else "")
+
+
+T = TypeVar("T")
+
+
+def _caught(fn: Callable[..., T], *args: object) -> tuple[T | None, BaseException | None]:
+ # Runs in the worker thread: whatever `fn` raises comes back as a value. Raised across the
+ # thread boundary instead, a GeneratorExit escapes every `except` on asyncio (the future's
+ # iterator lets it through) and would crash the run.
+ try:
+  return fn(*args), None
+ except BaseException as exc:
+  return None, exc
+
+
+def _unwrap(outcome: tuple[T | None, BaseException | None]) -> T:
+ value, exc = outcome
+ if exc is not None:
+  raise exc
+ return cast(T, value)
 
 
 def _is_async(fn: object) -> bool:

@@ -1,0 +1,229 @@
+"""user-exception: a `call` ticket whose code raises anything at all.
+
+One trial per kind of exception and per flavour (a sync function, run in a thread, and an
+async one, awaited on the loop; an import-time failure is one flavour): a small DAG of probe
+tickets with one bad ticket in it, some tickets depending on it. The bad ticket raises only
+while the file `raise-now` exists. Expected: the run ends by itself with exit 1, the bad
+ticket failed with a one-line error, every ticket not below it started exactly once, none
+below it started; then, the file removed, a clean re-run finishes everything and starts
+nothing that had completed.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+from .harness import Config, Lab, Ledger, Row, check_final, check_log, clip
+from .pipelines import probe_pipeline
+
+CLASS = "user-exception"
+
+BAD_MODULE = '''"""A ticket that raises {kind} while raise-now exists (scripts/faulttest)."""
+import asyncio
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_FLAG = os.path.join(_HERE, "raise-now")
+
+
+def _log(ticket, phase):
+ fd = os.open(os.path.join(_HERE, "runs.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+ try:
+  os.write(fd, f"{{ticket.id}} {{ticket.attempts}} {{phase}}\\n".encode())
+ finally:
+  os.close(fd)
+
+
+class Custom(BaseException):
+ """Not an Exception: a BaseException of the user's own."""
+
+
+class BadStr(Exception):
+ def __str__(self):
+  raise RuntimeError("__str__ of the exception raised")
+
+ def __repr__(self):
+  raise RuntimeError("__repr__ of the exception raised")
+
+
+def _recurse(n):
+ return _recurse(n + 1) + 1
+
+
+def _raise():
+ {body}
+
+
+if {at_import} and os.path.exists(_FLAG):
+ _raise()
+
+
+def sync(ticket):
+ _log(ticket, "start")
+ if not {at_import} and os.path.exists(_FLAG):
+  _raise()
+ _log(ticket, "end")
+
+
+async def coro(ticket):
+ _log(ticket, "start")
+ if not {at_import} and os.path.exists(_FLAG):
+  _raise()
+ _log(ticket, "end")
+'''
+
+KINDS: dict[str, str] = {
+ "sys.exit(3)": "sys.exit(3)",
+ "raise SystemExit": "raise SystemExit",
+ "KeyboardInterrupt": "raise KeyboardInterrupt",
+ "GeneratorExit": "raise GeneratorExit",
+ "a BaseException subclass": 'raise Custom("user-defined")',
+ "asyncio.CancelledError": "raise asyncio.CancelledError()",
+ "RecursionError": "_recurse(0)",
+ "MemoryError": 'raise MemoryError("simulated: out of memory")',
+ "an exception whose __str__ raises": "raise BadStr()",
+}
+IMPORT_KINDS: dict[str, str] = {
+ "RuntimeError at import": 'raise RuntimeError("broken at import")',
+ "sys.exit(4) at import": "sys.exit(4)",
+}
+
+
+def variants() -> list[tuple[str, str, str, bool]]:
+ """(label, body, flavour, at_import) for every trial, in a fixed order."""
+ found = []
+ for kind, body in KINDS.items():
+  for flavour in ("sync", "coro"):
+   found.append((f"{kind} ({'async' if flavour == 'coro' else 'sync'})", body, flavour, False))
+ for kind, body in IMPORT_KINDS.items():
+  found.append((kind, body, "sync", True))
+ return found
+
+
+def run(cfg: Config, row: Row, rng: random.Random, until: float) -> None:
+ shapes = ("chain", "wide", "random")
+ every = variants()
+ if cfg.long:
+  mine = [(v, b) for v in every for b in ("asyncio", "trio")]
+ else:  # each kind on two shapes, once on each backend
+  at = shapes.index(row.shape)
+  mine = [
+   (v, ("asyncio", "trio")[(i + k) % 2])
+   for i, v in enumerate(every)
+   for k in (0, 1)
+   if (i + k) % 3 == at
+  ]
+ per_trial = 0.0
+ for number, ((label, body, flavour, at_import), backend) in enumerate(mine):
+  if number and time.monotonic() + per_trial > until:
+   row.info.append(f"time budget: {number} of {len(mine)} kinds run")
+   break
+  began = time.monotonic()
+  row.trials += 1
+  _trial(
+   cfg,
+   row,
+   rng,
+   number=number,
+   label=label,
+   body=body,
+   flavour=flavour,
+   at_import=at_import,
+   backend=backend,
+  )
+  per_trial = max(per_trial, time.monotonic() - began)
+
+
+def _trial(
+ cfg: Config,
+ row: Row,
+ rng: random.Random,
+ *,
+ number: int,
+ label: str,
+ body: str,
+ flavour: str,
+ at_import: bool,
+ backend: str,
+) -> None:
+ lab = Lab(cfg, row, cfg.work / f"{CLASS}-{row.shape}" / f"k{number:02d}", rng)
+ pipe = probe_pipeline(
+  row.shape,
+  10,
+  rng,
+  lab.log.path,
+  mix={"shell": 40, "sync": 30, "async": 30},
+  seconds=(0.02, 0.15),
+ )
+ ids = list(pipe.deps)
+ i = rng.randint(2, len(ids) - 4)
+ if row.shape == "chain":
+  bad_deps: tuple[str, ...] = (ids[i - 1],)
+  below = [ids[i + 1]]
+ elif row.shape == "wide":
+  bad_deps, below = (), [ids[-1]]
+ else:
+  bad_deps = tuple(sorted(rng.sample(ids[:i], rng.randint(0, 2))))
+  below = rng.sample(ids[i + 1 :], 2)
+ module = f"bad{number:02d}"
+ (lab.folder / f"{module}.py").write_text(
+  BAD_MODULE.format(kind=label, body=body, at_import=at_import)
+ )
+ deps = dict(pipe.deps)
+ pipe.deps = {}
+ for tid in ids:
+  pipe.deps[tid] = (*deps[tid], "bad") if tid in below else deps[tid]
+  if tid == ids[i]:
+   pipe.deps["bad"] = bad_deps
+ pipe.work["bad"] = f'call = "{module}:{flavour}"'
+ pipe.write(lab.folder)
+ downstream = pipe.descendants("bad")
+ siblings = [t for t in pipe.deps if t != "bad" and t not in downstream]
+ flag = lab.folder / "raise-now"
+ flag.write_text("")
+ ledger = Ledger()
+
+ what = f"conductor run ({backend}) with a ticket raising {label}"
+ mark = lab.log.mark()
+ done = lab.finish(
+  lab.start(what, lab.run_args(backend, fresh=True)), expect={1}, bound=15, mark=mark
+ )
+ ledger.run(what, mark, lab.log.mark(), done.printed)
+ lab.leftovers(f"after `{what}`")
+ first = lab.snapshot()
+ ledger.ended(lab.log.mark(), first, what)
+ starts = lab.log.starts_since(mark)
+ never = [t for t in siblings if starts[t] == 0]
+ if never and not done.hung:
+  row.fail(
+   "broken",
+   f"`{what}`: {len(never)} sibling(s) of the bad ticket never started: {', '.join(never[:4])}",
+  )
+ if first is not None and not done.hung:
+  unfinished = [t for t in siblings if first.tickets.get(t, ("missing", 0))[0] != "completed"]
+  if unfinished:
+   how = first.tickets.get(unfinished[0], ("missing", 0))
+   row.fail(
+    "broken",
+    f"`{what}`: {len(unfinished)} sibling(s) of the bad ticket did not complete in that run "
+    f"(e.g. {unfinished[0]}: {how[0]}, attempt {how[1]})",
+   )
+  status = first.tickets.get("bad", ("missing", 0))[0]
+  error = first.errors.get("bad", "")
+  if status != "failed":
+   row.fail("broken", f"`{what}`: the bad ticket is {status}, not failed")
+  elif not error.strip() or "\n" in error.strip():
+   row.fail("broken", f"`{what}`: the bad ticket's error is not one line: {clip(error)!r}")
+ elif first is None:
+  row.fail("broken", f"`{what}`: no state after the run")
+
+ flag.unlink()
+ what = f"clean re-run ({backend}) after {label}, the ticket fixed"
+ mark = lab.log.mark()
+ done = lab.finish(lab.start(what, lab.run_args(backend)), expect={0}, bound=30, mark=mark)
+ ledger.run(what, mark, lab.log.mark(), done.printed)
+ lab.leftovers(f"after `{what}`")
+ check_final(row, lab.snapshot(), pipe.deps, what)
+ check_log(row, lab.log.read(), pipe.deps, ledger)
