@@ -430,9 +430,21 @@ def test_foreign_damaged_and_missing_state_files_get_one_line_and_stay_untouched
  for name, data in files.items():
   (tmp_path / name).write_bytes(data)
  for name, data in files.items():
-  for command in (["run", "p.toml"], ["run", "p.toml", "--fresh"], ["status"], ["pause"]):
+  commands = [["run", "p.toml"], ["status"], ["pause"], ["resume"]]
+  if name != "damaged.state.db":  # --fresh moves a damaged state aside (next test)
+   commands.append(["run", "p.toml", "--fresh"])
+  for command in commands:
    one_line_error(conductor(*command, "--state", name, cwd=tmp_path), name)
    assert (tmp_path / name).read_bytes() == data, (name, command)
+ # Damaged (SQLite's integrity check fails): the refusal says what --fresh would lose, and
+ # --fresh keeps the damaged file aside instead of destroying it.
+ refused = conductor("run", "p.toml", "--state", "damaged.state.db", cwd=tmp_path)
+ assert "--fresh" in refused.stderr and "delete" not in refused.stderr
+ fresh = conductor("run", "p.toml", "--fresh", "--state", "damaged.state.db", cwd=tmp_path)
+ assert fresh.returncode == 0, fresh.stderr
+ assert "moved aside" in fresh.stdout
+ (aside,) = tmp_path.glob("damaged.state.db.damaged-*")
+ assert aside.read_bytes() == files["damaged.state.db"]
  one_line_error(conductor("status", "--state", "missing.db", cwd=tmp_path), "no such state file")
  one_line_error(conductor("status", cwd=tmp_path), "--state")
 

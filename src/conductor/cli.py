@@ -557,6 +557,12 @@ def _open_durable(pipeline: Pipeline, args: argparse.Namespace, console: Console
  except StateError as exc:
   raise UsageError(str(exc)) from None
  shown, restored = _lit(_shown(state)), durable.restored
+ moved = durable.store.moved_aside
+ if moved is not None:
+  console.print(
+   f"[yellow]the damaged state was moved aside to {_lit(_shown(moved))}[/]; starting over",
+   soft_wrap=True,
+  )
  if restored.fresh:
   console.print(f"state: {shown} (new)", soft_wrap=True)
  else:

@@ -238,7 +238,10 @@ class PipelineRunner:
    # As `conductor demo`: a finished demo starts over instead of showing nothing to do.
    durable.restored = restored = durable.store.restore(pipeline.name, pipeline.tickets, fresh=True)
   where = shown_path(self.state)
-  if restored.fresh:
+  moved = durable.store.moved_aside
+  if moved is not None:
+   self.note = f"state: {where} (new; the damaged one was moved aside to {shown_path(moved)})"
+  elif restored.fresh:
    self.note = f"state: {where} (new)"
   else:
    notes = [f"{restored.completed}/{restored.total} completed"]

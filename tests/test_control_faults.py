@@ -1,0 +1,679 @@
+"""The control socket under hostile and unlucky traffic, as a user and a second user meet it.
+
+Real `conductor run` processes, real Unix sockets, real locks. The runs' tickets block on a
+FIFO the test holds open, so a run stays live exactly as long as the test needs it; each
+ticket logs its start (`runs.log`), so the log shows that nothing a client sent made a
+ticket start twice. Every wait is on a line, a process exit or a socket answer, bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import re
+import resource
+import select
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from conductor import control
+from conductor.control import (
+ MAX_REASON,
+ ControlError,
+ StateOwner,
+ _FileLock,
+ control_socket_path,
+ handover_lock_path,
+ open_run,
+ owner_lock_path,
+ request,
+)
+from conductor.dag_engine import ExecutionEngine, Ticket
+from conductor.multi_agent_conductor import ConductorEngine
+from conductor.pipeline import load_pipeline
+from conductor.store import StateError
+
+pytestmark = pytest.mark.skipif(not hasattr(socket, "SO_PEERCRED"), reason="needs Linux")
+
+BACKENDS = ["asyncio", "trio"]
+WAIT = 60.0  # seconds any single wait may take before the test fails
+
+# A ticket that logs its start, says so on the FIFO `started`, then blocks until the test
+# closes the FIFO `hold`.
+HELD = (
+ "echo $CONDUCTOR_TICKET $CONDUCTOR_ATTEMPT >> runs.log; echo $CONDUCTOR_TICKET > started; "
+ "cat hold > /dev/null"
+)
+
+
+class Child:
+ """A `conductor` subprocess whose stdout lines arrive on a queue, read by a thread."""
+
+ def __init__(self, *args: str, cwd: Path) -> None:
+  self.proc = subprocess.Popen(
+   [sys.executable, "-m", "conductor", *args],
+   cwd=cwd,
+   stdout=subprocess.PIPE,
+   stderr=subprocess.STDOUT,
+   text=True,
+   env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"},
+  )
+  self.lines: list[str] = []
+  self._queue: queue.Queue[str | None] = queue.Queue()
+  self._reader = threading.Thread(target=self._read, daemon=True)
+  self._reader.start()
+  _CHILDREN.append(self)
+
+ def _read(self) -> None:
+  stdout = self.proc.stdout
+  assert stdout is not None
+  with stdout:
+   for line in stdout:
+    self._queue.put(line.rstrip("\n"))
+  self._queue.put(None)
+
+ def wait_for(self, pattern: str, count: int = 1) -> str:
+  regex = re.compile(pattern)
+  seen = sum(1 for line in self.lines if regex.search(line))
+  deadline = time.monotonic() + WAIT  # for the whole wait: a storm of lines must not extend it
+  while seen < count:
+   try:
+    line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+   except queue.Empty:
+    raise AssertionError(f"no line like {pattern!r} within {WAIT} s: {self.lines[-10:]}") from None
+   if line is None:
+    raise AssertionError(f"exited before a line like {pattern!r}: {self.lines[-10:]}")
+   self.lines.append(line)
+   if regex.search(line):
+    seen += 1
+  return next(line for line in reversed(self.lines) if regex.search(line))
+
+ def finish(self) -> int:
+  code = self.proc.wait(timeout=WAIT)
+  while (line := self._queue.get(timeout=WAIT)) is not None:
+   self.lines.append(line)
+  return code
+
+ def reap(self) -> None:
+  if self.proc.poll() is None:
+   with contextlib.suppress(ProcessLookupError):
+    os.kill(self.proc.pid, signal.SIGKILL)
+   self.proc.wait(WAIT)
+  self._reader.join(WAIT)
+
+
+_CHILDREN: list[Child] = []
+
+
+@pytest.fixture(autouse=True)
+def _reap_children() -> Iterator[None]:
+ yield
+ while _CHILDREN:
+  _CHILDREN.pop().reap()
+
+
+def conductor(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+ return subprocess.run(
+  [sys.executable, "-m", "conductor", *args],
+  cwd=cwd,
+  capture_output=True,
+  text=True,
+  timeout=WAIT,
+  check=False,
+  env={**os.environ, "COLUMNS": "200"},
+ )
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> str:
+ assert result.returncode == 2, (result.stdout, result.stderr)
+ lines = result.stderr.strip().splitlines()
+ assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+ for needle in needles:
+  assert needle in lines[0], lines[0]
+ return lines[0]
+
+
+def status(state: Path, cwd: Path) -> dict[str, object]:
+ result = conductor("status", "--state", str(state), "--json", cwd=cwd)
+ assert result.returncode == 0, result.stderr
+ report = json.loads(result.stdout)
+ assert isinstance(report, dict)
+ return report
+
+
+class HeldRun:
+ """A live `conductor run` whose tickets all start, then block until `release()`."""
+
+ def __init__(self, folder: Path, backend: str, ids: list[str], *, extra: str = "") -> None:
+  self.folder = folder
+  self.state = folder / "p.state.db"
+  self.ids = ids
+  os.mkfifo(folder / "hold")
+  # Our end stays open, so a ticket's `cat` blocks until we close it: then all see EOF.
+  self._hold: int | None = os.open(folder / "hold", os.O_RDWR | os.O_NONBLOCK)
+  os.mkfifo(folder / "started")
+  self._started = os.open(folder / "started", os.O_RDWR | os.O_NONBLOCK)  # never at EOF
+  text = f'[pipeline]\nname = "p"\nmax_workers = {len(ids)}\n{extra}'
+  for tid in ids:
+   text += f"[[tickets]]\nid = {tid!r}\nrun = {HELD!r}\n"
+  (folder / "p.toml").write_text(text.replace("'", '"'))
+  self.child = Child("run", "p.toml", "--backend", backend, cwd=folder)
+  self.child.wait_for("^control it from another terminal")
+
+ def wait_started(self) -> None:
+  """Wait until every ticket's command runs (its process is up, blocked on `hold`)."""
+  seen = b""
+  while seen.count(b"\n") < len(self.ids):
+   readable, _, _ = select.select([self._started], [], [], WAIT)
+   assert readable, f"tickets did not all start within {WAIT} s: {seen!r}"
+   seen += os.read(self._started, 4096)
+
+ def release(self) -> None:
+  if self._hold is not None:
+   os.close(self._hold)
+   self._hold = None
+
+ def close(self) -> None:
+  self.release()
+  os.close(self._started)
+
+ def assert_each_started_once(self) -> None:
+  assert self.child.finish() == 0, self.child.lines[-10:]
+  starts = (self.folder / "runs.log").read_text().split("\n")[:-1]
+  assert sorted(starts) == sorted(f"{tid} 1" for tid in self.ids), starts
+  conn = sqlite3.connect(f"file:{self.state}?mode=ro", uri=True)
+  try:
+   events = conn.execute("SELECT ticket FROM history WHERE event = 'in_progress'").fetchall()
+  finally:
+   conn.close()
+  assert sorted(t for (t,) in events) == sorted(self.ids)
+
+ def assert_live(self) -> None:
+  report = status(self.state, self.folder)
+  assert report["live"] and report["pid"] == self.child.proc.pid, report
+
+
+@pytest.fixture
+def held() -> Iterator[list[HeldRun]]:
+ runs: list[HeldRun] = []
+ yield runs
+ for run in runs:
+  run.close()
+
+
+def connect(path: Path) -> socket.socket:
+ sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+ sock.settimeout(WAIT)
+ sock.connect(os.fspath(path))
+ return sock
+
+
+def answer_of(sock: socket.socket) -> dict[str, object] | None:
+ """The answer line the server sent before closing (None if it closed without one)."""
+ data = b""
+ with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+  while chunk := sock.recv(1 << 16):
+   data += chunk
+ sock.close()
+ if not data:
+  return None
+ assert data.endswith(b"\n") and data.count(b"\n") == 1, data[:200]
+ answer = json.loads(data)
+ assert isinstance(answer, dict)
+ return answer
+
+
+def exchange(path: Path, payload: bytes) -> dict[str, object] | None:
+ sock = connect(path)
+ with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+  sock.sendall(payload)
+ return answer_of(sock)
+
+
+# -- item 2: nothing a client sends stops the server or the run --------------------------------
+
+BAD_REQUESTS = {
+ "20,000-deep JSON array": b"[" * 20_000 + b"]" * 20_000 + b"\n",
+ "20,000-deep JSON object": b'{"a":' * 20_000 + b"1" + b"}" * 20_000 + b"\n",
+ "oversized line": b"x" * (64 * 1024 + 10) + b"\n",
+ "not UTF-8": b'{"op": "st\xffatus"}\n',
+ "UTF-16": '{"op": "status"}\n'.encode("utf-16"),
+ "not JSON": b"pause please\n",
+ "an empty line": b"\n",
+ "a huge number": b"1" * 50_000 + b"\n",
+ "not an object": b'["pause"]\n',
+ "a bare string": b'"pause"\n',
+ "no op": b'{"reason": "x"}\n',
+ "an op of the wrong type": b'{"op": ["pause"]}\n',
+ "an unknown op": b'{"op": "explode"}\n',
+ "a reason of the wrong type": b'{"op": "pause", "reason": {"a": 1}}\n',
+ "a reason over the limit": json.dumps({"op": "pause", "reason": "x" * (MAX_REASON + 1)}).encode()
+ + b"\n",
+ "approve with no list": b'{"op": "approve", "tickets": "a"}\n',
+ "approve of unknown ids": b'{"op": "approve", "tickets": ["a", "nope\\u001b[2J"]}\n',
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_malformed_slow_half_open_and_concurrent_requests_never_stop_the_run(
+ tmp_path: Path, backend: str, held: list[HeldRun]
+) -> None:
+ run = HeldRun(tmp_path, backend, ["a", "b", "c"])
+ held.append(run)
+ run.wait_started()
+ path = control_socket_path(run.state)
+ silent = connect(path)  # connects, never sends: must hold up nobody, and be dropped in time
+ partial = connect(path)
+ partial.sendall(b'{"op": "sta')  # a slow client, mid-line
+
+ for name, payload in BAD_REQUESTS.items():
+  answer = exchange(path, payload)
+  assert answer is None or answer["ok"] is False, (name, answer)
+  if name != "oversized line":  # the only one the server may cut short without a word
+   assert answer is not None and isinstance(answer["error"], str), name
+  run.assert_live()
+ assert status(run.state, tmp_path)["paused"] is False  # the over-long reason paused nothing
+
+ # Closed mid-line, reset mid-line: nobody to answer; the server carries on.
+ closed = connect(path)
+ closed.sendall(b'{"op": "pau')
+ closed.close()
+ reset = connect(path)
+ reset.sendall(b'{"op": "res')
+ reset.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+ reset.close()  # linger 0: RST
+ # Many at once, each bad in its own way, none waiting for another.
+ flood = [connect(path) for _ in range(60)]
+ for i, sock in enumerate(flood):
+  sock.sendall(list(BAD_REQUESTS.values())[i % len(BAD_REQUESTS)])
+ for sock in flood:
+  answer = answer_of(sock)
+  assert answer is None or answer["ok"] is False
+ run.assert_live()
+
+ # The slow client finishes its line and gets its answer; the silent one is dropped in time.
+ partial.sendall(b'tus"}\n')
+ answer = answer_of(partial)
+ assert answer is not None and answer["ok"] is True
+ report = answer["report"]
+ assert isinstance(report, dict) and report["running"] == ["a", "b", "c"]
+ dropped = answer_of(silent)  # bounded by the server's own timeout, not by us
+ assert dropped is not None and dropped["ok"] is False and "within" in str(dropped["error"])
+
+ run.release()
+ run.assert_each_started_once()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_running_out_of_file_descriptors_stops_accepting_for_a_while_never_the_run(
+ tmp_path: Path, backend: str, held: list[HeldRun]
+) -> None:
+ run = HeldRun(tmp_path, backend, ["a", "b"])
+ held.append(run)
+ run.wait_started()
+ pid = run.child.proc.pid
+ limits = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+ in_use = len(os.listdir(f"/proc/{pid}/fd"))
+ resource.prlimit(pid, resource.RLIMIT_NOFILE, (in_use + 2, limits[1]))
+ path = control_socket_path(run.state)
+ flood = [connect(path) for _ in range(8)]  # the kernel queues what the run cannot accept
+ try:
+  run.child.wait_for("control server: accepting a connection failed .*Too many open files")
+ finally:
+  for sock in flood:
+   sock.close()
+  resource.prlimit(pid, resource.RLIMIT_NOFILE, limits)
+ run.assert_live()
+ run.release()
+ run.assert_each_started_once()
+ assert not any("Traceback" in line for line in run.child.lines)
+
+
+@pytest.mark.anyio
+async def test_a_bug_in_answering_is_logged_in_one_line_and_the_server_carries_on(
+ tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+ # The structural guarantee: whatever a connection's handler raises stays in that handler.
+ (tmp_path / "p.toml").write_text('[[tickets]]\nid = "a"\nsleep = 0\n')
+ pipeline = load_pipeline(tmp_path / "p.toml")
+ durable = open_run(tmp_path / "p.state.db", pipeline)
+ go = anyio.Event()
+ started: list[str] = []
+
+ async def worker(ticket: Ticket) -> None:
+  started.append(ticket.id)
+  await go.wait()
+
+ engine = ConductorEngine(ExecutionEngine(pipeline.tickets), worker, name="p")
+ durable.store.attach(engine)
+ original = StateOwner._answer
+ calls = 0
+
+ def buggy(self: StateOwner, *args: object) -> object:
+  nonlocal calls
+  calls += 1
+  if calls == 1:
+   raise RuntimeError("a bug\nwith a forged line")
+  return original(self, *args)  # type: ignore[arg-type]
+
+ monkeypatch.setattr(StateOwner, "_answer", buggy)
+ answers: list[object] = []
+
+ async def body() -> object:
+  async with anyio.create_task_group() as tg:
+   tg.start_soon(engine.run)
+   with anyio.fail_after(WAIT):
+    with pytest.raises(ControlError, match="could not answer"):
+     await anyio.to_thread.run_sync(request, durable.state, "status")
+    answers.append(await anyio.to_thread.run_sync(request, durable.state, "status"))
+   go.set()
+  return None
+
+ try:
+  await durable.drive(engine, body)
+ finally:
+  durable.close()
+ assert started == ["a"] and engine.snapshot().counts.completed == 1
+ assert isinstance(answers[0], dict) and answers[0]["live"] is True
+ err = capfd.readouterr().err.strip().splitlines()
+ assert len(err) == 1 and "RuntimeError: a bug\\nwith a forged line" in err[0], err
+
+
+# -- item 7: the client checks who serves the socket ------------------------------------------
+
+FOREIGN_SERVER = r"""
+import os, socket, sys
+path = sys.argv[1]
+server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+server.bind(path)
+os.chmod(path, 0o666)
+os.setgid(65534)
+os.setuid(65534)
+server.listen(8)  # the peer credentials a client sees are those of listen()
+print("ready", flush=True)
+while True:
+ conn, _ = server.accept()
+ try:
+  conn.recv(65536)
+  conn.sendall(b'{"ok": true, "report": {"pipeline": "p", "pid": 1, "mma_status": "paused", '
+   b'"paused": true, "running_at_pause": [], "finishing": []}}\n')
+ except OSError:
+  pass
+ conn.close()
+"""
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="plays another local user: needs root")
+def test_a_socket_served_by_another_user_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
+ (tmp_path / "p.toml").write_text('[[tickets]]\nid = "a"\nsleep = 0\n')
+ assert conductor("run", "p.toml", cwd=tmp_path).returncode == 0
+ state = tmp_path / "p.state.db"
+ owner = _FileLock(owner_lock_path(state))  # as if a run held the state...
+ assert owner.try_acquire()
+ server = subprocess.Popen(
+  [sys.executable, "-c", FOREIGN_SERVER, str(control_socket_path(state))],
+  stdout=subprocess.PIPE,
+  text=True,
+ )
+ try:
+  assert server.stdout is not None and server.stdout.readline() == "ready\n"
+  for command in (["pause", "--reason", "x"], ["resume"], ["status"]):
+   result = conductor(*command, "--state", "p.state.db", cwd=tmp_path)
+   one_line_error(result, "served by uid 65534", "refusing")
+   assert "paused" not in result.stdout and "resumed" not in result.stdout
+ finally:
+  server.kill()
+  server.communicate(timeout=WAIT)
+  owner.release()
+ conn = sqlite3.connect(f"file:{state}?mode=ro", uri=True)
+ try:
+  assert conn.execute("SELECT paused FROM pause").fetchone() == (0,)  # no fallback write
+ finally:
+  conn.close()
+
+
+# -- item 10: many clients at once -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_40_parallel_status_calls_on_a_live_20000_ticket_run_all_succeed(
+ tmp_path: Path, backend: str
+) -> None:
+ os.mkfifo(tmp_path / "hold")
+ hold = os.open(tmp_path / "hold", os.O_RDWR | os.O_NONBLOCK)
+ try:
+  text = '[pipeline]\nname = "big"\nmax_workers = 4\n[[tickets]]\nid = "hold"\nrun = "cat hold"\n'
+  text += "".join(
+   f'[[tickets]]\nid = "t{i}"\ndepends_on = ["hold"]\nsleep = 0\n' for i in range(20_000)
+  )
+  (tmp_path / "big.toml").write_text(text)
+  run = Child("run", "big.toml", "--backend", backend, cwd=tmp_path)
+  run.wait_for(r" big: hold in_progress")
+  clients = [
+   subprocess.Popen(
+    [sys.executable, "-m", "conductor", "status", "--state", "big.state.db", "--json"],
+    cwd=tmp_path,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+   )
+   for _ in range(40)
+  ]
+  results = [client.communicate(timeout=4 * WAIT) for client in clients]
+  failed = [
+   (c.returncode, err) for c, (_, err) in zip(clients, results, strict=True) if c.returncode
+  ]
+  assert not failed, failed[:3]
+  for out, _ in results:
+   report = json.loads(out)
+   assert report["live"] and report["pid"] == run.proc.pid
+   assert report["counts"]["total"] == 20_001 and len(report["tickets"]) == 20_001
+   assert report["running"] == ["hold"] and report["awaiting_approval"] == []
+ finally:
+  os.close(hold)
+
+
+@pytest.mark.parametrize("backend", BACKENDS[:1])
+def test_parallel_commands_on_a_state_no_run_holds_take_turns_and_all_succeed(
+ tmp_path: Path, backend: str
+) -> None:
+ (tmp_path / "p.toml").write_text('[[tickets]]\nid = "a"\nsleep = 0\n')
+ assert conductor("run", "p.toml", "--backend", backend, cwd=tmp_path).returncode == 0
+ commands = [["status", "--json"], ["pause", "--reason", "r"], ["resume"]] * 6
+ clients = [
+  subprocess.Popen(
+   [sys.executable, "-m", "conductor", *command, "--state", "p.state.db"],
+   cwd=tmp_path,
+   stdout=subprocess.PIPE,
+   stderr=subprocess.PIPE,
+   text=True,
+  )
+  for command in commands
+ ]
+ for client in clients:
+  _, err = client.communicate(timeout=WAIT)
+  assert client.returncode == 0, err
+
+
+def test_an_offline_command_waiting_too_long_names_the_command_holding_the_state(
+ tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+ monkeypatch.setattr(control, "CONTROL_TIMEOUT", 0.5)
+ (tmp_path / "p.toml").write_text('[[tickets]]\nid = "a"\nsleep = 0\n')
+ assert conductor("run", "p.toml", cwd=tmp_path).returncode == 0
+ state = tmp_path / "p.state.db"
+ holder = _FileLock(owner_lock_path(state))  # a `conductor pause` suspended mid-way
+ assert holder.try_acquire()
+ holder.write(json.dumps({"pid": 4242, "since": 0, "command": "pause"}))
+ try:
+  with pytest.raises(ControlError, match=r"`conductor pause` \(pid 4242\) has held it"):
+   request(state, "status")
+  holder.write(json.dumps({"pid": 4343, "since": 0}))  # a run whose socket was deleted
+  with pytest.raises(ControlError, match="pid 4343 holds it but its control socket"):
+   request(state, "status")
+ finally:
+  holder.release()
+ assert request(state, "status")["live"] is False
+ # A run starting (it holds the handover lock exclusively) is named as such.
+ handover = _FileLock(handover_lock_path(state))
+ assert handover.try_acquire()
+ try:
+  with pytest.raises(ControlError, match="starting or ending a run"):
+   request(state, "status")
+ finally:
+  handover.release()
+
+
+# -- item 9: approve --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_approve_queues_waiting_tickets_of_a_live_run_and_refuses_unknown_ids(
+ tmp_path: Path, backend: str
+) -> None:
+ (tmp_path / "p.toml").write_text(
+  '[pipeline]\nname = "p"\nauto_queue = false\n'
+  '[[tickets]]\nid = "a"\nsleep = 0\n'
+  '[[tickets]]\nid = "b"\ndepends_on = ["a"]\nsleep = 0\n'
+  '[[tickets]]\nid = "c"\nsleep = 0\n'
+ )
+ state = tmp_path / "p.state.db"
+ run = Child("run", "p.toml", "--backend", backend, cwd=tmp_path)
+ run.wait_for("^control it from another terminal")
+ assert request(state, "status")["report"]["awaiting_approval"] == ["a", "c"]
+
+ with pytest.raises(ControlError, match=r"no ticket 'zz' in pipeline p") as refused:
+  request(state, "approve", tickets=["a", "zz"])
+ assert "\n" not in str(refused.value)
+ assert request(state, "status")["report"]["awaiting_approval"] == ["a", "c"]  # none approved
+
+ early = request(state, "approve", tickets=["b"])  # not ready yet: not waiting
+ assert early["live"] and early["report"]["approved"] == []
+ assert early["report"]["not_waiting"] == [{"id": "b", "status": "todo"}]
+
+ first = request(state, "approve", tickets=["a", "a"])
+ assert first["report"]["approved"] == ["a"] and first["report"]["pid"] == run.proc.pid
+ run.wait_for(r" p: a completed")
+ assert request(state, "status")["report"]["awaiting_approval"] == ["c", "b"]
+ rest = request(state, "approve", tickets=["a", "b", "c"])
+ assert rest["report"]["approved"] == ["b", "c"]
+ assert rest["report"]["not_waiting"] == [{"id": "a", "status": "completed"}]
+ assert run.finish() == 0, run.lines[-10:]
+
+ with pytest.raises(ControlError, match="approvals go to a running pipeline"):
+  request(state, "approve", tickets=["a"])
+ assert request(state, "status")["report"]["awaiting_approval"] == []
+
+
+# -- item 6: nothing beside a state is followed through a symlink ----------------------------
+
+
+def plant(kind: str, path: Path, victim: Path) -> None:
+ if kind == "symlink":
+  path.symlink_to(victim)
+ elif kind == "dangling symlink":
+  path.symlink_to(victim.with_name("not-there-yet"))
+ elif kind == "hard link":
+  os.link(victim, path)
+ elif kind == "FIFO":
+  os.mkfifo(path)
+ elif kind == "folder":
+  path.mkdir()
+
+
+@pytest.mark.parametrize("kind", ["symlink", "dangling symlink", "hard link", "FIFO", "folder"])
+@pytest.mark.parametrize("suffix", ["-lock", "-ctl.lock"])
+def test_a_planted_lock_file_is_refused_in_one_line_and_the_victim_is_untouched(
+ tmp_path: Path, kind: str, suffix: str
+) -> None:
+ (tmp_path / "p.toml").write_text('[[tickets]]\nid = "a"\nsleep = 0\n')
+ assert conductor("run", "p.toml", cwd=tmp_path).returncode == 0
+ victim = tmp_path / "important.txt"
+ victim.write_text("precious\n")
+ planted = tmp_path / f"p.state.db{suffix}"
+ planted.unlink()
+ plant(kind, planted, victim)
+ for command in (["run", "p.toml", "--fresh"], ["pause", "--state", "p.state.db"]):
+  one_line_error(conductor(*command, cwd=tmp_path), planted.name, "remove it")
+  assert victim.read_text() == "precious\n"
+  assert not victim.with_name("not-there-yet").exists()
+
+
+@pytest.mark.parametrize("kind", ["symlink", "regular file"])
+def test_a_planted_control_socket_path_is_refused_in_one_line(tmp_path: Path, kind: str) -> None:
+ (tmp_path / "p.toml").write_text('[[tickets]]\nid = "a"\nsleep = 0\n')
+ assert conductor("run", "p.toml", cwd=tmp_path).returncode == 0
+ victim = tmp_path / "important.txt"
+ victim.write_text("precious\n")
+ planted = tmp_path / "p.state.db-ctl"
+ if kind == "symlink":
+  planted.symlink_to(victim)
+ else:
+  planted.write_text("not a socket\n")
+ for command in (["run", "p.toml", "--fresh"], ["pause", "--state", "p.state.db"]):
+  one_line_error(conductor(*command, cwd=tmp_path), "p.state.db-ctl", "remove it")
+ assert victim.read_text() == "precious\n"
+
+
+# -- item 14: a clear limit for reasons; a symlinked state reaches its run ----------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_reason_over_the_limit_is_refused_clearly_live_and_offline(
+ tmp_path: Path, backend: str, held: list[HeldRun]
+) -> None:
+ run = HeldRun(tmp_path, backend, ["a"])
+ held.append(run)
+ run.wait_started()
+ long = "x" * 100_000
+ one_line_error(
+  conductor("pause", "--state", "p.state.db", "--reason", long, cwd=tmp_path),
+  f"limit is {MAX_REASON}",
+ )
+ with pytest.raises(StateError, match=f"1001 characters long; the limit is {MAX_REASON}"):
+  request(run.state, "pause", reason="y" * (MAX_REASON + 1))
+ assert status(run.state, tmp_path)["paused"] is False
+ exact = request(run.state, "pause", reason="z" * MAX_REASON)
+ assert exact["live"] and exact["report"]["paused"]
+ request(run.state, "resume")
+ run.release()
+ run.assert_each_started_once()
+ one_line_error(
+  conductor("pause", "--state", "p.state.db", "--reason", long, cwd=tmp_path),
+  f"limit is {MAX_REASON}",
+ )
+ assert status(run.state, tmp_path)["paused"] is False
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_symlink_to_a_live_runs_state_reaches_that_run(
+ tmp_path: Path, backend: str, held: list[HeldRun]
+) -> None:
+ real = tmp_path / "real"
+ real.mkdir()
+ run = HeldRun(real, backend, ["a", "b"])
+ held.append(run)
+ run.wait_started()
+ (tmp_path / "link.db").symlink_to(run.state)
+ (tmp_path / "dir").symlink_to(real)
+ for link in ("link.db", "dir/p.state.db"):
+  report = status(Path(link), tmp_path)
+  assert report["live"] and report["pid"] == run.child.proc.pid
+ paused = conductor("pause", "--state", "link.db", cwd=tmp_path)
+ assert paused.returncode == 0 and f"pid {run.child.proc.pid}" in paused.stdout, paused.stderr
+ one_line_error(conductor("run", "p.toml", "--state", "../link.db", cwd=real), "in use by")
+ assert conductor("resume", "--state", "dir/p.state.db", cwd=tmp_path).returncode == 0
+ run.release()
+ run.assert_each_started_once()
