@@ -349,6 +349,12 @@ class StateOwner:
   # that many clients asking at once cost one report.
   self._reporter = anyio.CapacityLimiter(1)
   self._cached: tuple[tuple[object, ...], bytes] | None = None
+  # Status requests that arrive while a report is being built share the next one (see
+  # `_status`): a burst of N requests costs two reports, not N. Loop-side state.
+  self._status_lock = anyio.Lock()
+  self._status_arrived = 0  # status requests received so far, numbered from 1
+  self._status_served = 0  # the last report answers every request up to this number
+  self._status_data = b""
 
  @classmethod
  def claim(cls, state: Path, *, timeout: float = 2 * CONTROL_TIMEOUT) -> StateOwner:
@@ -534,6 +540,9 @@ class StateOwner:
   if isinstance(message, str):
    await _send(stream, {"ok": False, "error": message})
    return
+  if message["op"] == "status" and not message.get("history"):
+   await _send_bytes(stream, await self._status(conductor))
+   return
   try:
    reply = self._answer(message, conductor, store)
   except _Refused as exc:
@@ -542,7 +551,7 @@ class StateOwner:
   except Exception as exc:  # a bug: answer what we can, then log it
    await _send(stream, {"ok": False, "error": "the run could not answer (see its stderr)"})
    raise exc from None
-  if callable(reply):
+  if callable(reply):  # a status with its history: its own report
    # The report lists every ticket: built and encoded on a thread from the immutable
    # snapshot taken on the loop, which meanwhile goes on starting workers. One thread at a
    # time: they would only take turns at the GIL, and the loop would wait in that queue.
@@ -550,6 +559,21 @@ class StateOwner:
   else:
    data = _encode(reply)
   await _send_bytes(stream, data)
+
+ async def _status(self, conductor: ConductorEngine) -> bytes:
+  # Each report is built from a snapshot taken after every request it answers arrived, so
+  # none gets an answer older than its question. While one is being built, the requests
+  # arriving queue on the (fair) lock; the first of them builds the next report for all.
+  self._status_arrived += 1
+  number = self._status_arrived
+  async with self._status_lock:
+   if self._status_served < number:
+    served = self._status_arrived
+    snap = conductor.snapshot()  # exact on the loop: ~4 ms at 20,000 tickets
+    report = functools.partial(self._report, snap, None)
+    self._status_data = await anyio.to_thread.run_sync(report, limiter=self._reporter)
+    self._status_served = served
+   return self._status_data
 
  def _answer(
   self, message: dict[str, Any], conductor: ConductorEngine, store: StateStore
