@@ -3,21 +3,10 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-
-def conductor(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
- return subprocess.run(
-  [sys.executable, "-m", "conductor", *args],
-  capture_output=True,
-  text=True,
-  timeout=120,
-  cwd=cwd,
-  check=False,
- )
+from procs import conductor
 
 
 def write(path: Path, text: str) -> Path:

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from procs import conductor, one_line_error
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 
@@ -128,18 +129,6 @@ def _cleanup() -> Iterator[None]:
    os.kill(_PIDS.pop(), signal.SIGKILL)
 
 
-def conductor(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
- return subprocess.run(
-  [sys.executable, "-m", "conductor", *args],
-  cwd=cwd,
-  capture_output=True,
-  text=True,
-  timeout=WAIT,
-  check=False,
-  env=ENV,
- )
-
-
 @contextlib.contextmanager
 def pid_fifo(folder: Path) -> Iterator[int]:
  """The FIFO `pids` the long tickets write to, opened read-write (so no writer ever blocks)."""
@@ -210,15 +199,6 @@ def events(state: Path) -> list[tuple[str | None, str]]:
   return conn.execute("SELECT ticket, event FROM history ORDER BY seq").fetchall()
  finally:
   conn.close()
-
-
-def one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> str:
- assert result.returncode == 2, (result.stdout, result.stderr)
- lines = result.stderr.strip().splitlines()
- assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
- for needle in needles:
-  assert needle in lines[0], lines[0]
- return lines[0]
 
 
 def assert_resumes_and_completes(

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from procs import conductor, one_line_error
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 
@@ -148,18 +149,6 @@ def children(pid: int) -> list[int]:
  return found
 
 
-def conductor(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
- return subprocess.run(
-  [sys.executable, "-m", "conductor", *args],
-  cwd=cwd,
-  capture_output=True,
-  text=True,
-  timeout=WAIT,
-  check=False,
-  env={**os.environ, "COLUMNS": "200"},
- )
-
-
 def read_state(state: Path) -> dict[str, tuple[str, int]]:
  conn = sqlite3.connect(f"file:{state}?mode=ro", uri=True)
  try:
@@ -174,15 +163,6 @@ def history(state: Path) -> list[tuple[str | None, str, int]]:
   return conn.execute("SELECT ticket, event, pid FROM history ORDER BY seq").fetchall()
  finally:
   conn.close()
-
-
-def one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> str:
- assert result.returncode == 2, (result.stdout, result.stderr)
- lines = result.stderr.strip().splitlines()
- assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
- for needle in needles:
-  assert needle in lines[0], lines[0]
- return lines[0]
 
 
 TRANSITION = r"^\d\d:\d\d:\d\d p: \S+ (in_progress|completed)"

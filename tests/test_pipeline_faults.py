@@ -7,11 +7,10 @@ command (`conductor validate` / `run`, real processes).
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from procs import conductor
 
 from conductor.dag_engine import (
  CycleError,
@@ -33,17 +32,6 @@ def toml_string(text: str) -> str:
   '"'
   + "".join(ch if ch.isprintable() and ch not in '"\\' else f"\\u{ord(ch):04x}" for ch in text)
   + '"'
- )
-
-
-def conductor(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
- return subprocess.run(
-  [sys.executable, "-m", "conductor", *args],
-  cwd=cwd,
-  capture_output=True,
-  text=True,
-  timeout=120,
-  check=False,
  )
 
 

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from procs import conductor, one_line_error
 
 from conductor.pipeline import load_pipeline, pipeline_from_dict
 from conductor.store import (
@@ -40,29 +41,6 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Li
 WAIT = 120.0  # seconds any one conductor command may take before the test fails
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 NOBODY = 65534
-
-
-def conductor(
- *args: str, cwd: Path, prefix: tuple[str, ...] = ()
-) -> subprocess.CompletedProcess[str]:
- return subprocess.run(
-  [*prefix, sys.executable, "-m", "conductor", *args],
-  cwd=cwd,
-  capture_output=True,
-  text=True,
-  timeout=WAIT,
-  check=False,
-  env={**os.environ, "COLUMNS": "200"},
- )
-
-
-def one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> str:
- assert result.returncode == 2, (result.returncode, result.stdout[-2000:], result.stderr)
- lines = result.stderr.strip().splitlines()
- assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
- for needle in needles:
-  assert needle in lines[0], lines[0]
- return lines[0]
 
 
 def image(state: Path) -> dict[str, tuple[str, int]]:
