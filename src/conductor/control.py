@@ -61,7 +61,15 @@ from .dag_engine import Status
 from .leftovers import STATE_VARIABLE, Leftover, find_leftovers, stop_leftovers
 from .multi_agent_conductor import ConductorEngine, Snapshot
 from .pipeline import Pipeline
-from .store import HistoryEntry, PauseState, Restored, StateError, StateStore, check_state_file
+from .store import (
+ HistoryEntry,
+ PauseState,
+ Restored,
+ StateError,
+ StateStore,
+ check_state_file,
+ error_for,
+)
 from .workers import Worker, run_work
 
 __all__ = [
@@ -290,12 +298,7 @@ class _FileLock:
    os.ftruncate(fd, 0)
    os.pwrite(fd, text.encode(), 0)
   except OSError as exc:  # a full disk, a quota, a read-only remount: the user's to fix
-   fix = (
-    "free some space and try again"
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    else ("check the folder and try again")
-   )
-   raise StateError(f"{self.path}: cannot write the lock file ({exc.strerror}); {fix}") from None
+   raise error_for(self.path, exc) from None
 
 
 def _read_owner(state: Path) -> dict[str, Any]:

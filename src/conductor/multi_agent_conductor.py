@@ -632,9 +632,9 @@ class ConductorEngine:
     self._emit(ticket.id, Status.COMPLETED, ticket.attempts, exit_code=exit_code)
   finally:
    sched = self._sched
-   # Never start work from a worker being cancelled: its scope is gone, and a start there
-   # would be cancelled at once and handed out again, forever (Scheduler refuses it too).
-   if sched is not None and not sched.cancelled:
+   # Being cancelled, this starts nothing: Scheduler never admits into a cancelled group
+   # (what ended the restart storm); the tickets it hands out go back at the run's end.
+   if sched is not None:
     self._pump(sched)  # start the dependents this may have released, right here
    # Wake the run loop only if it has something to do: tickets that could not start here
    # (no slot, or paused), or a run that may be over. Not waking it otherwise saves a task

@@ -99,6 +99,7 @@ __all__ = [
  "check_state_file",
  "default_state_path",
  "demo_state_path",
+ "error_for",
 ]
 
 APPLICATION_ID = 0x434E4454  # "CNDT" in the SQLite header: this file is a conductor state
@@ -269,7 +270,7 @@ def _translating(path: Path) -> Iterator[None]:
  except (sqlite3.DatabaseError, OSError) as exc:
   if isinstance(exc, _BUGS):
    raise
-  raise _translate(path, exc) from exc
+  raise error_for(path, exc) from exc
 
 
 _P = ParamSpec("_P")
@@ -289,7 +290,9 @@ def _user_errors(
  return wrapper
 
 
-def _translate(path: Path, exc: sqlite3.Error | OSError) -> StateError:
+def error_for(path: Path, exc: sqlite3.Error | OSError) -> StateError:
+ """The one-line `StateError` a user should see for `exc`, met on `path` (the state or a file
+ beside it): disk full, read-only, I/O error, damaged, busy, a planted side file."""
  # Decide by the SQLite result code or errno first; where SQLite only says "cannot open" or
  # "disk I/O error" (it does for a read-only file system), ask the file system why.
  if isinstance(exc, sqlite3.Error):
@@ -459,7 +462,7 @@ def check_state_file(path: Path, *, deep: bool = False) -> bool:
  program's SQLite database, a state written by a newer conductor, or (with `deep`)
  `StateDamagedError` for one that SQLite's integrity check (`quick_check`, O(file size))
  finds damaged, saying what `--fresh` would lose. With `deep`, also `StateSideFileError` for
- a planted -wal/-shm/-journal and the other one-line `StateError`s of `_translate`.
+ a planted -wal/-shm/-journal and the other one-line `StateError`s of `error_for`.
 
  Never writes to the file: the header is read as plain bytes. The deep check reads what
  SQLite would (the main file and its WAL): with no WAL, the main file alone on an immutable
@@ -1110,7 +1113,7 @@ class StateStore:
   return _Transaction(self)
 
  def _failed(self, exc: sqlite3.Error) -> None:
-  self.failure = str(_translate(self.path, exc))
+  self.failure = str(error_for(self.path, exc))
   try:
    if self._conn.in_transaction:
     self._conn.execute("ROLLBACK")

@@ -122,18 +122,6 @@ class SignalClose:
     hello_imgui.request_refresh()
 
 
-def _say(line: str) -> None:
- """Print the closing line; a closed stdout or a gone terminal (SIGHUP) just drops it."""
- try:
-  print(line, flush=True)
- except OSError:
-  # Later writes (the interpreter's own flush at exit) must not fail either.
-  with contextlib.suppress(OSError):
-   devnull = os.open(os.devnull, os.O_WRONLY)
-   os.dup2(devnull, sys.stdout.fileno())
-   os.close(devnull)
-
-
 def run_dashboard(pipeline: Pipeline, args: argparse.Namespace) -> int:
  """Show the dashboard for `pipeline` until its window closes; return the exit code.
 
@@ -259,9 +247,12 @@ def _show(
 
  final = runner.latest
  counts = final.counts
- _say(
+ # `cli.main` routes stdout through its `_DroppingOutput`: a closed stdout or a terminal
+ # gone with SIGHUP drops this line, never raises.
+ print(
   f"conductor: {printable(final.name)}: {counts.completed}/{counts.total} completed, "
-  f"{counts.failed} failed, {counts.blocked} blocked ({final.status}); {runner.note}"
+  f"{counts.failed} failed, {counts.blocked} blocked ({final.status}); {runner.note}",
+  flush=True,
  )
  if counts.total and counts.completed == counts.total:
   return EXIT_OK  # also when it was all done before this window opened
