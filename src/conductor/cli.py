@@ -62,19 +62,14 @@ from rich.table import Table
 from rich.text import Text
 
 from ._text import printable
-from .control import DurableRun, open_run, request
-from .dag_engine import ExecutionEngine, PipelineError, Status
-from .leftovers import Leftover
+from .control import request
+from .dag_engine import ExecutionEngine, Status
+from .exits import EXIT_FAILED, EXIT_OK, EXIT_STOPPED, EXIT_USAGE, UsageError, exit_code_for
 from .multi_agent_conductor import ConductorEngine, MmaStatus, Snapshot, Transition
 from .pipeline import Pipeline, PipelineFileError, load_pipeline
+from .session import DurableRun, check_pipeline, clock, open_session, shown_path
 from .store import StateError, default_state_path, demo_state_path
 from .workers import TERM_GRACE
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 130
-
-
-class UsageError(Exception):
- """A mistake the user can fix: printed as one line, exit code 2."""
 
 
 def _lit(value: object) -> str:
@@ -190,30 +185,7 @@ def _load(path: str) -> Pipeline:
   raise UsageError(str(exc)) from None
 
 
-def _engine_for(pipeline: Pipeline, auto_queue: bool | None = None) -> ExecutionEngine:
- where = str(pipeline.path) if pipeline.path else pipeline.name
- try:
-  return ExecutionEngine(
-   pipeline.tickets, auto_queue=pipeline.auto_queue if auto_queue is None else auto_queue
-  )
- except PipelineError as exc:
-  raise UsageError(f"{where}: {exc}") from None
-
-
-def exit_code_for(snap: Snapshot) -> int:
- if snap.status is MmaStatus.DONE:
-  return EXIT_OK
- if snap.counts.failed or snap.counts.blocked or snap.error:
-  return EXIT_FAILED
- return EXIT_STOPPED
-
-
 # -- the terminal view -----------------------------------------------------------------------
-
-
-def _clock(seconds: float) -> str:
- minutes, secs = divmod(int(seconds), 60)
- return f"{minutes:02d}:{secs:02d}"
 
 
 STATUS_STYLE = {
@@ -258,7 +230,7 @@ def render(
   f" · {len(snap.running)} running",
   (f" · {counts.failed} failed", "red" if counts.failed else ""),
   (f" · {counts.blocked} blocked", "red" if counts.blocked else ""),
-  f"   {_clock(snap.elapsed)}",
+  f"   {clock(snap.elapsed)}",
  )
  parts: list[RenderableType] = [
   head,
@@ -526,78 +498,13 @@ async def _run_conductor(
   return await conductor.run()
 
 
-def _shown(path: Path) -> str:
- # A state path as the user would type it: relative when under the current folder.
- try:
-  return str(path.resolve().relative_to(Path.cwd()))
- except ValueError:
-  return str(path)
-
-
-def _state_path(pipeline: Pipeline, args: argparse.Namespace) -> Path:
- given = getattr(args, "state", None)
- if given:
-  return Path(given)
- return default_state_path(pipeline.path) if pipeline.path else demo_state_path()
-
-
 def _open_durable(pipeline: Pipeline, args: argparse.Namespace, console: Console) -> DurableRun:
- state = _state_path(pipeline, args)
- fresh = bool(getattr(args, "fresh", False))
- try:
-  durable = open_run(state, pipeline, fresh=fresh)
-  if durable.restored.done and not fresh and pipeline.path is None:
-   # The built-in demo is for watching: a finished one starts over instead of doing nothing.
-   console.print("conductor: the last demo run had completed; starting a fresh one")
-   try:
-    durable.restored = durable.store.restore(pipeline.name, pipeline.tickets, fresh=True)
-   except BaseException:
-    durable.close()
-    raise
- except StateError as exc:
-  raise UsageError(str(exc)) from None
- shown, restored = _lit(_shown(state)), durable.restored
- moved = durable.store.moved_aside
- if moved is not None:
-  console.print(
-   f"[yellow]the damaged state was moved aside to {_lit(_shown(moved))}[/]; starting over",
-   soft_wrap=True,
-  )
- if restored.fresh:
-  console.print(f"state: {shown} (new)", soft_wrap=True)
- else:
-  notes = [f"{restored.completed}/{restored.total} completed"]
-  if restored.interrupted:
-   notes.append(
-    f"{len(restored.interrupted)} interrupted, running again: {escape(_ids(restored.interrupted))}"
-   )
-  if restored.retried:
-   notes.append(f"{len(restored.retried)} failed, retrying: {escape(_ids(restored.retried))}")
-  console.print(f"state: {shown} (resuming: {'; '.join(notes)})", soft_wrap=True)
- if durable.stopped:
-  console.print(
-   f"stopped {_plural(len(durable.stopped), 'process', 'processes')} that the killed run "
-   f"had left running ({_who(durable.stopped)}), so no attempt overlaps its re-run",
-   soft_wrap=True,
-  )
- if durable.unstoppable:
-  console.print(
-   f"[yellow]warning:[/] {_plural(len(durable.unstoppable), 'process', 'processes')} of the "
-   f"killed run outlived SIGKILL ({_who(durable.unstoppable)}; pids "
-   f"{', '.join(str(x.pid) for x in durable.unstoppable)}): stuck in the kernel?",
-   soft_wrap=True,
-  )
+ durable = open_session(
+  pipeline, state=getattr(args, "state", None), fresh=bool(getattr(args, "fresh", False))
+ )
+ for note in durable.notes():
+  console.print(Text(note.text, "yellow" if note.warning else ""), soft_wrap=True)
  return durable
-
-
-def _plural(n: int, one: str, many: str) -> str:
- return f"{n} {one if n == 1 else many}"
-
-
-def _who(leftovers: Sequence[Leftover]) -> str:
- # For a markup string: escaped.
- tickets = list(dict.fromkeys(x.ticket for x in leftovers))
- return f"{'ticket' if len(tickets) == 1 else 'tickets'} {escape(_ids(tickets))}"
 
 
 def execute(pipeline: Pipeline, args: argparse.Namespace, console: Console) -> int:
@@ -608,7 +515,6 @@ def execute(pipeline: Pipeline, args: argparse.Namespace, console: Console) -> i
  `conductor pause|resume|status|approve --state ...` while it lives. SIGTERM and SIGHUP
  cancel it cleanly (see `_Stops`).
  """
- _engine_for(pipeline)  # a pipeline that cannot run is refused before any state is touched
  stops = _Stops()
  with stops.recorded():
   durable = _open_durable(pipeline, args, console)
@@ -625,8 +531,8 @@ def _execute(
  durable: DurableRun,
  stops: _Stops,
 ) -> int:
- state, store, pause = _shown(durable.state), durable.store, durable.restored.pause
- shown = _lit(state)
+ state, store, pause = shown_path(durable.state), durable.store, durable.restored.pause
+ shown = escape(state)
  if durable.restored.done and not durable.restored.fresh:
   console.print(
    f"conductor: all {durable.restored.total} tickets of {_lit(pipeline.name)} are already "
@@ -634,18 +540,9 @@ def _execute(
    soft_wrap=True,
   )
   return EXIT_OK
- engine = _engine_for(pipeline)
  max_workers = args.max_workers or pipeline.max_workers
- conductor = ConductorEngine(
-  engine,
-  durable.worker,
-  max_workers=max_workers,
-  name=pipeline.name,
-  paused=pause.paused,
-  pause_reason=pause.reason,
-  paused_at=pause.since,
- )
- store.attach(conductor)
+ conductor = durable.conductor(max_workers)
+ engine = conductor.engine
  interactive = console.is_terminal and sys.stdin.isatty()
  notices = None if interactive or engine.auto_queue else _ApprovalNotices(engine, state)
  if not interactive:
@@ -713,7 +610,7 @@ def _execute(
  else:
   why = f" ({stops.first.name})" if stops.first is not None else ""
   verdict = f"[yellow]stopped before the end{why}; run it again to carry on (state {shown})"
- console.print(f"{verdict}[/] in {_clock(final.elapsed)} (exit {code})", soft_wrap=True)
+ console.print(f"{verdict}[/] in {clock(final.elapsed)} (exit {code})", soft_wrap=True)
  return code
 
 
@@ -736,7 +633,7 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_validate(args: argparse.Namespace, console: Console) -> int:
  pipeline = _load(args.file)
- engine = _engine_for(pipeline)
+ engine = check_pipeline(pipeline)
  edges = sum(len(t.depends_on) for t in engine.tickets.values())
  console.print(
   f"{_lit(args.file)}: ok — pipeline {_lit(repr(pipeline.name))}, {len(engine.tickets)} tickets, "

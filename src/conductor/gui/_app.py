@@ -17,10 +17,9 @@ from typing import Any
 from imgui_bundle import hello_imgui
 
 from .._text import printable
-from ..cli import EXIT_OK, UsageError, exit_code_for
-from ..dag_engine import ExecutionEngine, PipelineError
+from ..exits import EXIT_OK, UsageError, exit_code_for
 from ..pipeline import Pipeline
-from ..store import StateError
+from ..session import check_pipeline
 from ._dashboard import Dashboard, clear_color
 from ._hook import HookError, TestHook
 from ._runs import PipelineRunner
@@ -143,11 +142,7 @@ def run_dashboard(pipeline: Pipeline, args: argparse.Namespace) -> int:
  if shots is not None and not Path(shots).is_dir():
   raise UsageError(f"--test-hook-shots {shots}: no such folder")
  _check_display()
- where = str(pipeline.path) if pipeline.path else pipeline.name
- try:  # a pipeline that cannot run is refused before its state is touched
-  ExecutionEngine(pipeline.tickets, auto_queue=pipeline.auto_queue)
- except PipelineError as exc:
-  raise UsageError(f"{where}: {exc}") from None
+ check_pipeline(pipeline)  # a pipeline that cannot run is refused before its state is touched
 
  runner = PipelineRunner(
   pipeline,
@@ -158,10 +153,7 @@ def run_dashboard(pipeline: Pipeline, args: argparse.Namespace) -> int:
   on_change=hello_imgui.request_refresh,  # documented as callable from any thread
  )
  with SignalClose() as signals:
-  try:
-   runner.open()  # claims and restores the state on the engine thread, before the window
-  except StateError as exc:
-   raise UsageError(str(exc)) from None
+  runner.open()  # claims and restores the state on the engine thread, before the window
   code = None
   try:
    if signals.signum is None:  # else a signal came while the state was opening

@@ -7,17 +7,15 @@ import threading
 import time
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 
 import anyio
 
 from scheduler import LoopHandle
 
-from ..control import DurableRun, open_run
-from ..dag_engine import ExecutionEngine
+from ..exits import UsageError
 from ..multi_agent_conductor import ConductorEngine, Snapshot
 from ..pipeline import Pipeline
-from ..store import StateError, default_state_path, demo_state_path
+from ..session import DurableRun, open_session, state_path
 
 # The loop spends about 0.2 µs per ticket building a snapshot (2 ms at 10,000 tickets).
 # Pulling one at most every 5 µs per ticket keeps that under ~4% of the loop's time and
@@ -26,22 +24,6 @@ from ..store import StateError, default_state_path, demo_state_path
 PULL_SECONDS_PER_TICKET = 5e-6
 STARTUP_TIMEOUT = 30.0  # seconds to open the state; claiming it may wait 10 s for a lock
 CLOSE_TIMEOUT = 10.0  # seconds to let a cancelled run end when the window closes
-
-
-def state_path_for(pipeline: Pipeline, given: str | None) -> Path:
- """Where a pipeline's state lives, as `conductor run` decides it."""
- if given:
-  return Path(given)
- return default_state_path(pipeline.path) if pipeline.path else demo_state_path()
-
-
-def shown_path(path: Path) -> str:
- """A path as the user would type it: relative under the current folder, else ~/..."""
- full = path.resolve()
- for base, prefix in ((Path.cwd(), ""), (Path.home(), "~/")):
-  if full.is_relative_to(base):
-   return prefix + str(full.relative_to(base))
- return str(full)
 
 
 class PipelineRunner:
@@ -75,7 +57,7 @@ class PipelineRunner:
   self.ticket_ids = tuple(t.id for t in pipeline.tickets)  # the rows' fixed order
   self.max_workers = max_workers or pipeline.max_workers
   self.backend = backend
-  self.state = state_path_for(pipeline, state)
+  self.state = state_path(pipeline, state)
   self.fresh = fresh
   self._on_change = on_change  # wakes the GUI; any thread, never blocks
 
@@ -106,16 +88,16 @@ class PipelineRunner:
  # -- lifetime (GUI thread) -------------------------------------------------------------
 
  def open(self) -> None:
-  """Start the thread; return once the state is open. Raises StateError (one line).
+  """Start the thread; return once the state is open. Raises UsageError (one line).
 
   It waits for the engine thread, before the window opens; `close()` does, after it closed.
   No frame ever does.
   """
   self._thread.start()
   if not self._ready.wait(STARTUP_TIMEOUT):
-   raise StateError(f"{self.state}: opening the state took over {STARTUP_TIMEOUT:g} s")
+   raise UsageError(f"{self.state}: opening the state took over {STARTUP_TIMEOUT:g} s")
   if self._startup_error is not None:
-   raise StateError(self._startup_error)
+   raise UsageError(self._startup_error)
 
  def close(self) -> None:
   """Cancel a run still going (its interrupted tickets are todo again, in the state too),
@@ -212,10 +194,11 @@ class PipelineRunner:
  async def _session(self) -> None:
   self._loop = LoopHandle()
   try:
-   durable = self._open_state()
-  except StateError as exc:
+   durable = open_session(self.pipeline, state=self.state, fresh=self.fresh)
+  except UsageError as exc:
    self._startup_error = str(exc)
    return
+  self.note = "; ".join(note.text for note in durable.notes())
   try:
    conductor = self._prepare(durable)
    self._shown, self._latest = conductor, conductor.snapshot()
@@ -230,46 +213,10 @@ class PipelineRunner:
   finally:
    durable.close()
 
- def _open_state(self) -> DurableRun:
-  pipeline = self.pipeline
-  durable = open_run(self.state, pipeline, fresh=self.fresh)
-  restored = durable.restored
-  if restored.done and not self.fresh and pipeline.path is None:
-   # As `conductor demo`: a finished demo starts over instead of showing nothing to do.
-   durable.restored = restored = durable.store.restore(pipeline.name, pipeline.tickets, fresh=True)
-  where = shown_path(self.state)
-  moved = durable.store.moved_aside
-  if moved is not None:
-   self.note = f"state: {where} (new; the damaged one was moved aside to {shown_path(moved)})"
-  elif restored.fresh:
-   self.note = f"state: {where} (new)"
-  else:
-   notes = [f"{restored.completed}/{restored.total} completed"]
-   if restored.interrupted:
-    notes.append(f"{len(restored.interrupted)} interrupted, running again")
-   if durable.stopped:
-    notes.append(f"stopped {len(durable.stopped)} of their processes left running")
-   if restored.retried:
-    notes.append(f"{len(restored.retried)} failed, retrying")
-   self.note = f"state: {where} (resumed: {'; '.join(notes)})"
-  return durable
-
  def _prepare(self, durable: DurableRun) -> ConductorEngine:
-  # A fresh engine each run, from the tickets' current statuses (it honours them), paused
-  # if the state is: a paused pipeline starts paused, as with `conductor run`, and keeps
-  # the time its pause began (the banner says "since" then, not since this window opened).
-  pause = durable.store.pause_state()
-  engine = ExecutionEngine(self.pipeline.tickets, auto_queue=self.pipeline.auto_queue)
-  conductor = ConductorEngine(
-   engine,
-   durable.worker,
-   max_workers=self.max_workers,
-   name=self.pipeline.name,
-   paused=pause.paused,
-   pause_reason=pause.reason,
-   paused_at=pause.since,
-  )
-  durable.store.attach(conductor)
+  # A fresh engine each run, from the tickets' current statuses, paused if the state is
+  # (see DurableRun.conductor).
+  conductor = durable.conductor(self.max_workers)
   conductor.add_listener(lambda _transition: self._changed(conductor))
   self._next = conductor
   return conductor

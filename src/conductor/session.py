@@ -1,0 +1,294 @@
+"""Where a durable run is assembled: the one path from a pipeline to a running, recorded engine.
+
+`conductor run`, `conductor demo`, the dashboard and the benchmarks all open a run here, in
+this order (`open_session`):
+
+1. the pipeline is checked (`check_pipeline`: the DAG validates) before any state is touched;
+2. its state file is chosen (`state_path`: `--state`, else beside the pipeline file, else
+   the demo's under `$XDG_STATE_HOME`) and resolved once, so a run and its clients agree on
+   the files beside it;
+3. the state is claimed (one live run per state: `control.StateOwner`), opened (a damaged
+   one is refused, or with `fresh` moved aside), and restored onto the tickets: statuses,
+   attempts, the pause (`StateStore.restore`);
+4. the processes a killed run left running for its interrupted attempts are stopped, so an
+   attempt never overlaps its re-run (`leftovers`);
+5. the built-in demo, found finished, starts over (it is for watching).
+
+Then `DurableRun.conductor()` builds the `ConductorEngine` from the restored statuses, with
+the pause as stored (reason and since when), and attaches the store to it (every transition
+recorded, write-ahead: see `journal`); `DurableRun.drive()` serves the control socket around
+a run; `DurableRun.close()` commits and releases the claim. `DurableRun.notes()` says what
+was found, for people: the CLI prints it, the dashboard shows it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import anyio
+
+from ._text import printable
+from .control import StateOwner
+from .dag_engine import ExecutionEngine, PipelineError
+from .exits import UsageError
+from .leftovers import STATE_VARIABLE, Leftover, find_leftovers, stop_leftovers
+from .multi_agent_conductor import ConductorEngine
+from .pipeline import Pipeline
+from .store import (
+ Restored,
+ StateError,
+ StateStore,
+ check_state_file,
+ default_state_path,
+ demo_state_path,
+)
+from .workers import Worker, run_work
+
+__all__ = [
+ "DurableRun",
+ "Note",
+ "check_pipeline",
+ "clock",
+ "open_run",
+ "open_session",
+ "shown_path",
+ "state_path",
+]
+
+T = TypeVar("T")
+
+
+# -- paths and words -----------------------------------------------------------------------
+
+
+def state_path(pipeline: Pipeline, given: str | Path | None = None) -> Path:
+ """Where `pipeline`'s state lives: `given` (`--state`), else beside its file, else the demo's."""
+ if given:
+  return Path(given)
+ return default_state_path(pipeline.path) if pipeline.path else demo_state_path()
+
+
+def shown_path(path: Path | str) -> str:
+ """A path as people read and type it: relative under the current folder, else `~/...`,
+ else absolute. Every path a user sees goes through this (escaped: it is untrusted text)."""
+ full = Path(os.path.abspath(path))
+ for base, prefix in ((Path.cwd(), ""), (Path.home(), "~/")):
+  if full.is_relative_to(base):
+   return printable(prefix + str(full.relative_to(base)))
+ return printable(str(full))
+
+
+def clock(seconds: float) -> str:
+ """`75.2` -> `01:15`; an hour or more -> `1:02:03`."""
+ minutes, secs = divmod(int(seconds), 60)
+ hours, minutes = divmod(minutes, 60)
+ return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+def plural(n: int, one: str, many: str | None = None) -> str:
+ """`1 ticket`, `2 tickets`, `3 processes`."""
+ return f"{n:,} {one if n == 1 else (many or one + 's')}"
+
+
+def listed(ids: Sequence[str], limit: int = 8) -> str:
+ """Ticket ids for a line of text: `a, b, c (+4)`, escaped."""
+ shown = ids[:limit]
+ more = f" (+{len(ids) - len(shown)})" if len(ids) > len(shown) else ""
+ return ", ".join(printable(i) for i in shown) + more
+
+
+# -- checking a pipeline ---------------------------------------------------------------------
+
+
+def check_pipeline(pipeline: Pipeline) -> ExecutionEngine:
+ """The pipeline's DAG engine; a pipeline that cannot run raises `UsageError` (one line)."""
+ where = shown_path(pipeline.path) if pipeline.path else printable(pipeline.name)
+ try:
+  return ExecutionEngine(pipeline.tickets, auto_queue=pipeline.auto_queue)
+ except PipelineError as exc:
+  raise UsageError(f"{where}: {exc}") from None
+
+
+# -- a durable run ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+ """One thing a person should know about the state a run opened (already escaped text)."""
+
+ text: str
+ warning: bool = False
+
+
+@dataclass
+class DurableRun:
+ """A claimed, opened and restored state, ready for `ConductorEngine` runs (one at a time).
+
+ Owned by the thread that opened it (its SQLite connection is): build, drive and close it
+ there. `close()` must be called; it is idempotent.
+ """
+
+ pipeline: Pipeline
+ state: Path  # resolved
+ store: StateStore
+ owner: StateOwner
+ restored: Restored
+ # Processes of interrupted attempts that the killed run left running, found and stopped
+ # before this run (conductor.leftovers); `unstoppable` survived even SIGKILL.
+ stopped: tuple[Leftover, ...] = ()
+ unstoppable: tuple[Leftover, ...] = ()
+ restarted_demo: bool = False  # the demo was found finished and starts over
+
+ @property
+ def worker(self) -> Worker:
+  """The default worker for this run: its shell tickets carry `CONDUCTOR_STATE`, by which
+  a later run finds what they left running if this one is killed."""
+  return functools.partial(run_work, env={STATE_VARIABLE: str(self.state)})
+
+ def conductor(
+  self, max_workers: int | None = None, *, worker: Worker | None = None, linger: bool = False
+ ) -> ConductorEngine:
+  """A `ConductorEngine` for the next run: the tickets' current statuses (as restored, or
+  as the last run on this state left them), the pause as stored (a paused pipeline starts
+  paused and keeps the time its pause began), the store attached to record every
+  transition. Call it again for each run."""
+  pipeline = self.pipeline
+  pause = self.store.pause_state()
+  conductor = ConductorEngine(
+   ExecutionEngine(pipeline.tickets, auto_queue=pipeline.auto_queue),
+   worker or self.worker,
+   max_workers=max_workers or pipeline.max_workers,
+   name=pipeline.name,
+   paused=pause.paused,
+   pause_reason=pause.reason,
+   paused_at=pause.since,
+   linger=linger,
+  )
+  self.store.attach(conductor)
+  return conductor
+
+ async def drive(self, conductor: ConductorEngine, body: Callable[[], Awaitable[T]]) -> T:
+  """Run `body()` (which runs `conductor`) with the control socket beside it; hand over
+  and stop serving once it returns. Call inside the event loop."""
+  async with anyio.create_task_group() as tg:
+   await tg.start(self.owner.serve, conductor, self.store)
+   result = await body()
+   await self.owner.hand_over()
+   tg.cancel_scope.cancel()
+  self.store.commit()
+  return result
+
+ def notes(self) -> list[Note]:
+  """What a person should know about the state this run opened, in order, one line each."""
+  restored, where = self.restored, shown_path(self.state)
+  notes: list[Note] = []
+  moved = self.store.moved_aside
+  if moved is not None:
+   notes.append(Note(f"the damaged state was moved aside to {shown_path(moved)}", True))
+  if self.restarted_demo:
+   notes.append(Note("the last demo run had completed; starting a fresh one"))
+  if restored.fresh:
+   notes.append(Note(f"state: {where} (new)"))
+  else:
+   found = [f"{restored.completed}/{restored.total} completed"]
+   if restored.interrupted:
+    found.append(
+     f"{len(restored.interrupted)} interrupted, running again: {listed(restored.interrupted)}"
+    )
+   if restored.retried:
+    found.append(f"{len(restored.retried)} failed, retrying: {listed(restored.retried)}")
+   notes.append(Note(f"state: {where} (resuming: {'; '.join(found)})"))
+  if self.stopped:
+   notes.append(
+    Note(
+     f"stopped {plural(len(self.stopped), 'process', 'processes')} that the killed run had "
+     f"left running ({_who(self.stopped)}), so no attempt overlaps its re-run"
+    )
+   )
+  if self.unstoppable:
+   pids = ", ".join(str(x.pid) for x in self.unstoppable)
+   notes.append(
+    Note(
+     f"warning: {plural(len(self.unstoppable), 'process', 'processes')} of the killed run "
+     f"outlived SIGKILL ({_who(self.unstoppable)}; pids {pids}): stuck in the kernel?",
+     True,
+    )
+   )
+  return notes
+
+ def close(self) -> None:
+  """Commit and close the store, then release the claim. Idempotent."""
+  try:
+   self.store.close()
+  finally:
+   self.owner.release()
+
+
+def _who(leftovers: Sequence[Leftover]) -> str:
+ tickets = list(dict.fromkeys(x.ticket for x in leftovers))
+ return f"{'ticket' if len(tickets) == 1 else 'tickets'} {listed(tickets)}"
+
+
+def open_run(state: Path, pipeline: Pipeline, *, fresh: bool = False) -> DurableRun:
+ """Check, claim, open and restore `state` for a run of `pipeline` (steps 3-4 above).
+
+ Raises `StateError` (one line, nothing written to the file) for a foreign or damaged
+ file, a state another live process runs, or a pipeline changed since the state was
+ written. On success the caller owns the result and must `close()` it. `state` is resolved
+ first (symlinks followed once, here), so a run and its clients agree on the files beside it.
+ """
+ state = Path(os.path.realpath(state))
+ check_state_file(state)  # refuse a foreign file before creating anything beside it
+ try:
+  state.parent.mkdir(parents=True, exist_ok=True)
+ except OSError as exc:
+  raise StateError(f"{state}: cannot create its folder ({exc.strerror})") from None
+ owner = StateOwner.claim(state)
+ try:
+  # The deep check sees the file as SQLite will (WAL included); with `fresh`, a damaged
+  # state is moved aside (`store.moved_aside`) and a new one started.
+  store = StateStore.open(state, deep_check=True, fresh=fresh)
+  try:
+   source = str(pipeline.path) if pipeline.path else None
+   restored = store.restore(pipeline.name, pipeline.tickets, fresh=fresh, source=source)
+  except BaseException:
+   store.close()
+   raise
+  # Before anything starts: no attempt may overlap the interrupted one it replaces.
+  interrupted = set(restored.interrupted)
+  attempts = {t.id: t.attempts for t in pipeline.tickets if t.id in interrupted}
+  stopped = find_leftovers(state, attempts)
+  unstoppable = stop_leftovers(stopped)
+ except BaseException:
+  owner.release()
+  raise
+ return DurableRun(pipeline, state, store, owner, restored, tuple(stopped), tuple(unstoppable))
+
+
+def open_session(
+ pipeline: Pipeline, *, state: str | Path | None = None, fresh: bool = False
+) -> DurableRun:
+ """Steps 1-5 above: a checked pipeline's state, claimed, restored, its leftovers stopped.
+
+ Raises `UsageError` (one line, exit 2) for a pipeline that cannot run or a state that
+ cannot be used; nothing is written then. The caller must `close()` the result.
+ """
+ check_pipeline(pipeline)
+ try:
+  durable = open_run(state_path(pipeline, state), pipeline, fresh=fresh)
+  if durable.restored.done and not fresh and pipeline.path is None:
+   # The built-in demo is for watching: a finished one starts over instead of doing nothing.
+   try:
+    durable.restored = durable.store.restore(pipeline.name, pipeline.tickets, fresh=True)
+   except BaseException:
+    durable.close()
+    raise
+   durable.restarted_demo = True
+ except StateError as exc:
+  raise UsageError(str(exc)) from None
+ return durable
