@@ -2,7 +2,8 @@
 
 - `Gate`: a resumable, thread-safe gate that parks tasks without polling.
 - `Scheduler`: a bounded spawner behind a gate, with linearizable pause/resume.
-- `ThreadBridge`: commands from plain threads into the loop, snapshots back out.
+- `ThreadBridge`: commands from plain threads into the loop (held until it runs), snapshots
+  back out (published, requested without waiting, or waited for).
 
 This package knows nothing about pipelines; `conductor` builds on it.
 """

@@ -6,11 +6,14 @@ import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import TypeVarTuple, Unpack
 
 from anyio import Event
 from anyio.lowlevel import checkpoint
 
 from ._loop import LoopHandle
+
+Args = TypeVarTuple("Args")
 
 
 class _Waiter:
@@ -90,19 +93,20 @@ class Gate:
   with self._lock:
    self._open = False
 
- def try_enter(self, action: Callable[[], object] | None = None) -> bool:
-  """Run `action()` and return True if the gate is open, atomically with respect to
+ def try_enter(self, action: Callable[[Unpack[Args]], object] | None = None, *args: *Args) -> bool:
+  """Run `action(*args)` and return True if the gate is open, atomically with respect to
   `close()`; return False if it is closed. Any thread; never blocks for long.
 
   This is the linearization point: an action that ran happened before any `close()` that
-  returns after it, so a `close()` that has returned excludes every later action.
-  `action` runs under the gate's lock: keep it to a few attribute updates.
+  returns after it, so a `close()` that has returned excludes every later action (the
+  `Scheduler` admits its workers here). `action` runs under the gate's lock: keep it to a
+  few attribute updates. If it raises, the exception propagates and nothing was entered.
   """
   with self._lock:
    if not self._open:
     return False
    if action is not None:
-    action()
+    action(*args)
    return True
 
  async def wait(self) -> None:

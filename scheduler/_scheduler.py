@@ -34,10 +34,12 @@ class Scheduler:
  Guarantees:
 
  - `spawn` waits for a free slot, then for the gate, then starts the worker; it never
-   polls. The decision "the gate is open, start this worker" is taken under the same lock
-   that `pause()` takes, so admission is linearizable: once `pause()` has returned, on any
-   thread, no worker is admitted until `resume()`. A worker admitted before that counts as
-   running at the pause and finishes normally.
+   polls. The decision "the gate is open, start this worker" is the gate's `try_enter`,
+   under the lock that `pause()` holds while it closes the gate, so admission is
+   linearizable: once `pause()` has returned, on any thread, no worker is admitted until
+   `resume()`. A worker admitted before that counts as running at the pause and finishes
+   normally. `on_admit` tells the caller, in the admitting step, that its worker was
+   admitted (see `spawn`).
  - `pause()`, `resume()` are idempotent, callable from any thread, and never wait for the
    event loop (they hold the lock for a few attribute updates at most). After the
    scheduler has exited they are harmless no-ops.
@@ -159,11 +161,18 @@ class Scheduler:
   fn: Callable[[Unpack[PosArgs]], Awaitable[Any]],
   *args: *PosArgs,
   name: str | None = None,
+  on_admit: Callable[[], object] | None = None,
  ) -> None:
   """Wait for a free slot and an open gate, then start `fn(*args)` in the task group.
 
   Returns as soon as the worker is admitted (not when it finishes). Cancelling a parked
   spawn starts nothing and gives its slot back.
+
+  `on_admit()`, if given, runs in the step that admits the worker, before `fn` runs: the
+  caller's own step when the worker is admitted at once, or the worker's own task's step
+  when a `resume()` admits it (see `_park_then_run`). So a caller can mark its work started
+  exactly once, whoever admitted it. It must not await and should not raise: if it does,
+  the admission is undone (`fn` never runs, the slot is freed) and `spawn` raises it.
   """
   tg, slots = self._live("spawn")
   name = _name_of(fn, name)
@@ -174,39 +183,40 @@ class Scheduler:
    raise RuntimeError("Scheduler.spawn(): the scheduler was cancelled; nothing starts any more")
   key = self._admit(name)
   if key is not None:
-   tg.start_soon(self._run, fn, args, key, name=name)
+   self._launch(tg, fn, args, key, name, on_admit=on_admit)
    return
   # Closed. Start the worker's own task now, parked at the gate: resume() then wakes the
   # worker itself, which admits itself and runs `fn` in the same step. (Parking this spawner
   # instead would cost a second task start after every resume: 1.6x the wake-up floor.)
-  admitted = Event()
-  scope = CancelScope()
-  tg.start_soon(self._park_then_run, fn, args, name, admitted, scope, name=name)
+  parked = _ParkedSpawn()
+  tg.start_soon(self._park_then_run, fn, args, name, on_admit, parked, name=name)
   try:
-   await admitted.wait()
+   await parked.admitted.wait()
   except BaseException:
-   if not admitted.is_set():
-    scope.cancel()  # it starts nothing and gives the slot back
+   if not parked.admitted.is_set():
+    parked.scope.cancel()  # it starts nothing and gives the slot back
    raise
+  if parked.error is not None:
+   raise parked.error
 
  async def _park_then_run(
   self,
   fn: Callable[..., Awaitable[Any]],
   args: tuple[Any, ...],
   name: str,
-  admitted: Event,
-  scope: CancelScope,
+  on_admit: Callable[[], object] | None,
+  parked: _ParkedSpawn,
  ) -> None:
   key: int | None = None
   try:
-   with scope:
+   with parked.scope:
     self._parked += 1
     try:
      while key is None:
       await self._gate.wait()
       # A spawn cancelled after the gate woke us must still start nothing; nor may one
       # whose group was cancelled meanwhile (an open gate does not checkpoint).
-      if scope.cancel_called or self.cancelled:
+      if parked.scope.cancel_called or self.cancelled:
        break
       key = self._admit(name)
     finally:
@@ -215,21 +225,32 @@ class Scheduler:
    if key is None:
     assert self._slots is not None
     self._slots.release()
-  if key is not None:
-   admitted.set()
-   await self._run(fn, args, key)
+  if key is None:
+   return
+  if on_admit is not None:
+   try:
+    on_admit()
+   except BaseException as exc:  # handed to the spawner, which raises it (see spawn)
+    self._release(key)
+    parked.error = exc
+    parked.admitted.set()
+    return
+  parked.admitted.set()
+  await self._run(fn, args, key)
 
  def try_spawn(
   self,
   fn: Callable[[*PosArgs], Awaitable[Any]],
   *args: *PosArgs,
   name: str | None = None,
+  on_admit: Callable[[], object] | None = None,
  ) -> bool:
   """Start `fn(*args)` now if a slot is free and the gate is open; never waits.
 
-  Returns whether it started. The same admission as `spawn`, minus the waiting: a driver
-  that learns of new work inside a finishing worker can start it without a task switch.
-  Call from the scheduler's loop.
+  Returns whether it started. The same admission as `spawn` (`on_admit` included: it runs
+  here, before this returns True), minus the waiting: a driver that learns of new work
+  inside a finishing worker can start it without a task switch. Call from the scheduler's
+  loop.
   """
   slots = self._slots
   if slots is not None and (slots.value == 0 or self.paused):  # cheap refusals first:
@@ -246,7 +267,7 @@ class Scheduler:
   if key is None:
    slots.release()
    return False
-  tg.start_soon(self._run, fn, args, key, name=name)
+  self._launch(tg, fn, args, key, name, on_admit=on_admit)
   return True
 
  def _live(self, method: str) -> tuple[TaskGroup, Semaphore]:
@@ -259,26 +280,53 @@ class Scheduler:
   return tg, slots
 
  def _admit(self, name: str) -> int | None:
-  # The linearization point of admission: see the class docstring.
-  with self._lock:
-   if not self._gate.is_open:
-    return None
-   self._spawned = key = self._spawned + 1
-   self._running[key] = name
-   return key
+  # The linearization point of admission is the gate's own (`Gate.try_enter`), whose lock
+  # pause() holds while it closes the gate: see the class docstring. The key is read after
+  # the lock is released; only this loop's thread admits, so no admission comes between.
+  if self._gate.try_enter(self._add_running, name):
+   return self._spawned
+  return None
+
+ def _add_running(self, name: str) -> None:
+  # Under the gate's lock, from _admit.
+  self._spawned = key = self._spawned + 1
+  self._running[key] = name
+
+ def _launch(
+  self,
+  tg: TaskGroup,
+  fn: Callable[..., Awaitable[Any]],
+  args: tuple[Any, ...],
+  key: int,
+  name: str,
+  *,
+  on_admit: Callable[[], object] | None,
+ ) -> None:
+  # Start an admitted worker from the admitting step; `on_admit` first (see spawn).
+  if on_admit is not None:
+   try:
+    on_admit()
+   except BaseException:
+    self._release(key)
+    raise
+  tg.start_soon(self._run, fn, args, key, name=name)
 
  async def _run(self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], key: int) -> None:
   try:
    await fn(*args)
   finally:
-   with self._lock:
-    del self._running[key]
-    idle = not self._running
-   assert self._slots is not None
-   self._slots.release()
-   if idle and self._drained is not None:
-    self._drained.set()
-    self._drained = None
+   self._release(key)
+
+ def _release(self, key: int) -> None:
+  # An admitted worker is done (or never ran): free its slot, and wake wait_drained().
+  with self._lock:
+   del self._running[key]
+   idle = not self._running
+  assert self._slots is not None
+  self._slots.release()
+  if idle and self._drained is not None:
+   self._drained.set()
+   self._drained = None
 
  async def wait_drained(self) -> None:
   """Return once no worker is in flight (at once if none is). Never polls.
@@ -291,6 +339,17 @@ class Scheduler:
     self._drained = Event()
    await self._drained.wait()
   await checkpoint()
+
+
+class _ParkedSpawn:
+ """A spawn whose worker's own task waits at the gate (see `Scheduler.spawn`)."""
+
+ __slots__ = ("admitted", "error", "scope")
+
+ def __init__(self) -> None:
+  self.admitted = Event()  # set once the worker is admitted (or its on_admit failed)
+  self.scope = CancelScope()  # cancelled when the spawner gives up before admission
+  self.error: BaseException | None = None  # what on_admit raised, for the spawner to raise
 
 
 def _name_of(fn: Callable[..., object], name: str | None) -> str:

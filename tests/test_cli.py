@@ -41,8 +41,15 @@ run = "cat hello.txt && echo world"
 
 def test_run_completes_a_shell_pipeline_and_exits_0(tmp_path: Path) -> None:
  pipeline = write(tmp_path / "tiny.toml", GOOD)
- result = conductor("run", str(pipeline))
+ result = conductor("run", str(pipeline), cwd=tmp_path / "..")
  assert result.returncode == 0, result.stderr
+ # Paths as people type them: relative to where the command was given, however it was named.
+ folder = tmp_path.name
+ assert (
+  f"conductor: running tiny from {folder}/tiny.toml: 2 tickets, max 2 workers" in result.stdout
+ )
+ assert f"state: {folder}/tiny.state.db (new)" in result.stdout
+ assert f"--state {folder}/tiny.state.db" in result.stdout
  assert (tmp_path / "hello.txt").read_text() == "hello\n"  # cwd is the pipeline's folder
  # Off a terminal: one plain line per transition.
  assert "tiny: hello completed (attempt 1)" in result.stdout
@@ -54,7 +61,7 @@ def test_run_on_trio_too(tmp_path: Path) -> None:
  pipeline = write(tmp_path / "tiny.toml", GOOD)
  result = conductor("run", str(pipeline), "--backend", "trio", "--max-workers", "1")
  assert result.returncode == 0, result.stderr
- assert "max 1 workers, trio" in result.stdout
+ assert "max 1 worker, trio" in result.stdout
 
 
 def test_failed_ticket_blocks_dependents_and_exits_1(tmp_path: Path) -> None:
@@ -134,11 +141,14 @@ def test_bad_max_workers_is_refused_by_the_parser(tmp_path: Path) -> None:
  assert "Traceback" not in result.stderr
 
 
-def test_validate_summarises_a_good_file(tmp_path: Path) -> None:
+def test_validate_summarises_a_good_file_in_words(tmp_path: Path) -> None:
  pipeline = write(tmp_path / "tiny.toml", GOOD)
- result = conductor("validate", str(pipeline))
+ result = conductor("validate", str(pipeline), cwd=tmp_path)
  assert result.returncode == 0
- assert "ok" in result.stdout and "2 tickets" in result.stdout and "1 dependencies" in result.stdout
+ assert result.stdout.startswith("tiny.toml: ok — pipeline 'tiny', 2 tickets, 1 dependency,")
+ alone = write(tmp_path / "one.toml", "[[tickets]]\nid = 'a'\nrun = 'true'\n")
+ result = conductor("validate", str(alone), cwd=tmp_path)
+ assert "1 ticket, 0 dependencies" in result.stdout
 
 
 def test_the_shipped_examples_validate() -> None:

@@ -9,6 +9,7 @@ it. The long tickets run only on their first attempt (`CONDUCTOR_ATTEMPT`): a re
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import queue
@@ -17,6 +18,7 @@ import select
 import shutil
 import signal
 import sqlite3
+import struct
 import subprocess
 import sys
 import termios
@@ -268,10 +270,13 @@ def test_a_signal_while_the_state_is_being_opened_cancels_the_run_before_anythin
 
 class Terminal:
  """A pseudo-terminal whose output a thread drains (as a terminal window shows it) until
- `close()` closes its master side, as closing the window does."""
+ `close()` closes its master side, as closing the window does. `ROWS` x `COLUMNS`."""
+
+ ROWS, COLUMNS = 50, 200
 
  def __init__(self) -> None:
   self.master, self.slave = os.openpty()
+  fcntl.ioctl(self.slave, termios.TIOCSWINSZ, struct.pack("HHHH", self.ROWS, self.COLUMNS, 0, 0))
   self.shown = b""
   self._changed = threading.Condition()
   self._stop_r, self._stop_w = os.pipe()
@@ -305,10 +310,93 @@ class Terminal:
   os.close(self._stop_r)
   os.close(self._stop_w)
 
+ def spawn(self, *args: str, cwd: Path, stderr: int | None = None) -> subprocess.Popen[bytes]:
+  """`conductor ARGS` with this terminal as its controlling terminal and its stdin, stdout
+  and (unless `stderr`) stderr, as a shell in a terminal window starts it."""
+  proc = subprocess.Popen(
+   [sys.executable, "-m", "conductor", *args],
+   cwd=cwd,
+   stdin=self.slave,
+   stdout=self.slave,
+   stderr=self.slave if stderr is None else stderr,
+   env={**ENV, "TERM": "xterm"},
+   start_new_session=True,
+   preexec_fn=_controlling_terminal,  # noqa: PLW1509 (only an ioctl: safe after fork)
+  )
+  os.close(self.slave)
+  return proc
+
+ def screen(self) -> list[str]:
+  """The lines the window shows now (its scrollback included), as `Screen` draws them."""
+  with self._changed:
+   return Screen(self.shown.decode(errors="replace")).lines()
+
+
+class Screen:
+ """What a terminal draws from output: text, line feeds, and the cursor moves and line
+ erasures with which rich redraws its live view in place. Colours and modes are ignored;
+ the screen never scrolls its lines away (a scrollback without end)."""
+
+ _CONTROL = re.compile(r"\x1b\[([0-9;?]*)([@-~])|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b.|[\r\n\b]")
+
+ def __init__(self, output: str) -> None:
+  self._rows: list[list[str]] = [[]]
+  self._row = self._col = 0
+  at = 0
+  for control in self._CONTROL.finditer(output):
+   self._text(output[at : control.start()])
+   self._control(control)
+   at = control.end()
+  self._text(output[at:])
+
+ def _text(self, text: str) -> None:
+  line = self._rows[self._row]
+  for ch in text:
+   if ch.isprintable():
+    line.extend(" " * (self._col + 1 - len(line)))
+    line[self._col] = ch
+    self._col += 1
+
+ def _control(self, control: re.Match[str]) -> None:
+  code, params = control[0], control[1] or ""
+  count = int(params) if params.isdigit() else 1
+  if code == "\r":
+   self._col = 0
+  elif code == "\n":
+   self._row += 1
+   if self._row == len(self._rows):
+    self._rows.append([])
+  elif code == "\b":
+   self._col = max(self._col - 1, 0)
+  elif control[2] == "A":
+   self._row = max(self._row - count, 0)
+  elif control[2] == "B":
+   self._row += count
+   self._rows.extend([] for _ in range(self._row + 1 - len(self._rows)))
+  elif control[2] == "C":
+   self._col += count
+  elif control[2] == "D":
+   self._col = max(self._col - count, 0)
+  elif control[2] == "G":
+   self._col = count - 1
+  elif control[2] == "K":
+   line = self._rows[self._row]
+   if params in ("", "0"):
+    del line[self._col :]
+   elif params == "1":
+    line[: self._col + 1] = " " * min(self._col + 1, len(line))
+   else:
+    line.clear()
+  # Anything else (colours, showing the cursor, titles) draws no text.
+
+ def lines(self) -> list[str]:
+  lines = ["".join(row).rstrip() for row in self._rows]
+  while lines and not lines[-1]:
+   lines.pop()
+  return lines
+
 
 def _controlling_terminal() -> None:  # in the child: the pty becomes its terminal, as in a shell
- import fcntl
-
  fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
@@ -323,18 +411,8 @@ def test_a_closed_terminal_window_cancels_the_run_quietly_and_leaves_nothing_run
  (tmp_path / "p.toml").write_text(toml(("a", LONG), ("b", LONG)))
  term = Terminal()
  with pid_fifo(tmp_path) as fifo:
-  err = term.slave if stderr == "terminal" else subprocess.PIPE
-  proc = subprocess.Popen(
-   [sys.executable, "-m", "conductor", "run", "p.toml", "--backend", backend],
-   cwd=tmp_path,
-   stdin=term.slave,
-   stdout=term.slave,
-   stderr=err,
-   env={**ENV, "TERM": "xterm"},
-   start_new_session=True,
-   preexec_fn=_controlling_terminal,  # noqa: PLW1509 (only an ioctl: safe after fork)
-  )
-  os.close(term.slave)
+  err = None if stderr == "terminal" else subprocess.PIPE
+  proc = term.spawn("run", "p.toml", "--backend", backend, cwd=tmp_path, stderr=err)
   try:
    pids = read_pids(fifo, 2)
    term.wait_shown(b"p pause/resume")  # the live view, reading keys
@@ -352,6 +430,42 @@ def test_a_closed_terminal_window_cancels_the_run_quietly_and_leaves_nothing_run
  assert "Traceback" not in errors and errors == "", errors
  assert not [pid for pid in pids if alive(pid)]
  assert_resumes_and_completes(tmp_path, backend, tmp_path / "p.state.db", ["a", "b"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_end_of_a_terminal_run_shows_the_final_frame_once_and_no_key_hint(
+ tmp_path: Path, gate: int, backend: str
+) -> None:
+ # The live view, redrawn in place ten times a second, says which keys work while they are
+ # read. At the end its region shows the final frame instead, once: no stale key hint
+ # above it, no second DONE line and progress bar below it.
+ text = toml(("gate", GATE), ("after", "true"), head='[pipeline]\nname = "p"\n')
+ (tmp_path / "p.toml").write_text(
+  text.replace('id = "after"', 'id = "after"\ndepends_on = ["gate"]')
+ )
+ term = Terminal()
+ proc = term.spawn("run", "p.toml", "--backend", backend, cwd=tmp_path)
+ try:
+  read_pids(gate, 1)
+  term.wait_shown(b"p pause/resume")  # the live view, reading keys
+  open_gate(tmp_path)
+  code = proc.wait(WAIT)
+  term.wait_shown(b"(exit 0)")
+ finally:
+  if proc.poll() is None:
+   proc.kill()
+   proc.wait(WAIT)
+  term.close()
+ assert code == 0
+ screen = term.screen()
+ assert [line for line in screen if " DONE " in line] == [
+  next(line for line in screen if line.startswith(" DONE   p   2/2 completed"))
+ ], screen
+ assert not [line for line in screen if "p pause/resume" in line], screen
+ assert screen[-1].startswith("all tickets completed in "), screen
+ done = next(i for i, line in enumerate(screen) if " DONE " in line)
+ assert screen[done + 1].strip("━ ") == "", screen  # its progress bar, complete
+ assert screen[done + 2 :] == screen[-1:], screen  # then the verdict, and nothing else
 
 
 # -- a reader that goes away ----------------------------------------------------------------

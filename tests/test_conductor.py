@@ -7,14 +7,16 @@ import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import anyio
 import pytest
 from anyio import create_task_group, fail_after, wait_all_tasks_blocked
 
 from conductor.dag_engine import ExecutionEngine, Status, Ticket
-from conductor.multi_agent_conductor import ConductorEngine, MmaStatus, Transition
-from conductor.workers import WorkFailed, WorkResult
+from conductor.multi_agent_conductor import ConductorEngine, MmaStatus, Snapshot, Transition
+from conductor.transitions import Change
+from conductor.workers import CallWork, ShellWork, SleepWork, WorkFailed, WorkResult
 from scheduler import LoopHandle
 
 pytestmark = pytest.mark.anyio
@@ -290,14 +292,16 @@ async def test_listeners_see_every_transition_and_the_pause() -> None:
  conductor.resume()
  with fail_after(10):
   await conductor.run()
- assert [(t.ticket, t.status) for t in seen] == [
-  (None, "paused"),
-  (None, "resumed"),
-  ("a", "in_progress"),
-  ("a", "completed"),
-  ("b", "in_progress"),
-  ("b", "completed"),
+ assert [(t.ticket, t.change) for t in seen] == [
+  (None, Change.PAUSED),
+  (None, Change.RESUMED),
+  ("a", Change.STARTED),
+  ("a", Change.COMPLETED),
+  ("b", Change.STARTED),
+  ("b", Change.COMPLETED),
  ]
+ # The values are the event names a state's history has always stored.
+ assert [t.change.value for t in seen[:3]] == ["paused", "resumed", "in_progress"]
 
 
 class FlushLog:
@@ -313,8 +317,8 @@ class FlushLog:
   self.flushed = len(self.seen)
   self.flushes += 1
 
- def index(self, ticket: str, status: str) -> int:
-  return max(i for i, t in enumerate(self.seen) if (t.ticket, t.status) == (ticket, status))
+ def index(self, ticket: str, change: Change) -> int:
+  return max(i for i, t in enumerate(self.seen) if (t.ticket, t.change) == (ticket, change))
 
 
 async def test_a_worker_runs_only_after_its_start_and_its_dependencies_were_flushed() -> None:
@@ -324,9 +328,9 @@ async def test_a_worker_runs_only_after_its_start_and_its_dependencies_were_flus
  checked: list[str] = []
 
  async def worker(ticket: Ticket) -> None:
-  assert log.index(ticket.id, "in_progress") < log.flushed, ticket.id
+  assert log.index(ticket.id, Change.STARTED) < log.flushed, ticket.id
   for dep in ticket.depends_on:
-   assert log.index(dep, "completed") < log.flushed, (ticket.id, dep)
+   assert log.index(dep, Change.COMPLETED) < log.flushed, (ticket.id, dep)
   checked.append(ticket.id)
   await anyio.lowlevel.checkpoint()
 
@@ -374,10 +378,10 @@ async def test_a_step_that_starts_no_worker_flushes_at_its_end() -> None:
     await wait_all_tasks_blocked()
    gate.event("bad").set()  # fails; nothing else can start
    await wait_all_tasks_blocked()
-   assert log.seen[-1].status == "failed" and log.flushed == len(log.seen)
+   assert log.seen[-1].change is Change.FAILED and log.flushed == len(log.seen)
    await anyio.to_thread.run_sync(conductor.pause)  # a command from another thread
    await wait_all_tasks_blocked()
-   assert log.seen[-1].status == "paused" and log.flushed == len(log.seen)
+   assert log.seen[-1].change is Change.PAUSED and log.flushed == len(log.seen)
    assert gate.started in (["slow", "bad"], ["bad", "slow"])
    conductor.resume()
    gate.event("slow").set()
@@ -399,9 +403,9 @@ async def test_a_completion_that_frees_a_slot_is_flushed_by_the_worker_taking_it
     await wait_all_tasks_blocked()
    await wait_all_tasks_blocked()
    # a's completion went out with b's start, in one flush, before b's worker ran.
-   assert [(t.ticket, t.status) for t in log.seen[-2:]] == [
-    ("a", "completed"),
-    ("b", "in_progress"),
+   assert [(t.ticket, t.change) for t in log.seen[-2:]] == [
+    ("a", Change.COMPLETED),
+    ("b", Change.STARTED),
    ]
    assert log.flushed == len(log.seen)
    flushes = log.flushes
@@ -511,6 +515,35 @@ async def test_a_lingering_run_waits_for_retry_and_ends_on_stop() -> None:
  assert conductor.snapshot().counts.completed == 2
 
 
+async def test_a_retry_that_arrives_after_the_ticket_stopped_failing_is_ignored() -> None:
+ # Two retries of one failure (a double click, two terminals): the second reaches the loop
+ # when the ticket is todo again. It must change nothing, not crash the run.
+ gk = Gatekeeper()
+ gk.fail.add("a")
+ conductor = ConductorEngine(ExecutionEngine([Ticket("a"), Ticket("b", ("a",))]), gk, linger=True)
+ with fail_after(10):
+  async with create_task_group() as tg:
+   tg.start_soon(conductor.run)
+   await wait_all_tasks_blocked()
+   gk.finish("a")
+   await wait_all_tasks_blocked()
+   gk.fail.clear()
+   gk.release["a"] = anyio.Event()
+   await anyio.to_thread.run_sync(conductor.retry, "a")
+   await anyio.to_thread.run_sync(conductor.retry, "a")
+   await wait_all_tasks_blocked()
+   assert conductor.mma_status is MmaStatus.EXECUTING
+   gk.finish("a", "b")
+   await wait_all_tasks_blocked()
+   conductor.retry("b")  # completed: left alone too
+   await wait_all_tasks_blocked()
+   assert conductor.mma_status is MmaStatus.DONE
+   conductor.stop()
+ snap = conductor.snapshot()
+ assert snap.counts.completed == 2
+ assert [row.attempts for row in snap.rows] == [2, 1]
+
+
 async def test_commands_given_before_the_run_apply_on_its_loop_at_start() -> None:
  gk = Gatekeeper()
  conductor = ConductorEngine(ExecutionEngine(wide(3)), gk)
@@ -523,3 +556,229 @@ async def test_commands_given_before_the_run_apply_on_its_loop_at_start() -> Non
  assert gk.started == []  # stopped before anything could start
  assert snap.counts.todo == 3
  assert seen_threads == {threading.get_ident()}  # the "paused" event came on the loop
+
+
+# -- typed transitions ---------------------------------------------------------------------
+
+
+def fields(t: Transition) -> tuple[object, ...]:
+ return (t.ticket, t.change, t.status, t.attempt, t.detail, t.error, t.exit_code)
+
+
+async def test_a_transition_carries_the_tickets_state_after_it() -> None:
+ async def worker(ticket: Ticket) -> WorkResult:
+  if ticket.id == "x":
+   raise WorkFailed(f"broke {ticket.attempts}", exit_code=3)
+  return WorkResult(exit_code=0)
+
+ seen: list[Transition] = []
+ tickets = [Ticket("x", retries=1), Ticket("after", ("x",)), Ticket("ok")]
+ conductor = ConductorEngine(ExecutionEngine(tickets), worker, max_workers=1)
+ conductor.add_listener(seen.append)
+ with fail_after(10):
+  await conductor.run()
+ blocked = "dependency 'x' failed; retry 'x' to unblock"
+ assert [fields(t) for t in seen] == [
+  ("x", Change.STARTED, Status.IN_PROGRESS, 1, None, None, None),
+  ("x", Change.RETRYING, Status.TODO, 1, "broke 1", "broke 1", 3),
+  ("ok", Change.STARTED, Status.IN_PROGRESS, 1, None, None, None),
+  ("ok", Change.COMPLETED, Status.COMPLETED, 1, None, None, 0),
+  ("x", Change.STARTED, Status.IN_PROGRESS, 2, None, None, None),
+  ("x", Change.FAILED, Status.FAILED, 2, "broke 2", "broke 2", 3),
+  ("after", Change.BLOCKED, Status.BLOCKED, 0, blocked, blocked, None),
+ ]
+
+
+async def test_a_pause_transition_names_the_workers_running_as_the_gate_closed() -> None:
+ gk = Gatekeeper()
+ seen: list[Transition] = []
+ conductor = ConductorEngine(ExecutionEngine(wide(3)), gk, max_workers=2)
+ conductor.add_listener(seen.append)
+ with fail_after(10):
+  async with create_task_group() as tg:
+   tg.start_soon(conductor.run)
+   await wait_all_tasks_blocked()
+   await anyio.to_thread.run_sync(conductor.pause, "lunch")
+   gk.finish("t0", "t1")
+   await wait_all_tasks_blocked()
+   conductor.resume()  # t0 and t1 have finished by now: the pause still names them
+   gk.finish("t2")
+ paused = next(t for t in seen if t.change is Change.PAUSED)
+ assert (paused.ticket, paused.status, paused.detail) == (None, None, "lunch")
+ assert sorted(paused.running_at_pause) == ["t0", "t1"]
+ resumed = next(t for t in seen if t.change is Change.RESUMED)
+ assert resumed.running_at_pause == ()
+
+
+async def test_a_retry_emits_one_transition_for_each_ticket_it_changed() -> None:
+ gk = Gatekeeper()
+ gk.fail.update({"x", "y"})
+ tickets = [
+  Ticket("x"),
+  Ticket("y"),
+  Ticket("dx", ("x",)),
+  Ticket("both", ("dx", "y")),
+  Ticket("free"),
+ ]
+ seen: list[Transition] = []
+ conductor = ConductorEngine(ExecutionEngine(tickets), gk, max_workers=3, linger=True)
+ conductor.add_listener(seen.append)
+ with fail_after(10):
+  async with create_task_group() as tg:
+   tg.start_soon(conductor.run)
+   await wait_all_tasks_blocked()
+   gk.finish("x")  # first: both is blocked by x
+   await wait_all_tasks_blocked()
+   gk.finish("y")
+   await wait_all_tasks_blocked()
+   before = len(seen)
+   conductor.retry("x")  # dx is todo again; both is still blocked, by y now
+   changes = [(t.ticket, t.change, t.status, t.detail) for t in seen[before : before + 3]]
+   assert changes == [
+    ("x", Change.RETRIED, Status.TODO, "retry"),
+    ("dx", Change.UNBLOCKED, Status.TODO, "unblocked by a retry"),
+    ("both", Change.BLOCKED, Status.BLOCKED, "dependency 'y' failed; retry 'y' to unblock"),
+   ]
+   conductor.stop()
+   gk.finish("x", "free")
+
+
+async def test_a_retry_gives_a_failed_ticket_its_full_retries_again() -> None:
+ attempts: list[int] = []
+ failing = True
+
+ async def worker(ticket: Ticket) -> WorkResult:
+  attempts.append(ticket.attempts)
+  await anyio.lowlevel.checkpoint()
+  if failing:
+   raise WorkFailed("not yet")
+  return WorkResult()
+
+ conductor = ConductorEngine(ExecutionEngine([Ticket("f", retries=2)]), worker, linger=True)
+ seen: list[Transition] = []
+ conductor.add_listener(seen.append)
+ with fail_after(10):
+  async with create_task_group() as tg:
+   tg.start_soon(conductor.run)
+   await wait_all_tasks_blocked()
+   assert attempts == [1, 2, 3] and conductor.engine.tickets["f"].status is Status.FAILED
+   conductor.retry("f")  # a new try: three attempts again, numbered on
+   await wait_all_tasks_blocked()
+   assert attempts == [1, 2, 3, 4, 5, 6]
+   failing = False
+   conductor.retry("f")
+   await wait_all_tasks_blocked()
+   conductor.stop()
+ assert attempts == [1, 2, 3, 4, 5, 6, 7]
+ assert [t.change for t in seen].count(Change.FAILED) == 2
+
+
+# -- admission: started once, whoever admits it -----------------------------------------------
+
+
+async def test_a_ticket_a_resume_admits_starts_once_and_is_flushed_before_its_worker_runs() -> None:
+ ran: list[str] = []
+
+ async def worker(ticket: Ticket) -> None:
+  assert log.index(ticket.id, Change.STARTED) < log.flushed, ticket.id
+  ran.append(ticket.id)
+
+ tickets = [Ticket("a"), Ticket("b"), Ticket("c", ("a", "b"))]
+ conductor = ConductorEngine(ExecutionEngine(tickets), worker, max_workers=1, paused=True)
+ log = FlushLog(conductor)
+ with fail_after(10):
+  async with create_task_group() as tg:
+   tg.start_soon(conductor.run)
+   await wait_all_tasks_blocked()
+   assert conductor.snapshot().ready == ("a", "b")  # a waits in Scheduler.spawn, parked
+   conductor.resume()
+ assert sorted(ran[:2]) == ["a", "b"] and ran[2:] == ["c"]
+ starts = Counter(t.ticket for t in log.seen if t.change is Change.STARTED)
+ assert starts == {"a": 1, "b": 1, "c": 1}
+ assert conductor.mma_status is MmaStatus.DONE
+
+
+async def test_a_stop_in_the_step_a_resume_admits_a_ticket_runs_it_once_and_keeps_the_rest() -> (
+ None
+):
+ # The resumed ticket is admitted by its worker's own task; the run loop, waiting in
+ # Scheduler.spawn for it, is cancelled in that same step. It must neither take the ticket
+ # back (it has started) nor lose the next ones.
+ gk = Gatekeeper()
+ conductor = ConductorEngine(ExecutionEngine(wide(3)), gk, max_workers=1, paused=True)
+
+ def stop_at_the_first_start(t: Transition) -> None:
+  if t.change is Change.STARTED:
+   conductor.stop()
+
+ conductor.add_listener(stop_at_the_first_start)
+ with fail_after(10):
+  async with create_task_group() as tg:
+   tg.start_soon(conductor.run)
+   await wait_all_tasks_blocked()
+   conductor.resume()
+   await wait_all_tasks_blocked()
+   assert gk.started == ["t0"]
+   gk.finish("t0")
+ snap = conductor.snapshot()
+ assert gk.started == ["t0"]
+ assert (snap.counts.completed, snap.counts.todo, snap.counts.in_progress) == (1, 2, 0)
+ assert [r.attempts for r in snap.rows] == [1, 0, 0]
+
+
+# -- snapshots for a thread that never waits ---------------------------------------------------
+
+
+async def test_request_snapshot_publishes_a_full_snapshot_without_waiting_for_it() -> None:
+ gk = Gatekeeper()
+ conductor = ConductorEngine(ExecutionEngine(wide(3)), gk, max_workers=2)
+ loop = LoopHandle()
+
+ def one_loop_turn() -> None:
+  # The bridge posts through the same hook, first in, first out: once this has run, a
+  # request posted before it has been answered.
+  turned = threading.Event()
+  assert loop.call_soon(turned.set) and turned.wait(10)
+
+ def ask_twice_then_look() -> tuple[Snapshot, Snapshot]:
+  conductor.request_snapshot()
+  conductor.request_snapshot()  # folded into the first
+  one_loop_turn()
+  fresh = conductor.published
+  conductor.request_snapshot(min_interval=3600)  # too soon after the last: ignored
+  one_loop_turn()
+  return fresh, conductor.published
+
+ with fail_after(10):
+  async with create_task_group() as tg:
+   tg.start_soon(conductor.run)
+   await wait_all_tasks_blocked()
+   assert conductor.published.rows == ()  # the first one leaves the rows out
+   fresh, later = await anyio.to_thread.run_sync(ask_twice_then_look)
+   assert later is fresh
+   assert [r.status for r in fresh.rows] == [Status.IN_PROGRESS] * 2 + [Status.TODO]
+   gk.finish("t0", "t1", "t2")
+ final = conductor.published
+ conductor.request_snapshot()  # after the run: the final snapshot stays
+ assert conductor.published is final and final.counts.completed == 3
+
+
+async def test_a_row_shows_what_a_work_spec_describes_and_other_work_by_its_type() -> None:
+ class Prompt:  # a custom worker's own work value: the engine never looks inside it
+  text = "write the README"
+
+ tickets = [
+  Ticket("sh", work=ShellWork("make test", Path("."))),
+  Ticket("py", work=CallWork("tools.build:main")),
+  Ticket("nap", work=SleepWork(0.5, fail=True)),
+  Ticket("agent", work=Prompt()),
+  Ticket("none"),
+ ]
+ snap = ConductorEngine(ExecutionEngine(tickets)).snapshot()
+ assert [r.work for r in snap.rows] == [
+  "make test",
+  "tools.build:main",
+  "sleep 0.5s then fail",
+  "Prompt",
+  "",
+ ]

@@ -22,28 +22,23 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 from procs import conductor, one_line_error
 
-from conductor import control
-from conductor.control import (
- MAX_REASON,
- ControlError,
- StateOwner,
- _FileLock,
- control_socket_path,
- handover_lock_path,
- open_run,
- owner_lock_path,
- request,
-)
+from conductor import control, locks
+from conductor._files import trusted_owners
+from conductor.control import MAX_REASON, ControlError, control_socket_path, request
 from conductor.dag_engine import ExecutionEngine, Ticket
+from conductor.locks import FileLock, handover_lock_path, owner_lock_path
 from conductor.multi_agent_conductor import ConductorEngine
 from conductor.pipeline import load_pipeline
+from conductor.server import _Answers
+from conductor.session import open_run
 from conductor.store import StateError
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "SO_PEERCRED"), reason="needs Linux")
@@ -338,17 +333,17 @@ async def test_a_bug_in_answering_is_logged_in_one_line_and_the_server_carries_o
 
  engine = ConductorEngine(ExecutionEngine(pipeline.tickets), worker, name="p")
  durable.store.attach(engine)
- original = StateOwner._answer
+ original = _Answers._answer
  calls = 0
 
- def buggy(self: StateOwner, *args: object) -> object:
+ def buggy(self: _Answers, *args: object) -> object:
   nonlocal calls
   calls += 1
   if calls == 1:
    raise RuntimeError("a bug\nwith a forged line")
   return original(self, *args)  # type: ignore[arg-type]
 
- monkeypatch.setattr(StateOwner, "_answer", buggy)
+ monkeypatch.setattr(_Answers, "_answer", buggy)
  answers: list[object] = []
 
  async def body() -> object:
@@ -401,7 +396,7 @@ def test_a_socket_served_by_another_user_is_refused_and_nothing_is_written(tmp_p
  (tmp_path / "p.toml").write_text('[[tickets]]\nid = "a"\nsleep = 0\n')
  assert conductor("run", "p.toml", cwd=tmp_path).returncode == 0
  state = tmp_path / "p.state.db"
- owner = _FileLock(owner_lock_path(state))  # as if a run held the state...
+ owner = FileLock(owner_lock_path(state), trusted_owners(state))  # as if a run held the state...
  assert owner.try_acquire()
  server = subprocess.Popen(
   [sys.executable, "-c", FOREIGN_SERVER, str(control_socket_path(state))],
@@ -495,7 +490,9 @@ def test_an_offline_command_waiting_too_long_names_the_command_holding_the_state
  (tmp_path / "p.toml").write_text('[[tickets]]\nid = "a"\nsleep = 0\n')
  assert conductor("run", "p.toml", cwd=tmp_path).returncode == 0
  state = tmp_path / "p.state.db"
- holder = _FileLock(owner_lock_path(state))  # a `conductor pause` suspended mid-way
+ holder = FileLock(
+  owner_lock_path(state), trusted_owners(state)
+ )  # a `conductor pause` suspended mid-way
  assert holder.try_acquire()
  holder.write(json.dumps({"pid": 4242, "since": 0, "command": "pause"}))
  try:
@@ -508,7 +505,7 @@ def test_an_offline_command_waiting_too_long_names_the_command_holding_the_state
   holder.release()
  assert request(state, "status")["live"] is False
  # A run starting (it holds the handover lock exclusively) is named as such.
- handover = _FileLock(handover_lock_path(state))
+ handover = FileLock(handover_lock_path(state), trusted_owners(state))
  assert handover.try_acquire()
  try:
   with pytest.raises(ControlError, match="starting or ending a run"):
@@ -584,7 +581,6 @@ def test_a_planted_lock_file_is_refused_in_one_line_and_the_victim_is_untouched(
  victim = tmp_path / "important.txt"
  victim.write_text("precious\n")
  planted = tmp_path / f"p.state.db{suffix}"
- planted.unlink()
  plant(kind, planted, victim)
  for command in (["run", "p.toml", "--fresh"], ["pause", "--state", "p.state.db"]):
   one_line_error(conductor(*command, cwd=tmp_path), planted.name, "remove it")
@@ -658,3 +654,127 @@ def test_a_symlink_to_a_live_runs_state_reaches_that_run(
  assert conductor("resume", "--state", "dir/p.state.db", cwd=tmp_path).returncode == 0
  run.release()
  run.assert_each_started_once()
+
+
+# -- the lock files: gone after use, and as exclusive as ever ---------------------------------
+
+
+def beside(state: Path) -> set[str]:
+ """The control files found beside `state`: its lock files and its socket."""
+ names = {state.name + suffix for suffix in ("-lock", "-ctl.lock", "-ctl")}
+ return {p.name for p in state.parent.iterdir()} & names
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_run_and_the_commands_after_it_leave_no_lock_file_or_socket_beside_the_state(
+ tmp_path: Path, backend: str, held: list[HeldRun]
+) -> None:
+ run = HeldRun(tmp_path, backend, ["a"])
+ held.append(run)
+ run.wait_started()
+ assert beside(run.state) == {"p.state.db-lock", "p.state.db-ctl"}  # the live run's
+ assert request(run.state, "pause")["live"] and request(run.state, "resume")["live"]
+ assert beside(run.state) == {"p.state.db-lock", "p.state.db-ctl"}  # clients tidied theirs
+ run.release()
+ run.assert_each_started_once()
+ assert beside(run.state) == set()
+ for op in ("pause", "status", "resume"):
+  assert request(run.state, op)["live"] is False
+  assert beside(run.state) == set()
+
+
+def test_a_locker_that_opened_the_lock_file_as_its_holder_removed_it_locks_the_new_one(
+ tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+ # The race the re-check exists for, made to happen: `late` opens the file, then its holder
+ # lets go (removing it) and another takes the lock on a new file, then `late` locks the
+ # file it opened. That lock is free, but it is no longer the lock of the path.
+ path = tmp_path / "p.state.db-lock"
+ trusted = trusted_owners(tmp_path / "p.state.db")
+ first, late, third = (FileLock(path, trusted) for _ in range(3))
+ opened = locks.open_beside
+ races: list[Callable[[], None]] = []
+ opens = 0
+
+ def open_then_race(*args: Any) -> int:
+  nonlocal opens
+  fd = opened(*args)
+  opens += 1
+  if races:
+   races.pop()()
+  return fd
+
+ def hand(holder: FileLock, to: FileLock) -> Callable[[], None]:
+  def race() -> None:
+   holder.release()
+   assert not path.exists() and to.try_acquire()
+
+  return race
+
+ monkeypatch.setattr(locks, "open_beside", open_then_race)
+ assert first.try_acquire()
+ races.append(hand(first, third))
+ opens = 0
+ assert not late.try_acquire() and not late.held  # third holds the path's lock
+ assert opens == 3  # late's open, third's of a new file, late's again
+ # The same while waiting: late's wait ends with False, as first holds it all along.
+ races.append(hand(third, first))
+ assert late.acquire(0.2) is False
+ first.release()
+ assert late.acquire(WAIT) and path.exists()
+ late.release()
+ assert not path.exists()
+
+
+def test_the_last_shared_holder_removes_the_lock_file_and_an_exclusive_one_waits_for_all(
+ tmp_path: Path,
+) -> None:
+ path = tmp_path / "p.state.db-ctl.lock"
+ trusted = trusted_owners(tmp_path / "p.state.db")
+ a, b, c = (FileLock(path, trusted) for _ in range(3))
+ assert a.try_acquire(shared=True) and b.try_acquire(shared=True)
+ assert not c.try_acquire()
+ a.release()
+ assert path.exists() and not c.try_acquire()  # b still holds it
+ b.release()
+ assert not path.exists()
+ assert c.try_acquire() and path.exists()
+ assert not a.try_acquire(shared=True)
+ c.release()
+ assert not path.exists()
+
+
+def test_lockers_racing_the_removal_of_the_lock_file_still_take_turns(tmp_path: Path) -> None:
+ # Four threads lock one path over and over, exclusively and shared, each lock removing the
+ # file as it lets go: at no moment may an exclusive holder share it with anyone.
+ path = tmp_path / "p.state.db-lock"
+ trusted = trusted_owners(tmp_path / "p.state.db")
+ guard = threading.Lock()  # guards `inside`, `overlaps` and `taken`
+ inside = {"exclusive": 0, "shared": 0}
+ overlaps: list[dict[str, int]] = []
+ taken = 0
+
+ def locker(number: int) -> None:
+  nonlocal taken
+  lock = FileLock(path, trusted)
+  for i in range(300):
+   kind = "shared" if (i + number) % 3 == 0 else "exclusive"
+   assert lock.acquire(WAIT, shared=kind == "shared")
+   with guard:
+    inside[kind] += 1
+    if inside["exclusive"] > 1 or (inside["exclusive"] and inside["shared"]):
+     overlaps.append(dict(inside))
+    taken += 1
+   time.sleep(0)  # lets another thread in while this one holds the lock
+   with guard:
+    inside[kind] -= 1
+   lock.release()
+
+ threads = [threading.Thread(target=locker, args=(n,)) for n in range(4)]
+ for thread in threads:
+  thread.start()
+ for thread in threads:
+  thread.join(WAIT)
+ assert not any(thread.is_alive() for thread in threads)
+ assert taken == 4 * 300 and not overlaps, overlaps[:3]
+ assert not path.exists()

@@ -148,7 +148,7 @@ def test_failure_blocks_transitive_dependents_only() -> None:
   assert blocked.status is Status.BLOCKED
   assert blocked.blocked_by == "bad"
   assert blocked.error is not None
-  assert blocked.error.startswith("blocked: dependency 'bad' failed")
+  assert blocked.error == "dependency 'bad' failed; retry 'bad' to unblock"  # no status in it
  # The independent branch goes on.
  assert run(engine, "side") == ["after_side"]
  assert ids(engine.tick()) == ["after_side"]
@@ -162,7 +162,8 @@ def test_retry_restores_blocked_dependents_and_the_run_finishes() -> None:
  engine.tick()
  engine.start("a")
  assert engine.fail("a", "boom") == ["b", "c", "d"]
- engine.retry("a")
+ unblocked = engine.retry("a")
+ assert sorted(unblocked[:2]) == ["b", "c"] and unblocked[2:] == ["d"]  # dependencies first
  assert statuses(engine) == dict.fromkeys("abcd", Status.TODO)
  assert all(engine.tickets[t].blocked_by is None for t in "bcd")
  assert all(engine.tickets[t].error is None for t in "bcd")
@@ -178,7 +179,8 @@ def test_retry_keeps_tickets_blocked_by_another_failure_and_names_it() -> None:
  engine.start("y")
  assert engine.fail("x", "boom") == ["dx", "both", "below"]
  assert engine.fail("y", "bang") == []
- engine.retry("x")
+ # dx is todo again; both and below are now blocked by y: all three changed.
+ assert engine.retry("x") == ["dx", "both", "below"]
  assert engine.tickets["dx"].status is Status.TODO
  for tid in ("both", "below"):
   ticket = engine.tickets[tid]
@@ -239,6 +241,53 @@ def test_requeue_gives_back_a_handed_out_ticket_that_never_started() -> None:
  assert engine.tickets["a"].attempts == 1
  engine.complete("a")
  assert engine.is_settled
+
+
+def test_an_automatic_retry_keeps_the_failure_until_the_ticket_starts_again() -> None:
+ engine = build({"a": ()})
+ engine.tick()
+ engine.start("a")
+ engine.requeue("a", "exit 3")
+ assert (engine.tickets["a"].status, engine.tickets["a"].error) == (Status.TODO, "exit 3")
+ engine.tick()
+ engine.start("a")
+ assert engine.tickets["a"].error is None
+
+
+def test_each_try_has_the_full_retry_budget_and_attempts_keep_counting() -> None:
+ engine = ExecutionEngine([Ticket("a", retries=1)])
+ left: list[int] = []
+
+ def attempt(fails: bool) -> None:
+  engine.tick()
+  engine.start("a")
+  left.append(engine.retries_left("a"))
+  if fails and engine.retries_left("a"):
+   engine.requeue("a", "broke")
+  elif fails:
+   engine.fail("a", "broke")
+  else:
+   engine.complete("a")
+
+ assert engine.retries_left("a") == 1
+ attempt(fails=True)  # the first attempt, then its one retry
+ attempt(fails=True)
+ assert engine.tickets["a"].status is Status.FAILED and left == [1, 0]
+ engine.retry("a")  # a person's retry: a new try
+ assert engine.retries_left("a") == 1
+ attempt(fails=True)
+ attempt(fails=False)
+ assert left == [1, 0, 1, 0]
+ assert engine.tickets["a"].attempts == 4  # every attempt has its own number
+
+
+def test_a_new_engine_begins_a_new_try_for_restored_tickets() -> None:
+ # A re-run: the store hands back a ticket that used up its budget (3 attempts, 2 retries).
+ engine = ExecutionEngine([Ticket("a", retries=2, attempts=3)])
+ assert engine.retries_left("a") == 2
+ engine.tick()
+ engine.start("a")
+ assert engine.tickets["a"].attempts == 4 and engine.retries_left("a") == 2
 
 
 def test_requeue_refuses_a_ticket_that_is_neither_running_nor_handed_out() -> None:

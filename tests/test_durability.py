@@ -372,8 +372,10 @@ def test_a_locked_state_is_refused_with_the_holders_pid_and_a_killed_holder_free
  holder.wait_for("^control it from another terminal")
  assert conductor("pause", "--state", "s.state.db", cwd=tmp_path).returncode == 0
  holder.kill_hard()  # leaves a stale lock file and a stale socket file behind
+ assert (tmp_path / "s.state.db-lock").exists() and (tmp_path / "s.state.db-ctl").exists()
  offline = conductor("status", "--state", "s.state.db", cwd=tmp_path)
  assert offline.returncode == 0 and "not running" in offline.stdout, offline.stderr
+ assert not (tmp_path / "s.state.db-lock").exists()  # reused, then removed by its last holder
 
  holder = Child("run", "p.toml", "--state", "s.state.db", cwd=tmp_path)
  holder.wait_for("^PAUSED since")
@@ -387,6 +389,8 @@ def test_a_locked_state_is_refused_with_the_holders_pid_and_a_killed_holder_free
  assert conductor("resume", "--state", "s.state.db", cwd=tmp_path).returncode == 0
  assert second.finish() == 0
  assert {status for status, _ in read_state(tmp_path / "s.state.db").values()} == {"completed"}
+ left = {"s.state.db-lock", "s.state.db-ctl.lock", "s.state.db-ctl"} & set(os.listdir(tmp_path))
+ assert not left  # the killed runs' files, reused by the next holders and removed
 
 
 def test_foreign_damaged_and_missing_state_files_get_one_line_and_stay_untouched(

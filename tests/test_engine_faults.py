@@ -18,6 +18,7 @@ from anyio import from_thread, to_thread
 
 from conductor.dag_engine import ExecutionEngine, Status, Ticket
 from conductor.multi_agent_conductor import ConductorEngine, MmaStatus, Transition
+from conductor.transitions import Change
 from conductor.workers import CallWork, WorkResult, describe_exception, run_work
 from scheduler import Scheduler
 
@@ -181,9 +182,9 @@ async def test_a_threads_snapshot_is_at_most_one_loop_turn_old() -> None:
   return WorkResult()
 
  def listener(t: Transition) -> None:
-  if t.ticket == "slow" and t.status == Status.IN_PROGRESS:
+  if t.ticket == "slow" and t.change is Change.STARTED:
    running.set()
-  if t.ticket == "slow" and t.status == Status.COMPLETED:
+  if t.ticket == "slow" and t.change is Change.COMPLETED:
    finished.set()
 
  tickets = [Ticket("slow"), Ticket("next", ("slow",))]

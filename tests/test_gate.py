@@ -111,6 +111,17 @@ async def test_try_enter_runs_the_action_only_while_open() -> None:
  assert ran == ["open"]
 
 
+async def test_try_enter_passes_its_arguments_and_an_action_that_raises_enters_nothing() -> None:
+ gate = Gate()
+ admitted: list[str] = []
+ assert gate.try_enter(admitted.append, "w1")
+ with pytest.raises(ZeroDivisionError):
+  gate.try_enter(lambda: 1 / 0)
+ gate.close()  # the lock was released by the raise: close() does not hang
+ assert not gate.try_enter(admitted.append, "w2")
+ assert admitted == ["w1"]
+
+
 # The cases of anyio's own Event tests, with open() in the role of set().
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 import textwrap
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -33,7 +36,7 @@ retries = 2
 
 [[tickets]]
 id = "docs"
-call = "steps:write_docs"
+call = "{steps}:write_docs"
 
 [[tickets]]
 id = "ship"
@@ -47,6 +50,34 @@ def write(tmp_path: Path, text: str, name: str = "pipe.toml") -> Path:
  path = tmp_path / name
  path.write_text(textwrap.dedent(text))
  return path
+
+
+Module = Callable[[Path, str], str]
+
+
+@pytest.fixture
+def module(monkeypatch: pytest.MonkeyPatch) -> Iterator[Module]:
+ """Writes a uniquely named module into a folder and returns its name; what loading
+ imported (the modules, the folders added to sys.path) is undone after the test."""
+ monkeypatch.setattr(sys, "path", list(sys.path))
+ monkeypatch.setattr(sys, "dont_write_bytecode", True)
+ names: list[str] = []
+
+ def make(folder: Path, source: str) -> str:
+  name = f"steps_{uuid.uuid4().hex}"
+  (folder / f"{name}.py").write_text(textwrap.dedent(source))
+  names.append(name)
+  return name
+
+ yield make
+ for name in names:
+  sys.modules.pop(name, None)
+
+
+def good(tmp_path: Path, module: Module) -> tuple[Path, str]:
+ """GOOD written to pipe.toml, its `call` module beside it; (the file, the module's name)."""
+ steps = module(tmp_path, "def write_docs(ticket):\n return 'docs'\n")
+ return write(tmp_path, GOOD.replace("{steps}", steps)), steps
 
 
 def error_for(tmp_path: Path, text: str) -> PipelineFileError:
@@ -66,8 +97,8 @@ TICKET = '[[tickets]]\nid = "a"\nrun = "true"\n'
 # -- loading ----------------------------------------------------------------------------------
 
 
-def test_a_good_file_loads_with_every_field(tmp_path: Path) -> None:
- path = write(tmp_path, GOOD)
+def test_a_good_file_loads_with_every_field(tmp_path: Path, module: Module) -> None:
+ path, steps = good(tmp_path, module)
  pipeline = load_pipeline(path)
  folder = tmp_path.resolve()
  assert (pipeline.name, pipeline.path, pipeline.max_workers, pipeline.auto_queue) == (
@@ -84,7 +115,7 @@ def test_a_good_file_loads_with_every_field(tmp_path: Path) -> None:
   (),
  )
  assert build.work == ShellWork("make", folder)
- assert docs.work == CallWork("steps:write_docs", folder)
+ assert docs.work == CallWork(f"{steps}:write_docs", folder)
  assert ship.work == SleepWork(1.0, fail=True)
  assert ship.depends_on == ("build", "docs")
  assert all(t.status is Status.TODO and t.attempts == 0 for t in pipeline.tickets)
@@ -97,8 +128,8 @@ def test_defaults_are_the_file_name_four_workers_and_auto_queue(tmp_path: Path) 
  assert (ticket.depends_on, ticket.description, ticket.retries) == ((), "", 0)
 
 
-def test_every_load_builds_fresh_tickets(tmp_path: Path) -> None:
- path = write(tmp_path, GOOD)
+def test_every_load_builds_fresh_tickets(tmp_path: Path, module: Module) -> None:
+ path, _ = good(tmp_path, module)
  first, second = load_pipeline(path), load_pipeline(path)
  first.tickets[0].status = Status.COMPLETED
  assert second.tickets[0].status is Status.TODO
@@ -123,8 +154,16 @@ def test_a_file_starting_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", ["build.toml", "flaky.toml"])
-def test_the_example_pipelines_load(name: str) -> None:
- pipeline = load_pipeline(EXAMPLES / name)
+def test_the_example_pipelines_load(name: str, module: Module) -> None:
+ # Loading build.toml imports examples/build_steps.py: forgotten again after the test
+ # (`module` puts sys.path back and keeps bytecode out of the repository).
+ saved = sys.modules.pop("build_steps", None)
+ try:
+  pipeline = load_pipeline(EXAMPLES / name)
+ finally:
+  sys.modules.pop("build_steps", None)
+  if saved is not None:
+   sys.modules["build_steps"] = saved
  assert pipeline.tickets and pipeline.path == (EXAMPLES / name).resolve()
 
 
@@ -299,6 +338,102 @@ def test_a_wrong_ticket_type_names_the_ticket_the_key_and_what_was_found(
 def test_graph_mistakes_are_left_to_the_engine(tmp_path: Path) -> None:
  text = '[[tickets]]\nid = "a"\ndepends_on = ["ghost", "a"]\nrun = "true"\n' + TICKET
  assert [t.id for t in load_pipeline(write(tmp_path, text)).tickets] == ["a", "a"]
+
+
+# -- call targets -----------------------------------------------------------------------------
+
+
+def call_pipeline(tmp_path: Path, target: str, extra: str = "") -> Path:
+ return write(tmp_path, f'[[tickets]]\nid = "py"\ncall = "{target}"\n{extra}')
+
+
+def test_a_call_target_is_imported_from_the_file_s_folder_when_loaded(
+ tmp_path: Path, module: Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+ (tmp_path / "pipes").mkdir()
+ steps = module(tmp_path / "pipes", "def step(ticket):\n return 'ok'\n")
+ monkeypatch.chdir(tmp_path)  # the module is beside the file, not in the current folder
+ load_pipeline(call_pipeline(tmp_path / "pipes", f"{steps}:step"))
+ assert sys.modules[steps].__file__ == str(tmp_path.resolve() / "pipes" / f"{steps}.py")
+
+
+@pytest.mark.parametrize(
+ ("target", "expected"),
+ [
+  (
+   "no_such_module_4711:step",
+   "bad call target 'no_such_module_4711:step': no module named 'no_such_module_4711' in ",
+  ),
+  ("{steps}.sub:step", "no module named '{steps}.sub'"),
+  ("{steps}:missing", "module '{steps}' has no attribute 'missing'; check the function name"),
+  ("{steps}:Thing.missing", "has no attribute 'Thing.missing'"),
+  ("{steps}:VALUE", "VALUE is an int, not a function; point the target at a function"),
+ ],
+)
+def test_a_call_target_that_cannot_be_called_is_refused_naming_ticket_target_and_fix(
+ tmp_path: Path, module: Module, target: str, expected: str
+) -> None:
+ steps = module(tmp_path, "VALUE = 3\nclass Thing:\n pass\ndef step(ticket):\n pass\n")
+ error = error_for(tmp_path, call_pipeline(tmp_path, target.format(steps=steps)).read_text())
+ assert str(error).startswith(f"{tmp_path / 'pipe.toml'}: ticket 'py': bad call target ")
+ assert expected.format(steps=steps) in str(error), str(error)
+ assert error.ticket == "py"
+
+
+@pytest.mark.parametrize(
+ ("body", "expected"),
+ [
+  ("raise RuntimeError('broken\\nat import')", "raised RuntimeError: broken; fix the module"),
+  ("raise ValueError('bad setting')", "raised ValueError: bad setting; fix the module"),
+  ("import sys\nsys.exit(4)", "raised SystemExit: sys.exit(4) was called"),
+  ("raise KeyboardInterrupt", "raised KeyboardInterrupt; fix the module"),
+  ("raise GeneratorExit", "raised GeneratorExit; fix the module"),
+  (
+   "import no_such_dependency_4711",
+   "raised ModuleNotFoundError: No module named 'no_such_dependency_4711'; install what it",
+  ),
+ ],
+ ids=["runtime-error", "value-error", "sys-exit", "keyboard-interrupt", "generator-exit", "dep"],
+)
+def test_a_module_that_raises_when_imported_is_refused_in_one_line(
+ tmp_path: Path, module: Module, body: str, expected: str
+) -> None:
+ steps = module(tmp_path, f"{body}\ndef step(ticket):\n pass\n")
+ error = error_for(tmp_path, call_pipeline(tmp_path, f"{steps}:step").read_text())
+ assert str(error).startswith(
+  f"{tmp_path / 'pipe.toml'}: ticket 'py': call target '{steps}:step': "
+  f"importing module '{steps}' {expected}"
+ ), str(error)
+ assert f"python -c 'import {steps}'" in str(error) and error.ticket == "py"
+
+
+def test_every_file_mistake_is_reported_before_any_module_is_imported(
+ tmp_path: Path, module: Module
+) -> None:
+ steps = module(tmp_path, "raise RuntimeError('imported')\n")
+ text = call_pipeline(tmp_path, f"{steps}:step").read_text() + '[[tickets]]\nid = "b"\n'
+ error = error_for(tmp_path, text)
+ assert "ticket 'b': has no work" in str(error) and steps not in sys.modules
+
+
+def test_without_resolving_only_the_syntax_of_a_target_is_checked(
+ tmp_path: Path, module: Module
+) -> None:
+ path = call_pipeline(tmp_path, "no_such_module_4711:step")
+ pipeline = load_pipeline(path, resolve_calls=False)
+ assert pipeline.tickets[0].work == CallWork("no_such_module_4711:step", tmp_path.resolve())
+ with pytest.raises(PipelineFileError, match=r"write it as .package\.module:function."):
+  load_pipeline(call_pipeline(tmp_path, "no-colon"), resolve_calls=False)
+
+
+def test_a_dict_imports_nothing_unless_asked(tmp_path: Path, module: Module) -> None:
+ data = {"tickets": [{"id": "py", "call": "no_such_module_4711:step"}]}
+ assert pipeline_from_dict(data, name="demo").tickets[0].id == "py"
+ with pytest.raises(PipelineFileError) as info:
+  pipeline_from_dict(data, name="demo", resolve_calls=True)
+ assert str(info.value).startswith(
+  "pipeline 'demo': ticket 'py': bad call target 'no_such_module_4711:step': no module named"
+ )
 
 
 # -- fingerprints -----------------------------------------------------------------------------

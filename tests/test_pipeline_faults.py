@@ -7,6 +7,8 @@ command (`conductor validate` / `run`, real processes).
 
 from __future__ import annotations
 
+import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -198,3 +200,38 @@ def test_a_ticket_with_very_many_unknown_keys_gets_a_short_line(tmp_path: Path) 
   load_pipeline(path)
  message = one_line(caught.value)
  assert "'k0\\n'" in message and "and 19992 more" in message and len(message) < 600, message
+
+
+# -- call targets whose module is hostile ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+ ("body", "expected"),
+ [
+  (
+   "raise RuntimeError('\\x1b[2J\\x1b]0;owned\\x07\\nsecond line')",
+   "raised RuntimeError: \\x1b[2J\\x1b]0;owned\\x07; fix the module",
+  ),
+  (
+   "class Bad(Exception):\n def __str__(self):\n  raise RuntimeError('no')\nraise Bad()",
+   "raised Bad (its message could not be read); fix the module",
+  ),
+  ("def f(n):\n return f(n + 1)\nf(0)", "raised RecursionError: maximum recursion depth"),
+  ("raise MemoryError('simulated')", "raised MemoryError: simulated; fix the module"),
+ ],
+ ids=["escapes", "str-raises", "recursion", "memory"],
+)
+def test_whatever_a_module_raises_at_import_is_one_escaped_line(
+ tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str, expected: str
+) -> None:
+ monkeypatch.setattr(sys, "path", list(sys.path))
+ name = f"hostile_{uuid.uuid4().hex}"
+ (tmp_path / f"{name}.py").write_text(f"{body}\n")
+ path = tmp_path / "p.toml"
+ path.write_text(f'[[tickets]]\nid = "a"\ncall = "{name}:step"\n')
+ with pytest.raises(PipelineFileError) as caught:
+  load_pipeline(path)
+ message = one_line(caught.value)
+ assert message.startswith(f"{path}: ticket 'a': call target '{name}:step': importing module")
+ assert expected in message and "second line" not in message, message
+ assert name not in sys.modules

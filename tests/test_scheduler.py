@@ -6,7 +6,7 @@ import random
 import sys
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import anyio
 import pytest
@@ -273,9 +273,96 @@ async def test_rapid_toggling_from_a_thread_loses_no_wakeup_and_starts_nothing_t
  assert s.spawned == n
 
 
+# -- on_admit: who admitted the worker ----------------------------------------------------
+
+
+async def test_on_admit_runs_in_the_spawners_step_when_a_slot_is_free() -> None:
+ events: list[tuple[str, int]] = []
+
+ async def worker() -> None:
+  events.append(("worker", anyio.get_current_task().id))
+
+ def on_admit() -> None:
+  events.append(("admitted", anyio.get_current_task().id))
+
+ with fail_after(5):
+  async with Scheduler(max_workers=1) as s:
+   await s.spawn(worker, on_admit=on_admit)
+   assert events == [("admitted", anyio.get_current_task().id)]  # the worker has not run
+ assert [what for what, _ in events] == ["admitted", "worker"]
+
+
+async def test_on_admit_runs_in_the_workers_own_task_when_a_resume_admits_it() -> None:
+ events: list[tuple[str, int]] = []
+ spawner: list[int] = []
+
+ async def worker() -> None:
+  events.append(("worker", anyio.get_current_task().id))
+
+ def on_admit() -> None:
+  events.append(("admitted", anyio.get_current_task().id))
+
+ async def spawn(s: Scheduler) -> None:
+  spawner.append(anyio.get_current_task().id)
+  await s.spawn(worker, on_admit=on_admit)
+
+ with fail_after(5):
+  async with Scheduler(max_workers=1, paused=True) as s, create_task_group() as tg:
+   tg.start_soon(spawn, s)
+   await wait_all_tasks_blocked()
+   assert events == [] and s.statistics().parked_spawns == 1
+   s.resume()
+ [(first, admitting), (second, running)] = events
+ assert (first, second) == ("admitted", "worker")
+ assert admitting == running != spawner[0]  # the worker's own task, in the step before it ran
+
+
+async def test_try_spawn_runs_on_admit_only_when_it_starts_the_worker() -> None:
+ admitted: list[str] = []
+
+ with fail_after(5):
+  async with Scheduler(max_workers=1) as s:
+   s.pause()
+   assert not s.try_spawn(anyio.lowlevel.checkpoint, on_admit=lambda: admitted.append("p"))
+   s.resume()
+   assert s.try_spawn(anyio.lowlevel.checkpoint, on_admit=lambda: admitted.append("a"))
+   assert admitted == ["a"]
+   assert not s.try_spawn(anyio.lowlevel.checkpoint, on_admit=lambda: admitted.append("b"))
+ assert admitted == ["a"]
+
+
+@pytest.mark.parametrize("paused", [False, True])
+async def test_an_on_admit_that_raises_starts_nothing_frees_the_slot_and_reaches_the_spawner(
+ paused: bool,
+) -> None:
+ ran: list[str] = []
+
+ async def worker(name: str) -> None:
+  ran.append(name)
+
+ def broken() -> None:
+  raise LookupError("on_admit broke")
+
+ async def spawn_broken(s: Scheduler) -> None:
+  with pytest.raises(LookupError, match="on_admit broke"):
+   await s.spawn(worker, "broken", on_admit=broken)
+
+ with fail_after(5):
+  async with Scheduler(max_workers=1, paused=paused) as s:
+   async with create_task_group() as tg:
+    tg.start_soon(spawn_broken, s)
+    await wait_all_tasks_blocked()
+    s.resume()  # admits the parked one (when paused)
+   assert s.running == ()
+   await s.spawn(worker, "next")  # would hang if the slot had leaked
+ assert ran == ["next"]
+
+
+# -- ThreadBridge ---------------------------------------------------------------------------
+
+
 async def test_bridge_runs_posted_commands_in_the_loop_and_serves_snapshots() -> None:
  bridge: ThreadBridge[tuple[int, ...]] = ThreadBridge(())
- assert not bridge.post(lambda: None)  # no loop yet
  bridge.attach()
  done = anyio.Event()
  loop_thread = threading.get_ident()
@@ -291,5 +378,110 @@ async def test_bridge_runs_posted_commands_in_the_loop_and_serves_snapshots() ->
   await done.wait()
  assert seen == [True]
  assert await anyio.to_thread.run_sync(lambda: bridge.snapshot) == (1, 2, 3)
+
+
+async def test_bridge_holds_commands_until_attach_runs_them_in_order_then_drops_after_detach() -> (
+ None
+):
+ bridge: ThreadBridge[int] = ThreadBridge(0)
+ ran: list[tuple[str, bool]] = []
+ loop_thread = threading.get_ident()
+ later = anyio.Event()
+
+ def command(name: str) -> Callable[[], None]:
+  return lambda: ran.append((name, threading.get_ident() == loop_thread))
+
+ # Posted before the loop "runs" (attach): from another thread, and from this one.
+ assert await anyio.to_thread.run_sync(bridge.post, command("first"))
+ assert bridge.post(command("second"))
+ assert ran == []
+ bridge.attach()  # runs them, in order, now
+ assert ran == [("first", True), ("second", True)]
+ with fail_after(5):
+  assert await anyio.to_thread.run_sync(bridge.post, later.set)
+  await later.wait()
+ bridge.detach(7)
+ assert not bridge.post(command("too late")) and bridge.snapshot == 7
+ await anyio.lowlevel.checkpoint()
+ assert [name for name, _ in ran] == ["first", "second"]
+ with pytest.raises(RuntimeError, match="attached once"):
+  bridge.attach()
+
+
+async def test_bridge_request_is_folded_while_in_flight_and_throttled_by_min_interval() -> None:
+ bridge: ThreadBridge[int] = ThreadBridge(0)
+ built = [anyio.Event() for _ in range(3)]  # set by the first, second, third build
+
+ def build() -> int:
+  number = sum(event.is_set() for event in built) + 1
+  built[number - 1].set()
+  return number
+
+ bridge.attach()
+ with fail_after(5):
+  # From the loop's thread the posted request cannot run before this task yields.
+  assert bridge.request(build)
+  assert not bridge.request(build)  # on its way: folded into it
+  await built[0].wait()
+  assert bridge.snapshot == 1
+  assert not bridge.request(build, min_interval=3600)  # the last was posted just now
+  assert bridge.request(build)  # no interval asked: posted again
+  await built[1].wait()
+  assert bridge.snapshot == 2
+  # From another thread too; never waiting for the loop.
+  assert await anyio.to_thread.run_sync(bridge.request, build)
+  await built[2].wait()
+  assert bridge.snapshot == 3
  bridge.detach()
- assert not bridge.post(lambda: None)
+ assert not bridge.request(build)
+
+
+async def test_bridge_request_before_attach_is_answered_at_attach() -> None:
+ bridge: ThreadBridge[str] = ThreadBridge("initial")
+ built = anyio.Event()
+
+ def fresh() -> str:
+  built.set()
+  return "fresh"
+
+ assert bridge.request(fresh)
+ assert not bridge.request(lambda: "again")  # folded into the one held
+ bridge.attach()
+ with fail_after(5):
+  await built.wait()
+ assert bridge.snapshot == "fresh"
+
+
+async def test_bridge_ask_is_built_by_the_loop_and_detach_answers_an_ask_it_never_ran() -> None:
+ class DroppingBridge(ThreadBridge[int]):
+  """Loses its posts, like a loop that ends before it runs them."""
+
+  __slots__ = ("dropping", "posted")
+
+  def post(self, fn: Callable[[], object]) -> bool:
+   if not self.dropping:
+    return super().post(fn)
+   self.posted.set()
+   return True
+
+ bridge = DroppingBridge(0)
+ bridge.dropping, bridge.posted = False, threading.Event()
+ assert bridge.ask(lambda: 1, timeout=5) == 1  # before attach: built here
+ bridge.attach()
+ loop_thread = threading.get_ident()
+ with fail_after(5):
+  built_on = await anyio.to_thread.run_sync(bridge.ask, threading.get_ident, 5)
+ assert built_on == loop_thread and bridge.snapshot == loop_thread
+ bridge.dropping = True
+ with fail_after(5):
+  async with create_task_group() as tg:
+   answers: list[int] = []
+
+   async def ask() -> None:
+    answers.append(await anyio.to_thread.run_sync(bridge.ask, lambda: -1, 30))
+
+   tg.start_soon(ask)
+   assert await anyio.to_thread.run_sync(bridge.posted.wait, 5)
+   bridge.detach(99)  # the run's final snapshot, for every ask still waiting
+ assert answers == [99]
+ assert bridge.ask(lambda: -1, timeout=5) == 99  # after detach: the final one

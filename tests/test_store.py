@@ -19,10 +19,11 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from conductor.control import DurableRun, StateLockedError, open_run
 from conductor.dag_engine import ExecutionEngine, Status, Ticket
 from conductor.multi_agent_conductor import ConductorEngine, Snapshot, Transition
 from conductor.pipeline import Pipeline, pipeline_from_dict
+from conductor.server import StateLockedError
+from conductor.session import DurableRun, open_run
 from conductor.store import (
  APPLICATION_ID,
  PipelineChangedError,
@@ -31,6 +32,7 @@ from conductor.store import (
  StateStore,
  check_state_file,
 )
+from conductor.transitions import Change
 from conductor.workers import WorkFailed, WorkResult
 
 pytestmark = pytest.mark.anyio
@@ -164,15 +166,15 @@ async def test_no_worker_runs_once_the_state_cannot_be_written(tmp_path: Path) -
 
 async def test_every_watched_transition_is_already_committed(tmp_path: Path) -> None:
  path = tmp_path / "p.state.db"
- lines: list[tuple[str | None, str]] = []
+ lines: list[tuple[str | None, Change]] = []
  with StateStore.open(path) as store:
   tickets = diamond()
   store.restore("p", tickets)
 
   def watch(t: Transition) -> None:
    if t.ticket is not None:
-    assert current(path)[t.ticket][0] == Status(t.status)
-   lines.append((t.ticket, t.status))
+    assert current(path)[t.ticket][0] == t.status
+   lines.append((t.ticket, t.change))
 
   store.watch(watch)
 
@@ -215,6 +217,39 @@ async def test_a_crash_image_resumes_with_the_interrupted_attempt_counted(tmp_pa
   assert by_id["d"].attempts == 2
   events = [h.status for h in store.history() if h.ticket == "d"]
   assert events == ["in_progress", "interrupted", "in_progress", "completed"]
+
+
+async def test_a_re_run_names_the_tickets_a_cancelled_run_interrupted(tmp_path: Path) -> None:
+ # A second Ctrl+C (or Cancel, SIGTERM) cancels the running workers: the run records them
+ # "interrupted" and todo, and ends cleanly. The next run must say so, as after a kill -9.
+ path = tmp_path / "p.state.db"
+ with StateStore.open(path) as store:
+  tickets = diamond()
+  store.restore("p", tickets)
+  started = anyio.Event()
+
+  async def hang_in_d(ticket: Ticket) -> None:
+   if ticket.id == "d":
+    started.set()
+    await anyio.sleep_forever()
+
+  conductor = ConductorEngine(ExecutionEngine(tickets), hang_in_d, 3)
+  store.attach(conductor)
+  with anyio.fail_after(10):
+   async with anyio.create_task_group() as tg:
+    tg.start_soon(conductor.run)
+    await started.wait()
+    conductor.cancel()
+  store.commit()
+
+ with StateStore.open(path) as store:
+  again = diamond()
+  restored = store.restore("p", again)
+  assert restored.interrupted == ("d",) and restored.completed == 4
+  await run_with_store(store, again, lambda ticket: anyio.lowlevel.checkpoint())
+
+ with StateStore.open(path) as store:  # d completed since: nothing is interrupted any more
+  assert store.restore("p", diamond()).interrupted == ()
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -308,9 +343,9 @@ async def test_a_retry_during_the_run_records_what_it_unblocked(tmp_path: Path) 
   b_failed = anyio.Event()
 
   def on_transition(t: Transition) -> None:
-   if t.ticket == "b" and t.status == "failed":
+   if t.ticket == "b" and t.change is Change.FAILED:
     b_failed.set()
-   if t.ticket == "d" and t.status == "completed":
+   if t.ticket == "d" and t.change is Change.COMPLETED:
     conductor.stop()
 
   async def retry_b() -> None:
@@ -329,6 +364,81 @@ async def test_a_retry_during_the_run_records_what_it_unblocked(tmp_path: Path) 
   history = [(h.ticket, h.status) for h in store.history()]
   assert ("d", "blocked") in history and ("d", "todo") in history
   assert {row.status for row in store.tickets()} == {"completed"}
+
+
+async def test_a_re_run_gives_a_failed_ticket_its_full_retries_and_attempts_count_on(
+ tmp_path: Path,
+) -> None:
+ path = tmp_path / "p.state.db"
+ succeed_at = 99  # the attempt that succeeds
+
+ async def worker(ticket: Ticket) -> WorkResult:
+  if ticket.id == "b" and ticket.attempts < succeed_at:
+   raise WorkFailed(f"attempt {ticket.attempts} broke")
+  return WorkResult(exit_code=0)
+
+ def tickets() -> list[Ticket]:
+  return [Ticket("a"), Ticket("b", ("a",), retries=2), Ticket("c", ("b",))]
+
+ with StateStore.open(path) as store:
+  first = tickets()
+  store.restore("p", first)
+  snap = await run_with_store(store, first, worker)
+  assert (snap.counts.failed, snap.counts.blocked) == (1, 1)
+  assert first[1].attempts == 3  # the first attempt and its two retries
+ succeed_at = 6  # the re-run needs all three of its attempts
+ with StateStore.open(path) as store:
+  again = tickets()
+  assert store.restore("p", again).retried == ("b",)
+  snap = await run_with_store(store, again, worker)
+  assert snap.counts.completed == 3
+  starts = [h.attempt for h in store.history() if h.ticket == "b" and h.status == "in_progress"]
+  assert starts == [1, 2, 3, 4, 5, 6]  # CONDUCTOR_ATTEMPT never repeats
+
+
+async def test_the_store_records_a_retry_and_a_pause_from_the_transitions_alone(
+ tmp_path: Path,
+) -> None:
+ # After a retry of x, `both` is blocked by y instead: its stored error says so. A pause
+ # records who was running at it, as the transition says (not as the engine says later).
+ path = tmp_path / "p.state.db"
+ tickets = [Ticket("x"), Ticket("y"), Ticket("both", ("x", "y")), Ticket("slow")]
+ release = anyio.Event()
+ x_failed = anyio.Event()
+ y_failed = anyio.Event()
+
+ async def worker(ticket: Ticket) -> None:
+  if ticket.id == "slow":
+   await release.wait()
+  elif ticket.id == "x" and not x_failed.is_set():
+   x_failed.set()
+   raise WorkFailed("x broke")  # first: `both` is blocked by x
+  elif ticket.id == "y":
+   await x_failed.wait()
+   y_failed.set()
+   raise WorkFailed("y broke")
+
+ with StateStore.open(path) as store:
+  store.restore("p", tickets)
+  conductor = ConductorEngine(ExecutionEngine(tickets), worker, 4, linger=True)
+  store.attach(conductor)
+  async with anyio.create_task_group() as tg:
+   tg.start_soon(conductor.run)
+   with anyio.fail_after(10):
+    await y_failed.wait()
+    await anyio.wait_all_tasks_blocked()
+    conductor.retry("x")
+    conductor.pause("check")
+    store.commit()
+    assert store.pause_state().running_at_pause == ("slow",)
+    rows = {row.id: row for row in store.tickets()}
+    assert rows["both"].status == "blocked"
+    assert rows["both"].error == "dependency 'y' failed; retry 'y' to unblock"
+    conductor.resume()
+    release.set()
+    conductor.stop()
+  events = [(h.ticket, h.status) for h in store.history() if h.ticket == "both"]
+  assert events == [("both", "blocked"), ("both", "blocked")]
 
 
 @pytest.mark.parametrize("details", [True, False])

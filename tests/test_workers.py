@@ -305,19 +305,22 @@ async def test_an_error_while_importing_the_module_fails_the_ticket(
   ("bad-name:step", "write it as 'package.module:function'"),
   ("no_such_module_4711:step", "no module named 'no_such_module_4711'"),
   ("{module}:missing", "has no attribute 'missing'"),
-  ("{module}:VALUE", "is a int, not a function"),
+  ("{module}:VALUE", "is an int, not a function"),
+  ("{module}:NAME", "is a str, not a function"),
  ],
 )
-async def test_a_bad_call_target_raises_value_error_naming_it(
+async def test_a_bad_call_target_fails_the_ticket_naming_it_in_plain_words(
  module: tuple[str, Path], target: str, expected: str
 ) -> None:
  name, path = module
- path.write_text("VALUE = 3\ndef step(ticket):\n return 'ok'\n")
+ path.write_text("VALUE = 3\nNAME = 'x'\ndef step(ticket):\n return 'ok'\n")
  target = target.format(module=name)
- with pytest.raises(ValueError, match=r"^bad call target") as info:
+ with pytest.raises(WorkFailed) as info:
   await run_work(call(target, path.parent))
- assert repr(target) in str(info.value) and expected in str(info.value)
- assert "\n" not in str(info.value)
+ # The error is the user's one line: no class name of ours (it was "_BadTarget: ...").
+ assert info.value.error.startswith(f"bad call target {target!r}: "), info.value.error
+ assert expected in info.value.error and "\n" not in info.value.error
+ assert info.value.exit_code is None
 
 
 async def test_the_search_path_is_added_to_sys_path_only_once(module: tuple[str, Path]) -> None:
@@ -380,3 +383,38 @@ async def test_the_build_example_runs_to_completion_with_real_workers(
  assert outputs["package"] == "packaged out/app.tar\n"
  assert (folder / "out" / "app.tar").stat().st_size > 0
  assert "written by ticket manifest" in (folder / "out" / "manifest.txt").read_text()
+
+
+# -- call targets: resolving ------------------------------------------------------------------
+
+
+def test_resolving_a_bad_target_raises_call_target_error_a_value_error(
+ module: tuple[str, Path],
+) -> None:
+ name, path = module
+ path.write_text("def step(ticket):\n return 'ok'\n")
+ assert workers.resolve_call_target(f"{name}:step", path.parent).__name__ == "step"
+ with pytest.raises(workers.CallTargetError, match="has no attribute 'nope'") as info:
+  workers.resolve_call_target(f"{name}:nope", path.parent)
+ assert isinstance(info.value, ValueError)
+
+
+def test_a_value_error_raised_by_the_module_at_import_is_not_a_bad_target(
+ module: tuple[str, Path],
+) -> None:
+ name, path = module
+ path.write_text("raise ValueError('bad setting')\n")
+ with pytest.raises(ValueError, match=r"^bad setting$") as info:
+  workers.resolve_call_target(f"{name}:step", path.parent)
+ assert not isinstance(info.value, workers.CallTargetError)
+
+
+async def test_a_value_error_at_import_fails_the_ticket_as_the_module_s_own_error(
+ module: tuple[str, Path],
+) -> None:
+ name, path = module
+ path.write_text("raise ValueError('bad setting')\n")
+ with pytest.raises(WorkFailed) as info:
+  await run_work(call(f"{name}:step", path.parent))
+ assert info.value.error == f"ValueError: bad setting (while importing {name}:step)"
+ assert "Traceback" in info.value.output

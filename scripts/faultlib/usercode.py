@@ -187,6 +187,30 @@ def _trial(
 
  what = f"conductor run ({backend}) with a ticket raising {label}"
  mark = lab.log.mark()
+ if at_import:
+  # The pipeline is refused at load (call targets are imported then): one line naming the
+  # ticket, exit 2, nothing started and no state written. The clean re-run below still runs.
+  done = lab.finish(
+   lab.start(what, lab.run_args(backend, fresh=True)), expect={2}, bound=15, mark=mark
+  )
+  if not done.hung and ("'bad'" not in done.err or "importing module" not in done.err):
+   row.fail(
+    "broken", f"`{what}`: the refusal does not name the ticket and its import: {done.last()}"
+   )
+  started = sum(lab.log.starts_since(mark).values())
+  if started:
+   row.fail("broken", f"`{what}`: {started} ticket(s) started though the pipeline was refused")
+  if lab.state.exists():
+   row.fail("broken", f"`{what}`: a refused pipeline wrote a state file")
+  flag.unlink()
+  what = f"clean run ({backend}) after {label}, the module fixed"
+  mark = lab.log.mark()
+  done = lab.finish(lab.start(what, lab.run_args(backend)), expect={0}, bound=30, mark=mark)
+  ledger.run(what, mark, lab.log.mark(), done.printed)
+  lab.leftovers(f"after `{what}`")
+  check_final(row, lab.snapshot(), pipe.deps, what)
+  check_log(row, lab.log.read(), pipe.deps, ledger)
+  return
  done = lab.finish(
   lab.start(what, lab.run_args(backend, fresh=True)), expect={1}, bound=15, mark=mark
  )

@@ -50,7 +50,7 @@ class Ticket:
  depends_on: tuple[str, ...] = ()
  description: str = ""
  work: object | None = None
- retries: int = 0  # automatic retries after a failure, on top of the first attempt
+ retries: int = 0  # automatic retries after a failure, in each try (see ExecutionEngine)
  status: Status = Status.TODO
  attempts: int = 0  # how many times the ticket has been started
  error: str | None = None  # last failure, or why it is blocked
@@ -166,7 +166,7 @@ _HANDED = 3  # handed out by tick(), not started yet: counted in `_n_handed`
 
 
 class _Node:
- __slots__ = ("approved", "dependents", "deps", "stage", "ticket", "unmet")
+ __slots__ = ("approved", "dependents", "deps", "stage", "ticket", "try_began", "unmet")
 
  def __init__(self, ticket: Ticket) -> None:
   # The ticket this record augments; the engine mutates its status, attempts, error and
@@ -190,9 +190,14 @@ class _Node:
   # when auto_queue is off. Survives failures and requeues: approval is given once.
   self.approved = False
 
+  # The ticket's attempts when its current try began: when the engine was built (a run, so
+  # also a re-run) or at retry(). Attempts beyond the first since then used its retries.
+  self.try_began = ticket.attempts
+
 
 def _blocked_message(root: str) -> str:
- return f"blocked: dependency {root!r} failed; retry {root!r} to unblock"
+ # No "blocked:" in front: every view shows the status beside the error already.
+ return f"dependency {root!r} failed; retry {root!r} to unblock"
 
 
 class ExecutionEngine:
@@ -204,6 +209,12 @@ class ExecutionEngine:
                                            in_progress --fail()------> failed --retry()--> todo
                                            in_progress --requeue()---> todo, handed out again
   todo --(a dependency fails)--> blocked --(that dependency is retried)--> todo
+
+ Retries. A ticket's `retries` are automatic retries of a failed attempt within one *try*.
+ A try begins when the engine is built (every run, so a re-run gives a failed ticket its
+ full budget again) and when a person calls `retry()`; `retries_left()` says what is left
+ of it, and the driver requeues a failed attempt while it is not 0. `attempts` counts every
+ start across tries, so an attempt number is never reused.
 
  Complexity: like `graphlib.TopologicalSorter`, every ticket carries a counter of its unmet
  dependencies, so a run from start to finish costs O(V + E) in total and tick() costs only
@@ -405,6 +416,15 @@ class ExecutionEngine:
   """
   return self._counts[Status.IN_PROGRESS] == 0 and not self._ready and self._n_handed == 0
 
+ def retries_left(self, ticket_id: str) -> int:
+  """How many automatic retries the ticket's current try still allows after its latest
+  attempt: `retries` minus the attempts beyond the first since the try began (see the class
+  docstring). A driver retries a failed attempt while this is not 0. O(1)."""
+  node = self._node(ticket_id)
+  ticket = node.ticket
+  used = max(0, ticket.attempts - node.try_began - 1)
+  return max(0, ticket.retries - used)
+
  def awaiting_approval(self) -> list[str]:
   """Ids of ready tickets that wait for `queue()` (auto_queue off), in the order they became
   ready. O(number awaiting)."""
@@ -505,13 +525,14 @@ class ExecutionEngine:
    i += 1
   return [n.ticket.id for n in frontier[1:]]
 
- def requeue(self, ticket_id: str) -> None:
+ def requeue(self, ticket_id: str, error: str | None = None) -> None:
   """Put an interrupted ticket back to `todo` and hand it out again on the next tick().
 
-  For a worker that was cancelled or interrupted, which is not a failure: nothing downstream
-  changes and `attempts` is kept. Accepts an `in_progress` ticket, and also one handed out
-  by tick() but never started (its spawn was cancelled). O(1).
-  Raises `RuntimeError` for a ticket in any other state.
+  For a worker that was cancelled or interrupted, which is not a failure, and for an
+  automatic retry of a failed attempt (`error` says why it failed; kept until the ticket
+  starts again): nothing downstream changes and `attempts` is kept. Accepts an
+  `in_progress` ticket, and also one handed out by tick() but never started (its spawn was
+  cancelled). O(1). Raises `RuntimeError` for a ticket in any other state.
   """
   node = self._node(ticket_id)
   ticket = node.ticket
@@ -523,17 +544,22 @@ class ExecutionEngine:
    raise RuntimeError(
     f"cannot requeue ticket {ticket_id!r}: it is {ticket.status}, not in progress or handed out"
    )
+  if error is not None:
+   ticket.error = error
   node.stage = _QUEUED
   self._ready.append(node)
 
- def retry(self, ticket_id: str) -> None:
-  """Put a failed ticket back to `todo`, and unblock what its failure blocked.
+ def retry(self, ticket_id: str) -> list[str]:
+  """Put a failed ticket back to `todo`, with a new try (its full `retries`), and unblock
+  what its failure blocked.
 
   Every ticket blocked (transitively) because of it returns to `todo`, unless another failed
-  ticket still blocks it; then `blocked_by` names that one. The retried ticket is handed out
-  by the next tick() (retrying counts as approval when auto_queue is off); the unblocked
-  tickets follow as their dependencies complete. Its last `error` is kept until it starts.
-  O(size of the blocked part downstream of it plus its edges).
+  ticket still blocks it; then `blocked_by` (and `error`) name that one. The retried ticket
+  is handed out by the next tick() (retrying counts as approval when auto_queue is off); the
+  unblocked tickets follow as their dependencies complete. Its last `error` is kept until it
+  starts. Returns the ids of the other tickets it changed (now todo, or blocked by another
+  failure), dependencies before dependents, like fail(). O(size of the blocked part
+  downstream of it plus its edges).
 
   Raises `ValueError` if the ticket has not failed (a user can ask for that).
   """
@@ -545,6 +571,7 @@ class ExecutionEngine:
    )
   self._move(ticket, Status.TODO)
   node.approved = True
+  node.try_began = ticket.attempts
   if node.unmet == 0:
    self._make_ready(node)
 
@@ -561,6 +588,7 @@ class ExecutionEngine:
   region = {member: sum(1 for dep in member.deps if dep in members) for member in members}
 
   # ...then settle them in topological order, so each sees its dependencies' final state.
+  changed: list[str] = []
   stack = [member for member, inside in region.items() if inside == 0]
   while stack:
    member = stack.pop()
@@ -570,16 +598,19 @@ class ExecutionEngine:
     self._move(member_ticket, Status.TODO)
     member_ticket.blocked_by = None
     member_ticket.error = None
+    changed.append(member_ticket.id)
     # No _make_ready(): the dependency it was blocked through is todo now, not completed,
     # so `unmet` > 0 and complete() will release it like any other waiting ticket.
    elif root != member_ticket.blocked_by:
     member_ticket.blocked_by = root
     member_ticket.error = _blocked_message(root)
+    changed.append(member_ticket.id)
    for dependent in member.dependents:
     if dependent in region:
      region[dependent] -= 1
      if region[dependent] == 0:
       stack.append(dependent)
+  return changed
 
  def queue(self, ticket_id: str) -> None:
   """Approve a ticket for handing out when auto_queue is off. Idempotent; O(1).

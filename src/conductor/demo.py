@@ -1,4 +1,7 @@
-"""The built-in demo: a multi-agent-like pipeline of simulated tickets (about 20 s)."""
+"""The built-in demo (`conductor demo`): a multi-agent-like pipeline of 31 simulated tickets.
+
+It takes about 16 s on 4 workers: its longest chain of dependencies sleeps 15.3 s.
+"""
 
 from __future__ import annotations
 

@@ -1,20 +1,29 @@
 """`ConductorEngine`: runs an `ExecutionEngine`'s DAG on a pausable `scheduler.Scheduler`.
 
+It does two jobs: control (pause, resume, stop, cancel, retry, queue and the run clock,
+from any thread) and the driver (`run`: hands ready tickets to the scheduler and turns each
+worker's outcome into a DAG transition, on the loop). Its other parts are units of their
+own: `journal.Journal` delivers the transitions (`transitions.Transition`) to listeners and
+is where the write-ahead rule lives; `snapshots.SnapshotCache` builds the `Snapshot`s;
+`scheduler.ThreadBridge` carries commands in from other threads and snapshots out.
+
 Where pause happens: `ConductorEngine.pause()` calls `Scheduler.pause()`, which closes the
 scheduler's gate under its admission lock. The run loop (`_drive`) hands every ready ticket
 to `Scheduler.spawn`, which parks at that gate. Nothing here polls: the loop wakes on a
 completion, on a free slot, or on the gate opening.
+
+Where a ticket's status changes: in `dag_engine.ExecutionEngine`, called from the driver
+here (`_start`, `_work`, `_failed`, the retry command), which emits one `Transition` for
+each ticket changed.
 """
 
 from __future__ import annotations
 
-import enum
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import NamedTuple
+from collections.abc import Callable
+from functools import partial
 
 from anyio import CancelScope, Event, get_cancelled_exc_class
 from anyio.lowlevel import checkpoint
@@ -22,143 +31,99 @@ from anyio.lowlevel import checkpoint
 from scheduler import Scheduler, ThreadBridge
 
 from .dag_engine import ExecutionEngine, Status, Ticket
-from .workers import WorkFailed, WorkResult, describe_exception, is_cancellation, run_work
-
-Worker = Callable[[Ticket], Awaitable[WorkResult | None]]
-
-OUTPUT_TAIL = 4000  # characters of a ticket's output kept for display
-
-
-class MmaStatus(enum.StrEnum):
- """The pipeline's status as the dashboard shows it."""
-
- IDLE = "idle"  # not started, or stopped before finishing
- PLANNING = "planning"  # setting up the run
- EXECUTING = "executing"
- PAUSED = "paused"  # no worker starts; the ones running at the pause may still finish
- DONE = "done"  # every ticket completed
- ERROR = "error"  # finished with failed or blocked tickets, or the run itself crashed
-
-
-@dataclass(frozen=True, slots=True)
-class Counts:
- todo: int = 0
- in_progress: int = 0
- completed: int = 0
- failed: int = 0
- blocked: int = 0
-
- @property
- def total(self) -> int:
-  return self.todo + self.in_progress + self.completed + self.failed + self.blocked
-
-
-# RunningWorker and TicketRow are NamedTuples rather than frozen dataclasses: one of each is
-# built per ticket and a tuple builds in a third of the time (a run's final table of 100,000
-# rows is built at its end).
-
-
-class RunningWorker(NamedTuple):
- ticket: str
- attempt: int
- started_at: float  # time.monotonic()
-
-
-class TicketRow(NamedTuple):
- """One ticket as displayed: immutable, rebuilt whenever the ticket changes."""
-
- id: str
- status: Status
- attempts: int
- description: str
- depends_on: tuple[str, ...]
- work: str  # what it runs, for display
- error: str | None
- exit_code: int | None
- output: str  # tail of the output
- started_at: float | None  # time.monotonic() of the latest start
- finished_at: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
- """An immutable view of a run; safe to keep and read from any thread.
-
- `running_at_pause` are the workers that were in flight when the pause began (they finish
- normally); `finishing` are those of them still running: it drains to zero. `ready` are
- the tickets that start first on resume, in order; `pending` all tickets not yet started.
- """
-
- version: int
- name: str
- status: MmaStatus
- counts: Counts
- running: tuple[RunningWorker, ...]
- paused: bool
- pause_reason: str | None
- paused_at: float | None  # time.time() when the current pause began
- running_at_pause: tuple[str, ...]
- finishing: tuple[str, ...]
- ready: tuple[str, ...]
- pending: tuple[str, ...]
- awaiting_approval: tuple[str, ...]
- elapsed: float  # seconds of run time, excluding time spent paused
- spawned: int
- max_workers: int
- error: str | None  # why the run itself failed, if it did
- stopping: bool  # stop() or cancel() was asked: the run ends once running workers finish
- rows: tuple[TicketRow, ...] = field(repr=False)
-
- @property
- def draining(self) -> bool:
-  return self.paused and bool(self.finishing)
-
-
-class Transition(NamedTuple):
- """A ticket changed status (or, with `ticket=None`, the pipeline was paused/resumed).
-
- A NamedTuple, not a frozen dataclass: two are built per ticket when a store listens, and a
- tuple builds in a third of the time.
- """
-
- ticket: str | None
- status: str  # a Status value, or "paused" / "resumed" / "interrupted"
- at: float  # time.time()
- attempt: int = 0
- detail: str | None = None  # error, pause reason, ...
- exit_code: int | None = None  # of the attempt that just ended (completed, failed, retrying)
-
+from .journal import Flush, Journal, Listener
+from .snapshots import Counts, MmaStatus, RunningWorker, Snapshot, SnapshotCache, TicketRow
+from .transitions import Change, Transition
+from .workers import (
+ Worker,
+ WorkFailed,
+ describe_exception,
+ describe_work,
+ is_cancellation,
+ run_work,
+)
 
 SNAPSHOT_WAIT = 1.0
 """Seconds a thread's `snapshot()` waits for the loop before it settles for the latest one."""
 
 
-class _SnapshotRequest:
- """A thread waiting for the loop to build it a snapshot (see `ConductorEngine.snapshot`)."""
+class _PauseClock:
+ """A run's pause (flag, reason, since when) and its clock, for any thread.
 
- __slots__ = ("done", "rows", "snap")
+ `_lock` guards every field and the scheduler's pause and resume made with them, so the
+ flag and the scheduler's gate never disagree, whatever threads pause, resume and start
+ the run at once. It is held for a few attribute updates, never across an await. The clock
+ counts run time, not time paused: it runs while a scheduler is bound and not paused.
+ """
 
- def __init__(self, rows: bool) -> None:
-  self.rows = rows
-  self.done = threading.Event()
-  self.snap: Snapshot | None = None  # set by the loop (or the run's end) before `done`
+ __slots__ = ("_active", "_active_since", "_lock", "paused", "reason", "sched", "since")
 
+ def __init__(self, paused: bool, reason: str | None, since: float | None) -> None:
+  self._lock = threading.Lock()
+  self.paused = paused
+  self.reason = reason if paused else None
+  # A pause restored from a store keeps its own time (time.time()).
+  self.since: float | None = (since or time.time()) if paused else None
+  self.sched: Scheduler | None = None  # bound while a run goes on
+  self._active = 0.0  # run time accumulated before `_active_since`
+  self._active_since: float | None = None  # monotonic; None while paused or not running
 
-Listener = Callable[[Transition], None]
-Flush = Callable[[], None]
-_NO_DETAILS: tuple[int | None, str, float | None, float | None] = (None, "", None, None)
+ def pause(self, reason: str | None) -> tuple[bool, tuple[str, ...]]:
+  """Pause; return whether this call paused, and the workers in flight as the gate closed."""
+  with self._lock:
+   newly = not self.paused
+   self.paused = True
+   if newly:
+    self.reason, self.since = reason, time.time()
+    self._stop_clock()
+   elif reason is not None:
+    self.reason = reason
+   if self.sched is None:
+    return newly, ()
+   self.sched.pause()
+   return newly, self.sched.running_at_pause
 
+ def resume(self) -> bool:
+  """Resume; return whether this call resumed."""
+  with self._lock:
+   was_paused = self.paused
+   self.paused, self.reason, self.since = False, None, None
+   if self.sched is not None:
+    self._start_clock()
+    self.sched.resume()
+   return was_paused
 
-def describe_work(work: object) -> str:
- """A short human description of a ticket's work spec."""
- for attr in ("command", "target"):
-  value = getattr(work, attr, None)
-  if isinstance(value, str):
-   return value
- seconds = getattr(work, "seconds", None)
- if isinstance(seconds, int | float):
-  return f"sleep {seconds:g}s" + (" then fail" if getattr(work, "fail", False) else "")
- return "" if work is None else type(work).__name__
+ def bind(self, sched: Scheduler) -> None:
+  """A run begins on `sched` (made paused): it follows the pause from now on."""
+  with self._lock:
+   self.sched = sched
+   if not self.paused:
+    self._start_clock()
+    sched.resume()
+
+ def unbind(self) -> Scheduler | None:
+  """The run has ended: stop the clock; return the scheduler it was bound to, if any."""
+  with self._lock:
+   self._stop_clock()
+   sched, self.sched = self.sched, None
+   return sched
+
+ def read(self) -> tuple[bool, str | None, float | None, float, Scheduler | None]:
+  """(paused, reason, since, run seconds so far, the scheduler bound), consistently."""
+  with self._lock:
+   elapsed = self._active
+   if self._active_since is not None:
+    elapsed += time.monotonic() - self._active_since
+   return self.paused, self.reason, self.since, elapsed, self.sched
+
+ def _start_clock(self) -> None:
+  if self._active_since is None:
+   self._active_since = time.monotonic()
+
+ def _stop_clock(self) -> None:
+  if self._active_since is not None:
+   self._active += time.monotonic() - self._active_since
+   self._active_since = None
 
 
 class ConductorEngine:
@@ -169,10 +134,15 @@ class ConductorEngine:
  finished, or after `cancel()`. With `linger=True` it does not end by itself: it waits for
  `retry()`/`queue()` until `stop()` (what a dashboard wants).
 
- Thread-safety: `pause`, `resume`, `stop`, `cancel`, `retry`, `queue`, `mma_status` and
- `published` may be called from any thread and never wait for the event loop; `snapshot`
- too, and from another thread it waits for the loop to build it (one loop turn, bounded).
- Everything else (the DAG engine, listeners) runs on the loop.
+ Thread-safety: `pause`, `resume`, `stop`, `cancel`, `retry`, `queue`, `request_snapshot`,
+ `mma_status` and `published` may be called from any thread and never wait for the event
+ loop; `snapshot` too, and from another thread it waits for the loop to build it (one loop
+ turn, bounded). Commands given before `run()` apply, in order, as it begins. Everything
+ else (the DAG engine, listeners) runs on the loop.
+
+ About 400 lines (270 of code) for its two jobs, which act on one run state (the
+ scheduler, the queue, the phase): splitting them would hand that state between two
+ classes. Its other parts are units of their own (see the module docstring).
  """
 
  def __init__(
@@ -193,108 +163,34 @@ class ConductorEngine:
   self.name = name
   self._worker: Worker = worker or run_work
   self._max_workers = max_workers
-  self._listeners: list[Listener] = []
-  self._flushes: list[Flush] = []
-  # Write-ahead for listeners that batch (a store): `_unflushed` says transitions were
-  # emitted since the last flush; `_unflushed_starts` are the tickets started since then,
-  # whose workers flush before they run (see add_listener).
-  self._unflushed = False
-  self._unflushed_starts: set[str] = set()
+  self._journal = Journal()
   # With `linger` the run does not end when nothing can progress: it waits (no polling) for
   # retry() or queue() until stop(). A dashboard wants that; a batch run does not.
   self._linger = linger
 
-  # `_control` guards the fields that pause/resume/run hand between threads:
-  # `_sched`, `_paused`, `_pause_reason`, `_paused_at`, `_active`, `_active_since`.
-  self._control = threading.Lock()
-  self._sched: Scheduler | None = None
-  self._paused = paused
-  self._pause_reason = pause_reason if paused else None
-  # A pause restored from a store keeps its own time (`paused_at`, time.time()).
-  self._paused_at: float | None = (paused_at or time.time()) if paused else None
-  self._active = 0.0  # run time accumulated before `_active_since`
-  self._active_since: float | None = None  # monotonic; None while paused or not running
+  self._pause = _PauseClock(paused, pause_reason, paused_at)  # shared with every thread
 
   self._phase = MmaStatus.IDLE  # IDLE, PLANNING, EXECUTING, DONE or ERROR
   self._error: str | None = None
-  self._version = 0  # bumped on every change a snapshot shows
 
   # Loop-side state.
   self._ready: deque[Ticket] = deque()  # handed out by tick(), not yet admitted
   self._parked: Ticket | None = None  # the next one, waiting in Scheduler.spawn
-  self._started_itself: Ticket | None = None  # ... admitted by a resume: _work started it
-  self._running: dict[str, RunningWorker] = {}
   self._wake: Event | None = None  # set when a completion may unblock the run loop
   self._drive_scope: CancelScope | None = None
-  self._index = {tid: i for i, tid in enumerate(engine.tickets)}
-  self._details: dict[str, tuple[int | None, str, float | None, float | None]] = {}
-  self._rows: list[TicketRow | None] = [None] * len(self._index)  # None: rebuild
-  self._work_text: dict[str, str] = {}  # describe_work() of each ticket, once built
   self._started = False
   self._spawned = 0  # workers admitted by the run, once it has ended
   self._stopping = False  # stop() or cancel() asked: no new workers, the run ends
-  self._early: list[Callable[[], None]] = []  # commands given before the run began
-  self._finished = False
+  self._table = SnapshotCache(engine)
   # The first published snapshot leaves out the rows: building them is O(tickets), and a
   # reader gets a full one on its first request anyway.
   self._bridge: ThreadBridge[Snapshot] = ThreadBridge(self._build_snapshot(rows=False))
-  # Snapshots other threads are waiting for (see snapshot()); guarded by `_control`.
-  self._snapshot_requests: list[_SnapshotRequest] = []
-
- # -- observers ------------------------------------------------------------------------
 
  def add_listener(self, listener: Listener, *, flush: Flush | None = None) -> None:
-  """Call `listener(transition)` on the loop for every ticket transition, pause, resume.
-
-  A listener that batches (a store that commits) also gives `flush`, which the engine
-  calls on the loop, with no argument, so that what was emitted is flushed
-  - before a worker runs, if its own start was not flushed yet: the first worker of a
-    round flushes for all the starts of the round (and the completions that released
-    them), the others find theirs done; so a worker never runs before its start, and
-    everything emitted before it, is flushed (write-ahead);
-  - at the end of a step that emitted transitions and started no worker (a failure, the
-    last completion, a pause, a command), unless it is a worker's last step and the next
-    worker is about to take its slot (that one flushes);
-  - when the run ends.
-  So every transition is flushed within a few task steps, never waiting on a worker or a
-  timer; and a chain of tickets costs one flush per ticket, a wide DAG one per round of
-  workers, not one per transition.
-  """
-  self._listeners.append(listener)
-  if flush is not None:
-   self._flushes.append(flush)
-
- def _emit(
-  self,
-  ticket: str | None,
-  status: str,
-  attempt: int = 0,
-  detail: str | None = None,
-  exit_code: int | None = None,
- ) -> None:
-  if self._listeners:  # no Transition is built when nobody listens: this is the hot path
-   self._unflushed = True
-   transition = Transition(ticket, status, time.time(), attempt, detail, exit_code)
-   for listener in self._listeners:
-    listener(transition)
-
- def _flush(self) -> None:
-  # The flags are cleared first: a flush that fails cancels the run, which may come back here.
-  self._unflushed = False
-  self._unflushed_starts.clear()
-  for flush in self._flushes:
-   flush()
-
- def _step_end(self, *, worker_done: bool = False) -> None:
-  # The end of a step that emitted: flush, unless a worker started in it will (see
-  # add_listener): it runs next and flushes for this step too. `worker_done`: this step is
-  # a worker's last; if the run loop waits in Scheduler.spawn for the slot it frees, the
-  # next worker starts at once and flushes.
-  if not self._unflushed or self._unflushed_starts:
-   return
-  if worker_done and self._parked is not None and not self._paused:
-   return
-  self._flush()
+  """Call `listener(transition)` on the loop for every `Transition`: each ticket changed,
+  each pause and resume. A listener that batches (a store) gives `flush` too, which is
+  called write-ahead: the contract is `journal.Journal`'s. Add listeners before `run()`."""
+  self._journal.add_listener(listener, flush)
 
  # -- control: any thread --------------------------------------------------------------
 
@@ -304,37 +200,17 @@ class ConductorEngine:
   As soon as this returns, `mma_status` reads "paused" and no worker starts until
   `resume()`. Works before `run()` too: the run then starts paused.
   """
-  with self._control:
-   was_paused = self._paused
-   self._paused = True
-   if not was_paused:
-    self._pause_reason = reason
-    self._paused_at = time.time()
-    if self._active_since is not None:
-     self._active += time.monotonic() - self._active_since
-     self._active_since = None
-   elif reason is not None:
-    self._pause_reason = reason
-   if self._sched is not None:
-    self._sched.pause()
-   self._version += 1
-  if not was_paused:
-   self._in_loop(lambda: self._emit(None, "paused", detail=reason))
+  newly, at_pause = self._pause.pause(reason)
+  self._table.touch()
+  if newly:
+   self._in_loop(partial(self._journal.pipeline, Change.PAUSED, reason, at_pause))
 
  def resume(self) -> None:
   """Start workers again, where the run stopped. Any thread; non-blocking; idempotent."""
-  with self._control:
-   was_paused = self._paused
-   self._paused = False
-   self._pause_reason = None
-   self._paused_at = None
-   if self._sched is not None:
-    if self._active_since is None:
-     self._active_since = time.monotonic()
-    self._sched.resume()
-   self._version += 1
-  if was_paused:
-   self._in_loop(lambda: self._emit(None, "resumed"))
+  newly = self._pause.resume()
+  self._table.touch()
+  if newly:
+   self._in_loop(partial(self._journal.pipeline, Change.RESUMED))
 
  def stop(self) -> None:
   """Start no more workers and end the run once the running ones have finished.
@@ -351,31 +227,33 @@ class ConductorEngine:
   self._in_loop(self._cancel_in_loop)
 
  def retry(self, ticket_id: str) -> None:
-  """Put a failed ticket, and the tickets it blocked, back in play. Any thread."""
+  """Put a failed ticket, with its full `retries`, and the tickets it blocked, back in
+  play. Any thread. An unknown id raises here; a ticket that is not failed by the time the
+  loop carries this out (a double click, another terminal's retry) is left alone."""
   self._ticket(ticket_id)  # an unknown id is the caller's error, raised here
-  self._in_loop(lambda: self._retry_in_loop(ticket_id))
+  self._in_loop(partial(self._retry_in_loop, ticket_id))
 
  def queue(self, ticket_id: str) -> None:
   """Approve a ticket for starting when `auto_queue` is off. Any thread."""
   self._ticket(ticket_id)  # an unknown id is the caller's error, raised here
-  self._in_loop(lambda: self._queue_in_loop(ticket_id))
+  self._in_loop(partial(self._queue_in_loop, ticket_id))
 
  @property
  def mma_status(self) -> MmaStatus:
   """The live status; "paused" as soon as `pause()` has returned. Any thread."""
   phase = self._phase
-  if self._paused and phase in (MmaStatus.EXECUTING, MmaStatus.PLANNING):
+  if self._pause.paused and phase in (MmaStatus.EXECUTING, MmaStatus.PLANNING):
    return MmaStatus.PAUSED
   return phase
 
  @property
  def paused(self) -> bool:
-  return self._paused
+  return self._pause.paused
 
  @property
  def spawned(self) -> int:
   """How many workers have been admitted in this run so far. Any thread; exact."""
-  sched = self._sched
+  sched = self._pause.sched
   return sched.spawned if sched is not None else self._spawned
 
  @property
@@ -385,39 +263,32 @@ class ConductorEngine:
  @property
  def running_at_pause(self) -> tuple[str, ...]:
   """The workers in flight when the current pause began; () when not paused. Any thread."""
-  sched = self._sched
-  return sched.running_at_pause if sched is not None and self._paused else ()
+  sched = self._pause.sched
+  return sched.running_at_pause if sched is not None and self._pause.paused else ()
 
  def snapshot(self, *, rows: bool = True, timeout: float = SNAPSHOT_WAIT) -> Snapshot:
   """An immutable view of the run. Any thread.
 
   On the loop it is exact and built at once. From another thread during a run it is built
-  by the loop at its next turn (the request is posted with the loop's thread-safe hook and
-  this thread waits on an event, no polling), so it is at most one loop turn old; the wait is
-  a loop turn, bounded by `timeout` seconds, after which (a loop blocked by a worker that
-  never awaits) the latest published snapshot is returned instead. Before and after the run
-  there is no loop: the snapshot is built here, or is the run's final one. A GUI thread that
-  must never wait reads `published` instead; `mma_status` is always live.
+  by the loop at its next turn, so it is at most one loop turn old; this thread waits for
+  it (no polling) at most `timeout` seconds, after which (a loop blocked by a worker that
+  never awaits) the latest published snapshot is returned instead (`ThreadBridge.ask`).
+  Before the run it is built here; after it, it is the run's final one. A GUI thread that
+  must never wait uses `request_snapshot` and `published`; `mma_status` is always live.
 
   `rows=False` leaves out the per-ticket table (`rows` is empty): the part that costs
   O(tickets) the first time, which a quick answer does not need.
   """
-  bridge = self._bridge
-  if bridge.in_loop_thread:
-   return self._build_and_publish(rows)
-  request = _SnapshotRequest(rows)
-  with self._control:
-   live = bridge.attached
-   if live:
-    self._snapshot_requests.append(request)
-   elif self._finished:
-    return bridge.snapshot  # the run's final snapshot, with every row
-  if not live:  # the run has not begun: nothing else touches its state
-   return self._build_and_publish(rows)
-  # Not posted (the loop has just ended): run() answers every request still listed.
-  bridge.post(lambda: self._answer(request))
-  request.done.wait(timeout)
-  return request.snap if request.snap is not None else bridge.snapshot
+  return self._bridge.ask(partial(self._build_snapshot, rows=rows), timeout)
+
+ def request_snapshot(self, min_interval: float = 0.0) -> None:
+  """Ask the loop to publish a fresh full snapshot (with rows) into `published` soon.
+
+  Any thread; never blocks. A request while one is on its way is folded into it; one less
+  than `min_interval` seconds after the previous one was posted is ignored (a GUI asks
+  again next frame). See `ThreadBridge.request`.
+  """
+  self._bridge.request(self._build_snapshot, min_interval)
 
  @property
  def published(self) -> Snapshot:
@@ -427,40 +298,18 @@ class ConductorEngine:
   """
   return self._bridge.snapshot
 
- def _build_and_publish(self, rows: bool) -> Snapshot:
-  snap = self._build_snapshot(rows=rows)
-  self._bridge.publish(snap)
-  return snap
-
- def _answer(self, request: _SnapshotRequest, final: Snapshot | None = None) -> None:
-  with self._control:
-   try:
-    self._snapshot_requests.remove(request)
-   except ValueError:
-    return  # answered already (by the end of the run)
-  request.snap = final if final is not None else self._build_and_publish(request.rows)
-  request.done.set()
-
  def _in_loop(self, fn: Callable[[], None]) -> None:
-  # Run `fn` on the loop, so that listeners (a SQLite store) always run on its thread:
-  # directly when already there; posted while a run is live; kept for the start of the
-  # run before it begins. After the run, or if it ends between the check and the post,
-  # the command is dropped: the run it was meant for is over.
-  bridge = self._bridge
-  if bridge.in_loop_thread:
-   fn()
-   self._step_end()
-   return
-  with self._control:
-   if not bridge.attached and not self._finished:
-    self._early.append(fn)
-    return
+  # Run `fn` on the loop, so that listeners (a SQLite store) always run on its thread, and
+  # end its step (it may have emitted): at once when already there, else through the
+  # bridge, which holds it until the run begins and drops it once the run has ended.
+  if self._bridge.in_loop_thread:
+   self._command(fn)
+  else:
+   self._bridge.post(partial(self._command, fn))
 
-  def command() -> None:
-   fn()
-   self._step_end()
-
-  bridge.post(command)
+ def _command(self, fn: Callable[[], None]) -> None:
+  fn()
+  self._journal.step_end()
 
  # -- the run --------------------------------------------------------------------------
 
@@ -473,22 +322,13 @@ class ConductorEngine:
    raise RuntimeError("ConductorEngine.run() can be called only once per engine")
   self._started = True
   self._phase = MmaStatus.PLANNING
-  with self._control:  # see _in_loop: no command falls between "early" and "posted"
-   self._bridge.attach()
-   early, self._early = self._early, []
   try:
+   self._bridge.attach()  # and pause/resume/stop/... asked before the run apply now
    async with Scheduler(self._max_workers, paused=True) as sched:
-    with self._control:
-     self._sched = sched
-     if not self._paused:
-      self._active_since = time.monotonic()
-      sched.resume()
+    self._pause.bind(sched)
     self._phase = MmaStatus.EXECUTING
-    self._touch()
+    self._table.touch()
     with CancelScope() as self._drive_scope:
-     for command in early:  # pause/resume/stop/... asked before the run began
-      command()
-     self._step_end()
      await self._drive(sched)
   except BaseException as exc:
    self._phase = MmaStatus.ERROR
@@ -498,28 +338,16 @@ class ConductorEngine:
   else:
    self._phase = MmaStatus.DONE if self.engine.is_done else self._end_phase()
   finally:
-   with self._control:
-    if self._active_since is not None:
-     self._active += time.monotonic() - self._active_since
-     self._active_since = None
-    if self._sched is not None:
-     self._spawned = self._sched.spawned
-    self._sched = None
+   bound = self._pause.unbind()
+   if bound is not None:
+    self._spawned = bound.spawned
    self._drive_scope = None
    while self._ready:  # handed out but never started: back to the engine, still todo
     self.engine.requeue(self._ready.popleft().id)
-   if self._unflushed:  # e.g. starts whose workers were cancelled before they ran
-    self._flush()
-   self._touch()
-   final = self._build_snapshot()
-   self._bridge.publish(final)
-   with self._control:
-    self._bridge.detach()
-    self._finished = True
-    waiting = list(self._snapshot_requests)
-   for request in waiting:  # posted too late for the loop to answer: the final one
-    self._answer(request, final)
-  return final
+   self._journal.close()
+   self._table.touch()
+   self._bridge.detach(self._build_snapshot())
+  return self._bridge.snapshot
 
  def _end_phase(self) -> MmaStatus:
   counts = self.engine.counts()
@@ -531,30 +359,24 @@ class ConductorEngine:
   engine, ready = self.engine, self._ready
   while not self._stopping:
    self._pump(sched)
-   self._step_end()
+   self._journal.step_end()
    if ready:
     # No free slot, or paused: wait for admission. The ticket leaves the queue first so
     # that a worker finishing meanwhile (which pumps too) cannot start it a second time.
+    # It starts in the step that admits it (`on_admit`): this one when a slot comes
+    # free, the worker's own when a resume admits it.
     self._parked = ticket = ready.popleft()
     try:
-     await sched.spawn(self._work, ticket, name=ticket.id)
+     await sched.spawn(
+      self._work, ticket, name=ticket.id, on_admit=partial(self._start_parked, ticket)
+     )
     except BaseException:
-     if self._started_itself is ticket:  # cancelled just after a resume admitted it
-      self._started_itself = None
-     else:
+     if self._parked is ticket:  # not admitted: first in line again
+      self._parked = None
       ready.appendleft(ticket)
      raise
-    finally:
-     self._parked = None
-    # Admitted at once (a slot came free): its task has not run yet, so it starts here,
-    # in this step, like the tickets `_pump` starts (and is flushed with them). Admitted
-    # by a resume instead, its own task has started it already (see _work).
-    if self._started_itself is ticket:
-     self._started_itself = None
-    else:
-     self._start(ticket)
     continue
-   if not self._running and engine.is_settled and not engine.awaiting_approval():
+   if not self._table.running and engine.is_settled and not engine.awaiting_approval():
     if not self._linger:
      return
     self._phase = MmaStatus.DONE if engine.is_done else self._end_phase()
@@ -562,55 +384,51 @@ class ConductorEngine:
    await wake.wait()
 
  def _pump(self, sched: Scheduler) -> None:
-  # Start every ready ticket that can start right now, in order, without waiting.
+  # Start every ready ticket that can start right now, in order, without waiting: each in
+  # the step that released it (no await in between), so that a store commits the
+  # completion and this start together before the worker runs.
   if self._stopping:  # even if someone resumes meanwhile
    return
   ready = self._ready
   ready.extend(self.engine.tick())
   while ready:
    ticket = ready[0]
-   if not sched.try_spawn(self._work, ticket, name=ticket.id):
+   if not sched.try_spawn(
+    self._work, ticket, name=ticket.id, on_admit=partial(self._start, ticket)
+   ):
     return
    ready.popleft()
-   # Admitted: started now, in the step that released it (no await in between), so that
-   # a store commits the completion and this start together before the worker runs.
-   self._start(ticket)
 
  def _notify(self) -> None:
   wake, self._wake = self._wake, None
   if wake is not None:
    wake.set()
 
+ def _start_parked(self, ticket: Ticket) -> None:
+  self._parked = None
+  self._start(ticket)
+
  def _start(self, ticket: Ticket) -> None:
+  # The scheduler's on_admit: runs in the step that admitted the worker, before it runs.
   self._phase = MmaStatus.EXECUTING  # also when a lingering run gets going again
   self.engine.start(ticket.id)
-  self._running[ticket.id] = RunningWorker(ticket.id, ticket.attempts, time.monotonic())
-  self._changed(ticket)
-  if self._listeners:
-   self._unflushed_starts.add(ticket.id)
-   self._emit(ticket.id, Status.IN_PROGRESS, ticket.attempts)
+  self._table.started(ticket)
+  self._journal.started(ticket)
 
  async def _work(self, ticket: Ticket) -> None:
-  # Runs one attempt; turns every outcome into a DAG transition. Never raises except a
-  # real cancellation, so one failing ticket never stops its siblings, whatever it raises.
+  # Runs one attempt of a ticket `_start` has started; turns every outcome into a DAG
+  # transition. Never raises except a real cancellation, so one failing ticket never stops
+  # its siblings, whatever it raises.
+  self._journal.before_worker(ticket.id)  # write-ahead: see journal.Journal
   exit_code: int | None = None
   output = ""
-  # A spawn that waited at the gate is admitted by the worker's own task (see
-  # Scheduler.spawn): then this first step is where the ticket starts. Either way it is
-  # in_progress (and recorded, for a store listening) before the user's worker runs.
-  if ticket.status is not Status.IN_PROGRESS:
-   self._start(ticket)
-   self._started_itself = ticket
-  if ticket.id in self._unflushed_starts:  # write-ahead: see add_listener
-   self._flush()
   try:
    try:
     if self._stopping:  # e.g. the flush failed and cancelled the run: do not start
      await checkpoint()
     result = await self._worker(ticket)
    except WorkFailed as exc:
-    exit_code, output = exc.exit_code, exc.output
-    self._failed(ticket, exc.error, exit_code, output)
+    self._failed(ticket, exc.error, exc.exit_code, exc.output)
    except BaseException as exc:
     # User code is untrusted input: whatever it raises (sys.exit(), KeyboardInterrupt, a
     # CancelledError of its own, ...) fails this ticket and nothing else. Only a real
@@ -618,20 +436,18 @@ class ConductorEngine:
     if not is_cancellation(exc):
      self._failed(ticket, describe_exception(exc), None, "")
     else:
-     self._finish(ticket, None, "")
+     self._table.finished(ticket, None, "")
      self.engine.requeue(ticket.id)
-     self._changed(ticket)
-     self._emit(ticket.id, "interrupted", ticket.attempts)
+     self._journal.changed(ticket, Change.INTERRUPTED)
      raise
    else:
     if result is not None:
      exit_code, output = result.exit_code, result.output
-    self._finish(ticket, exit_code, output)
+    self._table.finished(ticket, exit_code, output)
     self.engine.complete(ticket.id)
-    self._changed(ticket)
-    self._emit(ticket.id, Status.COMPLETED, ticket.attempts, exit_code=exit_code)
+    self._journal.changed(ticket, Change.COMPLETED, exit_code=exit_code)
   finally:
-   sched = self._sched
+   sched = self._pause.sched
    # Being cancelled, this starts nothing: Scheduler never admits into a cancelled group
    # (what ended the restart storm); the tickets it hands out go back at the run's end.
    if sched is not None:
@@ -641,64 +457,62 @@ class ConductorEngine:
    # switch per ticket on a chain.
    if self._ready or self.engine.is_settled:
     self._notify()
-   self._step_end(worker_done=True)
+   # If the run loop waits in Scheduler.spawn for the slot this frees, its worker starts
+   # at once and flushes (the journal's handoff).
+   self._journal.step_end(handoff=self._parked is not None and not self._pause.paused)
 
  def _failed(self, ticket: Ticket, error: str, exit_code: int | None, output: str) -> None:
-  self._finish(ticket, exit_code, output)
-  if ticket.attempts <= ticket.retries:
-   # An automatic retry: back to todo and handed out again, attempts keep counting.
-   self.engine.requeue(ticket.id)
-   ticket.error = error
-   self._changed(ticket)
-   self._emit(ticket.id, "retrying", ticket.attempts, error, exit_code)
+  self._table.finished(ticket, exit_code, output)
+  engine = self.engine
+  if engine.retries_left(ticket.id):
+   engine.requeue(ticket.id, error)  # an automatic retry: todo again, handed out again
+   self._journal.changed(ticket, Change.RETRYING, error, exit_code)
    return
-  blocked = self.engine.fail(ticket.id, error)
-  self._changed(ticket)
-  self._emit(ticket.id, Status.FAILED, ticket.attempts, error, exit_code)
-  for tid in blocked:
-   other = self.engine.tickets[tid]
-   self._changed(other)
-   self._emit(tid, Status.BLOCKED, other.attempts, other.error)
+  blocked = engine.fail(ticket.id, error)
+  self._journal.changed(ticket, Change.FAILED, error, exit_code)
+  self._changed_others(blocked)
 
- def _finish(self, ticket: Ticket, exit_code: int | None, output: str) -> None:
-  worker = self._running.pop(ticket.id, None)
-  started = worker.started_at if worker is not None else None
-  self._details[ticket.id] = (exit_code, output[-OUTPUT_TAIL:], started, time.monotonic())
+ def _changed_others(self, ids: list[str]) -> None:
+  # The tickets a failure or a retry changed besides its own: blocked, unblocked, or
+  # blocked by another failure now.
+  tickets = self.engine.tickets
+  for tid in ids:
+   other = tickets[tid]
+   self._table.changed(other)
+   if other.status is Status.TODO:
+    self._journal.changed(other, Change.UNBLOCKED, "unblocked by a retry")
+   else:
+    self._journal.changed(other, Change.BLOCKED, other.error)
 
- def _changed(self, ticket: Ticket) -> None:
-  self._rows[self._index[ticket.id]] = None
-  self._version += 1
-
- def _touch(self) -> None:
-  self._version += 1
+ # -- commands, on the loop ------------------------------------------------------------
 
  def _stop_in_loop(self) -> None:
   self._stopping = True
-  self._touch()
-  if self._sched is not None:
-   self._sched.pause()
+  self._table.touch()
+  if self._pause.sched is not None:
+   self._pause.sched.pause()  # the gate only: `paused` is the user's, and stays as it is
   if self._drive_scope is not None:
    self._drive_scope.cancel()
 
  def _cancel_in_loop(self) -> None:
   self._stop_in_loop()
-  if self._sched is not None:
-   self._sched.cancel()
+  if self._pause.sched is not None:
+   self._pause.sched.cancel()
 
  def _retry_in_loop(self, ticket_id: str) -> None:
   ticket = self._ticket(ticket_id)
-  self.engine.retry(ticket_id)
-  for tid, t in self.engine.tickets.items():
-   row = self._rows[self._index[tid]]
-   if row is None or row.status != t.status:
-    self._changed(t)
-  self._emit(ticket_id, Status.TODO, ticket.attempts, "retry")
+  if ticket.status is not Status.FAILED:
+   return  # stale: see retry()
+  others = self.engine.retry(ticket_id)
+  self._table.changed(ticket)
+  self._journal.changed(ticket, Change.RETRIED, "retry")
+  self._changed_others(others)
   self._notify()
 
  def _queue_in_loop(self, ticket_id: str) -> None:
   self._ticket(ticket_id)
   self.engine.queue(ticket_id)
-  self._touch()
+  self._table.touch()
   self._notify()
 
  def _ticket(self, ticket_id: str) -> Ticket:
@@ -707,78 +521,33 @@ class ConductorEngine:
   except KeyError:
    raise KeyError(f"no ticket {ticket_id!r} in pipeline {self.name!r}") from None
 
- # -- snapshots ------------------------------------------------------------------------
-
- def _row(self, i: int, ticket: Ticket) -> TicketRow:
-  row = self._rows[i]
-  if row is None:
-   exit_code, output, started, finished = self._details.get(ticket.id, _NO_DETAILS)
-   worker = self._running.get(ticket.id)
-   if worker is not None:  # running again: the last attempt's end is no longer news
-    started, finished = worker.started_at, None
-   work = self._work_text.get(ticket.id)
-   if work is None:  # the work spec never changes: describe it once
-    work = self._work_text[ticket.id] = describe_work(ticket.work)
-   row = TicketRow(
-    ticket.id,
-    ticket.status,
-    ticket.attempts,
-    ticket.description,
-    ticket.depends_on,
-    work,
-    ticket.error,
-    exit_code,
-    output,
-    started,
-    finished,
-   )
-   self._rows[i] = row
-  return row
-
  def _build_snapshot(self, *, rows: bool = True) -> Snapshot:
-  engine = self.engine
-  counts = engine.counts()
-  with self._control:
-   paused, reason, paused_at = self._paused, self._pause_reason, self._paused_at
-   elapsed = self._active
-   if self._active_since is not None:
-    elapsed += time.monotonic() - self._active_since
-   sched = self._sched
-  running = tuple(self._running.values())
+  # The driver's and the control's part of a snapshot; the cache adds the DAG and rows.
+  paused, reason, paused_at, elapsed, sched = self._pause.read()
   at_pause = sched.running_at_pause if sched is not None and paused else ()
   in_flight = set(sched.running) if at_pause and sched is not None else set()
-  finishing = tuple(t for t in at_pause if t in in_flight)
-  table = tuple(self._row(i, t) for i, t in enumerate(engine.tickets.values())) if rows else ()
-  return Snapshot(
-   version=self._version,
+  parked = (self._parked,) if self._parked is not None else ()
+  return self._table.build(
+   rows=rows,
    name=self.name,
    status=self.mma_status,
-   counts=Counts(
-    counts.get(Status.TODO, 0),
-    counts.get(Status.IN_PROGRESS, 0),
-    counts.get(Status.COMPLETED, 0),
-    counts.get(Status.FAILED, 0),
-    counts.get(Status.BLOCKED, 0),
-   ),
-   running=running,
    paused=paused,
    pause_reason=reason,
    paused_at=paused_at,
    running_at_pause=at_pause,
-   finishing=finishing,
-   ready=tuple(t.id for t in (*((self._parked,) if self._parked else ()), *self._ready)),
-   pending=tuple(engine.pending()),
-   awaiting_approval=tuple(engine.awaiting_approval()),
+   finishing=tuple(t for t in at_pause if t in in_flight),
+   ready=tuple(t.id for t in (*parked, *self._ready)),
    elapsed=elapsed,
    spawned=sched.spawned if sched is not None else self._spawned,
    max_workers=self._max_workers,
    error=self._error,
    stopping=self._stopping,
-   rows=table,
   )
 
 
 __all__ = [
+ "SNAPSHOT_WAIT",
+ "Change",
  "ConductorEngine",
  "Counts",
  "MmaStatus",

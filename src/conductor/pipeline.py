@@ -16,8 +16,17 @@ The format (every key but `id` and one of `run` / `call` / `sleep` is optional):
  # sleep = 1.5             a simulated job; `fail = true` makes it fail
  retries = 2             # automatic retries after a failure
 
-This module checks the FILE: syntax, keys, types, one kind of work per ticket. Checking the
-GRAPH (unknown dependencies, duplicate ids, cycles) is `dag_engine.ExecutionEngine`'s job.
+This module checks the FILE: syntax, keys, types, one kind of work per ticket, and that every
+`call` target can be called. Checking the GRAPH (unknown dependencies, duplicate ids, cycles)
+is `dag_engine.ExecutionEngine`'s job.
+
+Call targets are resolved when a FILE is loaded: `load_pipeline` imports each target's module
+exactly as the run will (`workers.resolve_call_target`, the file's folder on `sys.path`), so
+`conductor validate` catches a missing module or function, and `run` and the dashboard
+refuse the file before they touch any saved state. The import runs the module's top level in
+this process, once (the run then finds it in `sys.modules`). Whatever that raises, even
+`SystemExit` or `KeyboardInterrupt`, becomes one `PipelineFileError` line. `pipeline_from_dict`
+imports nothing unless asked (`resolve_calls=True`): built-in and test pipelines stay pure data.
 """
 
 from __future__ import annotations
@@ -34,7 +43,15 @@ from typing import Any, NoReturn
 
 from ._text import printable
 from .dag_engine import Ticket
-from .workers import CallWork, ShellWork, SleepWork, parse_call_target
+from .workers import (
+ CallTargetError,
+ CallWork,
+ ShellWork,
+ SleepWork,
+ describe_exception,
+ parse_call_target,
+ resolve_call_target,
+)
 
 _PIPELINE_KEYS = ("name", "max_workers", "auto_queue")
 _TOP_KEYS = ("pipeline", "tickets")
@@ -85,13 +102,15 @@ class PipelineFileError(ValueError):
 # -- loading ----------------------------------------------------------------------------------
 
 
-def load_pipeline(path: str | Path) -> Pipeline:
+def load_pipeline(path: str | Path, *, resolve_calls: bool = True) -> Pipeline:
  """Read, parse and validate the TOML pipeline at `path`; return fresh tickets.
 
  Shell tickets run in the file's folder and `call` targets are imported from it, wherever
  the program was started. Raises `PipelineFileError` for every user mistake (missing or
  unreadable file, TOML syntax with its line, unknown keys, wrong types, a ticket without
- id or without exactly one of run / call / sleep); nothing else for a bad file.
+ id or without exactly one of run / call / sleep, a `call` target that cannot be called);
+ nothing else for a bad file. Blocking: with `resolve_calls` (the default) it imports each
+ call target's module (see the module docstring); `False` checks only the target's syntax.
  """
  given = Path(path)
  try:
@@ -136,20 +155,34 @@ def load_pipeline(path: str | Path) -> Pipeline:
    path=given,
   ) from None
  resolved = given.resolve()
- return _build(data, path=resolved, where=str(given), error_path=given, name=given.stem)
+ return _build(
+  data,
+  path=resolved,
+  where=str(given),
+  error_path=given,
+  name=given.stem,
+  resolve_calls=resolve_calls,
+ )
 
 
 def pipeline_from_dict(
- data: Mapping[str, Any], *, path: Path | None = None, name: str = "pipeline"
+ data: Mapping[str, Any],
+ *,
+ path: Path | None = None,
+ name: str = "pipeline",
+ resolve_calls: bool = False,
 ) -> Pipeline:
  """Build a pipeline from already-parsed data in the file format (e.g. the built-in demo).
 
  `name` is used when `data` has no `[pipeline] name`. With `path`, shell tickets run in its
  folder and call targets import from it; without, they use the current folder at build time.
- Raises `PipelineFileError` exactly as `load_pipeline` does for the same content.
+ Raises `PipelineFileError` as `load_pipeline` does for the same content; call targets are
+ checked only for their syntax unless `resolve_calls` is true (then they are imported).
  """
  where = str(path) if path is not None else f"pipeline {name!r}"
- return _build(data, path=path, where=where, error_path=path, name=name)
+ return _build(
+  data, path=path, where=where, error_path=path, name=name, resolve_calls=resolve_calls
+ )
 
 
 _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
@@ -219,7 +252,13 @@ def _toml_type(value: object) -> str:
 
 
 def _build(
- data: Mapping[str, Any], *, path: Path | None, where: str, error_path: Path | None, name: str
+ data: Mapping[str, Any],
+ *,
+ path: Path | None,
+ where: str,
+ error_path: Path | None,
+ name: str,
+ resolve_calls: bool,
 ) -> Pipeline:
  check = _Checker(where, error_path)
  if not isinstance(data, Mapping):
@@ -265,6 +304,8 @@ def _build(
  tickets = tuple(
   _ticket(check, index, raw, folder, path is not None) for index, raw in enumerate(raw_tickets)
  )
+ if resolve_calls:  # after the whole file is checked: a typo is reported before any import
+  _resolve_calls(check, tickets)
  return Pipeline(
   name=pipeline_name,
   path=path,
@@ -381,6 +422,37 @@ def _ticket(
   description=description,
   work=work,
   retries=retries,
+ )
+
+
+def _resolve_calls(check: _Checker, tickets: tuple[Ticket, ...]) -> None:
+ # Each distinct target once: 100,000 tickets calling one function import it once.
+ seen: set[tuple[str, Path | None]] = set()
+ for ticket in tickets:
+  work = ticket.work
+  if not isinstance(work, CallWork) or (work.target, work.search_path) in seen:
+   continue
+  seen.add((work.target, work.search_path))
+  try:
+   resolve_call_target(work.target, work.search_path)
+  except CallTargetError as exc:
+   check.fail(printable(str(exc)), ticket.id)
+  except BaseException as exc:
+   # The user's module ran and raised: a mistake in the pipeline's code, whatever it is
+   # (sys.exit() and KeyboardInterrupt included), so one line naming it, never a traceback.
+   # A Ctrl+C pressed during a slow import lands here too, and ends as the same line.
+   check.fail(_import_failure(work.target, exc), ticket.id)
+
+
+def _import_failure(target: str, exc: BaseException) -> str:
+ module = target.partition(":")[0]
+ if isinstance(exc, ModuleNotFoundError):
+  fix = "install what it imports into the Python that runs conductor, or fix the import"
+ else:
+  fix = "fix the module"
+ return printable(
+  f"call target {target!r}: importing module {module!r} raised {describe_exception(exc)}; "
+  f"{fix} (try python -c 'import {module}' in the pipeline's folder)"
  )
 
 

@@ -7,7 +7,7 @@ this order (`open_session`):
 2. its state file is chosen (`state_path`: `--state`, else beside the pipeline file, else
    the demo's under `$XDG_STATE_HOME`) and resolved once, so a run and its clients agree on
    the files beside it;
-3. the state is claimed (one live run per state: `control.StateOwner`), opened (a damaged
+3. the state is claimed (one live run per state: `server.StateOwner`), opened (a damaged
    one is refused, or with `fresh` moved aside), and restored onto the tickets: statuses,
    attempts, the pause (`StateStore.restore`);
 4. the processes a killed run left running for its interrupted attempts are stopped, so an
@@ -33,7 +33,7 @@ from typing import TypeVar
 import anyio
 
 from ._text import printable
-from .control import StateOwner
+from .server import StateOwner
 from .dag_engine import ExecutionEngine, PipelineError
 from .exits import UsageError
 from .leftovers import STATE_VARIABLE, Leftover, find_leftovers, stop_leftovers

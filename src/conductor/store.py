@@ -8,10 +8,8 @@ again (their interrupted attempt stays counted, the history says "interrupted").
 Cost. A transition is one row appended to `history` (the `tickets` table is brought up to
 date when a run starts and when it ends cleanly; the `ticket_state` view is always current).
 Rows are buffered and written on commit, many to an INSERT statement; and a commit is made
-where the engine flushes (`ConductorEngine.add_listener`): before a worker runs, if its start
-is not committed yet, so the first worker of a round commits for the whole round (a chain
-costs one commit per ticket, a wide DAG one per round), and at the end of a step that started
-no worker. benchmarks/store_overhead.py measures what that costs.
+where the run's journal flushes (`journal.Journal` says when, and how few that makes).
+benchmarks/store_overhead.py measures what that costs.
 
 Durability. The file is in WAL mode with `synchronous=NORMAL`: a committed transaction is in
 the operating system's hands the moment `commit()` returns, so it survives the process being
@@ -19,13 +17,9 @@ killed (`kill -9`, a crash, closing the terminal). Only a power loss or kernel c
 the last few transactions (the file stays consistent, just older); `synchronous="FULL"` (an
 fsync per commit, a few ms on a laptop SSD) closes that window too, at a large cost in rate.
 
-The rules a run relies on (see `StateStore.attach`):
-
-- a worker starts only after its own start (attempt count) and everything recorded before it,
-  in particular its dependencies' completion, is committed;
-- every other transition is committed within a few task steps (at the end of its step, or
-  by the next worker to start), never waiting on a running worker; all by the end of `run()`;
-- what is committed is always a prefix of the transitions, in the order they happened.
+What a run relies on: committing in the journal's flush keeps its write-ahead rule
+(`journal.Journal`), and what is committed is always a prefix of the transitions, in the
+order they happened (rows are buffered in order and a commit writes them all).
 
 Files that are not conductor states (another program's SQLite database, anything else, a
 damaged file, a newer format) are refused with a one-line `StateFileError` and never written:
@@ -48,7 +42,7 @@ opens anything (SQLite itself opens them with O_NOFOLLOW, which closes the race 
 check).
 
 Locking: an open `StateStore` holds its file exclusively (SQLite's EXCLUSIVE locking mode):
-one process owns a state at a time anyway (control.StateOwner), and it saves six fcntl()
+one process owns a state at a time anyway (server.StateOwner), and it saves six fcntl()
 calls per commit. Another process, the sqlite3 shell included, can read the file once the
 store is closed or its process is gone; a live run answers `conductor status` instead.
 
@@ -67,18 +61,20 @@ import sqlite3
 import stat
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 from urllib.parse import quote
 
+from ._files import trusted_owners
 from ._text import printable
 from .dag_engine import Status, Ticket
 from .pipeline import fingerprint
+from .transitions import Change, Transition
 
 if TYPE_CHECKING:
- from .multi_agent_conductor import ConductorEngine, Transition
+ from .multi_agent_conductor import ConductorEngine
 
 __all__ = [
  "APPLICATION_ID",
@@ -308,7 +304,7 @@ def error_for(path: Path, exc: sqlite3.Error | OSError) -> StateError:
    "without the progress recorded in it, or choose another --state"
   )
  if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-  # Our own runs exclude each other before they get here (control.StateOwner): this is
+  # Our own runs exclude each other before they get here (server.StateOwner): this is
   # another program holding the file open.
   return StateError(
    f"{path}: another program has the state file open (a sqlite3 shell?); close it and try again"
@@ -380,7 +376,7 @@ def _side(path: Path | str, suffix: str) -> Path:
  return Path(f"{path}{suffix}")
 
 
-def _planted(file: Path, owners: tuple[int, ...]) -> StateSideFileError | None:
+def _planted(file: Path, owners: frozenset[int]) -> StateSideFileError | None:
  """The refusal for `file` if it is a symlink, not a regular file, or not ours; else None."""
  try:
   info = os.lstat(file)
@@ -403,11 +399,9 @@ def _planted(file: Path, owners: tuple[int, ...]) -> StateSideFileError | None:
 def _planted_side_file(path: Path) -> StateSideFileError | None:
  # SQLite names its side files after the resolved path of the database.
  real = os.path.realpath(path)
- owners = [os.geteuid(), 0]  # root could replace the state itself anyway
- with contextlib.suppress(OSError):
-  owners.append(os.stat(real).st_uid)  # e.g. root reading a user's state
+ owners = trusted_owners(real)
  for suffix in _SIDE_SUFFIXES:
-  refusal = _planted(_side(real, suffix), tuple(owners))
+  refusal = _planted(_side(real, suffix), owners)
   if refusal is not None:
    return refusal
  return None
@@ -616,16 +610,9 @@ class Restored:
   return self.completed == self.total
 
 
-# Ticket statuses as stored, for the transitions ConductorEngine emits.
-_STORED_STATUS = {
- "in_progress": Status.IN_PROGRESS,
- "completed": Status.COMPLETED,
- "failed": Status.FAILED,
- "blocked": Status.BLOCKED,
- "todo": Status.TODO,
- "retrying": Status.TODO,
- "interrupted": Status.TODO,
-}
+# The history's event for a transition is its `Change` value, except for a ticket a retry
+# unblocked, stored as "todo" (detail "unblocked by a retry") since the first format.
+_UNBLOCKED_EVENT = "todo"
 # A history row as recorded: (at, ticket, event, status, attempt, detail, error, exit_code);
 # the pid is written into the statement. Up to `_BATCH` rows go in one INSERT statement.
 # Most rows have no detail, error or exit code: while all buffered rows are such "plain"
@@ -662,9 +649,7 @@ class StateStore:
   self._inserts: dict[tuple[int, bool], str] = {}  # (rows, plain) -> its INSERT statement
   self._pending: list[Transition] = []  # recorded, not yet committed (only with watchers)
   self._watchers: list[Callable[[Transition], None]] = []
-  self._conductor: ConductorEngine | None = None
-  self._live: Mapping[str, Ticket] = {}  # the run's tickets (the engine's): their errors
-  self._statuses: dict[str, str] = {}  # ticket -> status as last written; for retry()
+  self._cancel_run: Callable[[], None] | None = None  # the attached run's cancel()
   self.failure: str | None = None  # why writing failed (one line); the run was cancelled then
   # Where `open(..., fresh=True)` moved a damaged state before starting this one, if it did.
   self.moved_aside: Path | None = None
@@ -721,7 +706,7 @@ class StateStore:
   # Up to 2 x _BATCH history statements (plain or not, by row count) plus a few others.
   conn = sqlite3.connect(path, isolation_level=None, timeout=2.0, cached_statements=256)
   try:
-   # One process at a time owns a state (control.StateOwner's lock). Telling SQLite so
+   # One process at a time owns a state (server.StateOwner's lock). Telling SQLite so
    # before its first read lets it keep the WAL index in its own memory and take the file
    # lock once, instead of six fcntl() calls per commit: a quarter of what the store costs a
    # chain of tickets. Other processes cannot read the file while it is open, so they ask
@@ -818,7 +803,8 @@ class StateStore:
   otherwise; nothing written); then each ticket gets
   its stored status, attempts and error, with three adjustments written to the state and
   its history: tickets that were in progress (the process died under them) become todo,
-  "interrupted"; failed ones become todo, "retry" (a re-run is a request to try again);
+  "interrupted"; failed ones become todo, "retry" (a re-run is a request to try again, with
+  the full `retries`: the engine gives every run a new try, see `ExecutionEngine`);
   blocked ones become todo (the engine re-blocks what still must be). Then the `tickets`
   table is brought up to date with the history. O(tickets + history since the last run).
   """
@@ -838,10 +824,13 @@ class StateStore:
   interrupted: list[str] = []
   retried: list[str] = []
   completed = 0
+  cancelled = self._cancelled_last_run(stored)
   with self._transaction():
    for position, ticket in enumerate(tickets):
     row = stored[ticket.id]
     status, error = row.status, row.error
+    if ticket.id in cancelled:  # already todo and logged "interrupted" by its run
+     interrupted.append(ticket.id)
     if status == Status.IN_PROGRESS:
      interrupted.append(ticket.id)
      event, detail = "interrupted", "the previous run ended while it ran"
@@ -869,15 +858,33 @@ class StateStore:
     ticket.status = Status(status)
     ticket.attempts = row.attempts
     ticket.error = error
-    self._statuses[ticket.id] = status
     completed += status == Status.COMPLETED
    self._conn.execute(
     "INSERT OR REPLACE INTO meta VALUES ('pipeline', ?), ('opened_at', ?)", (name, str(now))
    )
    self._compact()
+   self._mark_run_start()
   return Restored(
    False, tuple(interrupted), tuple(retried), completed, len(tickets), self.pause_state()
   )
+
+ def _cancelled_last_run(self, stored: dict[str, TicketState]) -> set[str]:
+  # Tickets whose attempt the last run cancelled (a second Ctrl+C, SIGTERM, Cancel): that
+  # run logged them "interrupted" and stored them todo, so only its history tells. The run
+  # began at history entry `run_seq` (meta; absent in files from before it: the whole
+  # history is read once). O(history of the last run).
+  found = self._conn.execute("SELECT value FROM meta WHERE key = 'run_seq'").fetchone()
+  since = int(found[0]) if found is not None else 0
+  rows = self._conn.execute(
+   "SELECT DISTINCT ticket FROM history WHERE seq > ? AND event = 'interrupted'", (since,)
+  )
+  return {tid for (tid,) in rows if tid in stored and stored[tid].status == Status.TODO}
+
+ def _mark_run_start(self) -> None:
+  # Where the run now starting begins in the history (see _cancelled_last_run).
+  self._write_rows()
+  last = self._conn.execute("SELECT max(seq) FROM history").fetchone()[0] or 0
+  self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('run_seq', ?)", (str(last),))
 
  def _write_fresh(self, name: str, tickets: Sequence[Ticket], now: float) -> None:
   with self._transaction():
@@ -897,10 +904,10 @@ class StateStore:
     "INSERT OR REPLACE INTO meta VALUES ('pipeline', ?), ('opened_at', ?), ('synced_seq', '0')",
     (name, str(now)),
    )
-   self._log(now, None, "fresh", detail=f"{len(tickets)} tickets")
+   self._log(now, None, "fresh", detail=f"{len(tickets)} ticket{'' if len(tickets) == 1 else 's'}")
+   self._mark_run_start()
   for t in tickets:
    t.status, t.attempts, t.error = Status.TODO, 0, None
-   self._statuses[t.id] = Status.TODO
 
  # -- the pause flag without a running process ---------------------------------------------
 
@@ -937,14 +944,11 @@ class StateStore:
  def attach(self, conductor: ConductorEngine) -> None:
   """Record every transition of `conductor` from now on (call before `run()`).
 
-  The listener runs on the loop, synchronously, as ConductorEngine emits: it only appends
-  the history row to a buffer. The engine's flush (see `ConductorEngine.add_listener`) is
-  `commit()`: before a worker runs its start, and everything emitted before it (its
-  dependencies' completion) is committed, with one commit for all the workers of a round;
-  every other transition at the end of its step, or by the worker that starts next.
+  The listener runs on the loop as the engine emits, and only appends the history row to a
+  buffer, from the transition alone. `commit()` is its flush, which the run's journal calls
+  write-ahead (`journal.Journal`). If a commit fails, the run is cancelled (see `commit`).
   """
-  self._conductor = conductor
-  self._live = conductor.engine.tickets
+  self._cancel_run = conductor.cancel
   conductor.add_listener(self._record, flush=self.commit)
 
  def watch(self, fn: Callable[[Transition], None]) -> None:
@@ -984,7 +988,7 @@ class StateStore:
   # The listener: ConductorEngine calls it on the loop for every transition. Hot path.
   if self.failure is not None:
    return
-  tid, event, at, attempt, detail, exit_code = t
+  tid, change, at, status, attempt, detail, error, exit_code, _ = t
   if tid is None:
    try:
     self._record_pipeline_event(t)
@@ -992,49 +996,27 @@ class StateStore:
     self._failed(exc)
     return
   else:
-   status = _STORED_STATUS[event]
-   error = self._live[tid].error
+   event = _UNBLOCKED_EVENT if change is Change.UNBLOCKED else change
    if self._plain and detail is None and error is None and exit_code is None:
     self._rows += (at, tid, event, status, attempt)
     self._row_count += 1
    else:
     self._add_row(at, tid, event, status, attempt, detail, error, exit_code)
-   self._statuses[tid] = status
-   if event == "todo":  # retry(): it may have unblocked others, which are not emitted
-    self._record_unblocked(at)
   if self._watchers:
    self._pending.append(t)
 
  def _record_pipeline_event(self, t: Transition) -> None:
   self._begin()
-  if t.status == "paused":
-   conductor = self._conductor
-   # The exact set in flight when pause() closed the gate.
-   at_pause = conductor.running_at_pause if conductor is not None else ()
+  if t.change is Change.PAUSED:
    self._conn.execute(
     "UPDATE pause SET paused = 1, reason = ?, since = ?, running_at_pause = ?",
-    (t.detail, t.at, json.dumps(list(at_pause))),
+    (t.detail, t.at, json.dumps(list(t.running_at_pause))),
    )
-  elif t.status == "resumed":
+  elif t.change is Change.RESUMED:
    self._conn.execute(
     "UPDATE pause SET paused = 0, reason = NULL, since = NULL, running_at_pause = '[]'"
    )
-  self._log(t.at, None, t.status, detail=t.detail)
-
- def _record_unblocked(self, at: float) -> None:
-  # O(tickets), for a retry only: log every ticket whose status the engine changed unseen.
-  for tid, ticket in self._live.items():
-   if self._statuses.get(tid) != ticket.status:
-    self._log(
-     at,
-     tid,
-     Status.TODO,
-     status=ticket.status,
-     attempt=ticket.attempts,
-     detail="unblocked by a retry",
-     error=ticket.error,
-    )
-    self._statuses[tid] = ticket.status
+  self._log(t.at, None, t.change, detail=t.detail)
 
  def _compact(self) -> None:
   # Bring `tickets` up to date with the history, inside the caller's transaction.
@@ -1122,8 +1104,8 @@ class StateStore:
   self._dirty = False
   self._rows, self._row_count, self._plain = [], 0, True
   self._pending.clear()
-  if self._conductor is not None:
-   self._conductor.cancel()
+  if self._cancel_run is not None:
+   self._cancel_run()
 
 
 class _Transaction:
@@ -1171,7 +1153,7 @@ def _create(path: Path) -> None:
  tmp = path.with_name(f"{path.name}.new-{os.getpid()}")
  for stale in (tmp, *(_side(tmp, suffix) for suffix in _SIDE_SUFFIXES)):
   # A killed process with our pid may have left these; anything else is refused.
-  refusal = _planted(stale, (os.geteuid(), 0))
+  refusal = _planted(stale, trusted_owners(path))
   if refusal is not None:
    raise refusal
   stale.unlink(missing_ok=True)

@@ -7,7 +7,9 @@ A ticket's `work` field holds a *work spec*, a small frozen value that says what
 - `SleepWork`: a simulated job (the built-in demo uses it).
 
 `run_work` is the default worker and understands all three. Any other async callable taking a
-`Ticket` can be plugged in instead (see `Worker`); the engine never looks inside `work`.
+`Ticket` can be plugged in instead (see `Worker`). The engine never looks inside `work`: to
+show it, it asks a `WorkSpec` for its `describe()` and shows anything else by its type's name
+(`describe_work`).
 
 Everything here runs unchanged on asyncio and trio (only anyio APIs), and nothing polls.
 """
@@ -52,8 +54,30 @@ _IDENTIFIER_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 # -- work specs and results -------------------------------------------------------------------
 
 
+class WorkSpec:
+ """Base of the work specs: what a ticket runs, as a small frozen value.
+
+ `describe()` is all the engine asks of one (for display). A custom worker's own specs may
+ subclass it to be shown the same way.
+ """
+
+ __slots__ = ()
+
+ def describe(self) -> str:
+  """What it runs, in a few words on one line, for tables and logs."""
+  return type(self).__name__
+
+
+def describe_work(work: object) -> str:
+ """A ticket's work for display: a `WorkSpec`'s `describe()`; anything else (a custom
+ worker's own value) by its type's name; "" for None."""
+ if isinstance(work, WorkSpec):
+  return work.describe()
+ return "" if work is None else type(work).__name__
+
+
 @dataclass(frozen=True, slots=True)
-class ShellWork:
+class ShellWork(WorkSpec):
  """Run `command` with `/bin/sh -c` in the folder `cwd`.
 
  `env`, when given, holds variables set ON TOP of the runner's own environment (so `PATH`
@@ -64,9 +88,12 @@ class ShellWork:
  cwd: Path
  env: Mapping[str, str] | None = None
 
+ def describe(self) -> str:
+  return self.command
+
 
 @dataclass(frozen=True, slots=True)
-class CallWork:
+class CallWork(WorkSpec):
  """Call the Python function `target`, written `"package.module:function"`.
 
  `search_path` is a folder made importable first (the pipeline file's folder), appended to
@@ -76,13 +103,19 @@ class CallWork:
  target: str
  search_path: Path | None = None
 
+ def describe(self) -> str:
+  return self.target
+
 
 @dataclass(frozen=True, slots=True)
-class SleepWork:
+class SleepWork(WorkSpec):
  """A simulated job: sleep `seconds`, then succeed, or fail when `fail` is true."""
 
  seconds: float
  fail: bool = False
+
+ def describe(self) -> str:
+  return f"sleep {self.seconds:g}s" + (" then fail" if self.fail else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +146,7 @@ class Worker(Protocol):
 
  Contract the engine relies on:
 
- - Return a `WorkResult` on success. Raise `WorkFailed` (or any other `Exception`, which the
+ - Return a `WorkResult` on success (or None: nothing to show). Raise `WorkFailed` (or any other `Exception`, which the
    engine reports as "ExceptionType: message") to fail the attempt; the engine then retries
    the ticket if it has retries left, or marks it failed and its dependents blocked.
  - Be cancellable: when the run is cancelled (a hard stop), the anyio cancellation arrives at
@@ -136,7 +169,7 @@ class Worker(Protocol):
  `run_work` is the default worker; a custom one can delegate to it for the specs it knows.
  """
 
- async def __call__(self, ticket: Ticket) -> WorkResult: ...
+ async def __call__(self, ticket: Ticket, /) -> WorkResult | None: ...
 
 
 # -- the default worker -----------------------------------------------------------------------
@@ -149,7 +182,7 @@ async def run_work(ticket: Ticket, *, env: Mapping[str, str] | None = None) -> W
  `CONDUCTOR_STATE`; bind it with `functools.partial`).
 
  - `ShellWork`: see `run_shell`. Exit 0 returns the output tail; otherwise `WorkFailed`.
- - `CallWork`: see `run_call`. A bad target raises `ValueError` (a one-line message).
+ - `CallWork`: see `run_call`. A bad target fails the attempt (`WorkFailed`).
  - `SleepWork`: sleeps; with `fail`, raises `WorkFailed("simulated failure")`.
 
  Raises `TypeError` when `ticket.work` is None or of a type this worker does not know: that is
@@ -345,19 +378,23 @@ def _failure_line(code: int, err: _Tail, out: _Tail) -> str:
 _SYS_PATH_LOCK = threading.Lock()
 
 
-class _BadTarget(ValueError):
- """A call target that cannot work; kept apart from a ValueError raised by user code."""
+class CallTargetError(ValueError):
+ """A call target that cannot work: malformed, its module or attribute missing, not callable.
+
+ `str(error)` is one line naming the target and the fix. A class of its own, so that a
+ `ValueError` raised by the user's module while it is imported is never mistaken for one.
+ """
 
 
 def parse_call_target(target: str) -> tuple[str, str]:
  """Split `"package.module:function"` into `("package.module", "function")`.
 
  Pure syntax check, no import. The attribute part may be dotted (`"mod:Class.method"`).
- Raises `ValueError` with a one-line message naming the target and the expected form.
+ Raises `CallTargetError` (a `ValueError`) naming the target and the expected form.
  """
  module, sep, attr = target.partition(":")
  if not sep or not _IDENTIFIER_PATH.fullmatch(module) or not _IDENTIFIER_PATH.fullmatch(attr):
-  raise _BadTarget(
+  raise CallTargetError(
    f"bad call target {target!r}: write it as 'package.module:function' "
    "(dotted Python names, one colon)"
   )
@@ -367,9 +404,12 @@ def parse_call_target(target: str) -> tuple[str, str]:
 def resolve_call_target(target: str, search_path: Path | None = None) -> Callable[[Ticket], object]:
  """Import the module of `target` and return its callable. Blocking (it imports).
 
- Raises `ValueError` (one line, naming the target and the fix) when the target is malformed,
- its module does not exist, the attribute is missing, or it is not callable. An exception
- raised while the module itself runs its import (a bug in it) is re-raised unchanged.
+ Raises `CallTargetError` when the target is malformed, its module does not exist, the
+ attribute is missing, or it is not callable. Anything raised while the module itself runs
+ its import (a bug in it, or a missing import of its own) is re-raised unchanged, whatever
+ it is: telling the two apart is the caller's job (`run_call` at run time,
+ `pipeline.load_pipeline` when a file is loaded). The module stays imported, and
+ `search_path` stays on `sys.path`, so resolving again is cheap.
  """
  module_name, attr_path = parse_call_target(target)
  if search_path is not None:
@@ -388,7 +428,7 @@ def resolve_call_target(target: str, search_path: Path | None = None) -> Callabl
   if exc.name is None or not (module_name + ".").startswith(exc.name + "."):
    raise
   where = f" in {search_path} or on sys.path" if search_path is not None else " on sys.path"
-  raise _BadTarget(
+  raise CallTargetError(
    f"bad call target {target!r}: no module named {exc.name!r}{where}; "
    "check the module name or put the module next to the pipeline file"
   ) from None
@@ -397,13 +437,15 @@ def resolve_call_target(target: str, search_path: Path | None = None) -> Callabl
   try:
    obj = getattr(obj, part)
   except AttributeError:
-   raise _BadTarget(
-    f"bad call target {target!r}: {module_name} has no attribute {attr_path!r}; "
+   raise CallTargetError(
+    f"bad call target {target!r}: module {module_name!r} has no attribute {attr_path!r}; "
     "check the function name"
    ) from None
  if not callable(obj):
-  raise _BadTarget(
-   f"bad call target {target!r}: {attr_path} is a {type(obj).__name__}, not a function; "
+  kind = type(obj).__name__
+  article = "an" if kind[:1].lower() in "aeiou" else "a"
+  raise CallTargetError(
+   f"bad call target {target!r}: {attr_path} is {article} {kind}, not a function; "
    "point the target at a function taking the ticket"
   )
  return obj
@@ -423,14 +465,17 @@ async def run_call(spec: CallWork, ticket: Ticket) -> WorkResult:
    `CancelledError` of its own making), becomes `WorkFailed(describe_exception(exc))` with the
    traceback as output: user code never stops the runner. Only a real cancellation of this
    call propagates (see `is_cancellation`).
- - A bad target raises `ValueError` (see `resolve_call_target`).
+ - A bad target (`CallTargetError`, see `resolve_call_target`) fails the attempt too, with
+   its one-line message as the error. `load_pipeline` refuses such a file before any run,
+   so this happens only when the module changed after loading, or for a hand-built ticket.
  """
  try:
   fn = _unwrap(
    await anyio.to_thread.run_sync(_caught, resolve_call_target, spec.target, spec.search_path)
   )
- except _BadTarget:
-  raise
+ except CallTargetError as exc:
+  # Its own words are the whole message: the class name is ours, not the user's.
+  raise WorkFailed(str(exc)) from None
  except BaseException as exc:
   if is_cancellation(exc):
    raise
@@ -526,13 +571,16 @@ __all__ = [
  "OUTPUT_LIMIT",
  "REAP_TIMEOUT",
  "TERM_GRACE",
+ "CallTargetError",
  "CallWork",
  "ShellWork",
  "SleepWork",
  "WorkFailed",
  "WorkResult",
+ "WorkSpec",
  "Worker",
  "describe_exception",
+ "describe_work",
  "is_cancellation",
  "parse_call_target",
  "resolve_call_target",

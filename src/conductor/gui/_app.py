@@ -239,8 +239,8 @@ def _show(
 
  final = runner.latest
  counts = final.counts
- # `cli.main` routes stdout through its `_DroppingOutput`: a closed stdout or a terminal
- # gone with SIGHUP drops this line, never raises.
+ # `cli.main` routes stdout through `terminal.DroppingOutput`: a closed stdout or a
+ # terminal gone with SIGHUP drops this line, never raises.
  print(
   f"conductor: {printable(final.name)}: {counts.completed}/{counts.total} completed, "
   f"{counts.failed} failed, {counts.blocked} blocked ({final.status}); {runner.note}",

@@ -1,0 +1,121 @@
+"""`Journal`: the write-ahead journal of a run: where durability happens.
+
+`ConductorEngine` tells its journal what changed (a ticket, with its state after the change,
+or the pause) and where its steps and workers begin and end; the journal delivers a
+`Transition` to each listener and decides when listeners that batch must flush. `StateStore.attach` is the listener
+that makes this durable (its flush is a commit). The contract is written here, once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from .dag_engine import Status, Ticket
+from .transitions import Change, Transition
+
+__all__ = ["Flush", "Journal", "Listener"]
+
+Listener = Callable[[Transition], None]
+Flush = Callable[[], None]
+
+
+class Journal:
+ """Delivers a run's transitions to its listeners and calls their flushes write-ahead.
+
+ A listener is called on the loop, synchronously, for every transition, in order. A
+ listener that batches (a store that commits) also gives a `flush`, and the journal calls
+ every flush, on the loop, with no argument, so that:
+
+ 1. a worker never runs before its own start, and everything emitted before that start
+    (in particular the completions of its dependencies), is flushed. The engine calls
+    `before_worker` first thing in a worker: it flushes if that start is not flushed yet.
+    So the first worker of a round flushes for all the starts of its round and the
+    completions that released them; the others find theirs done;
+ 2. every other transition is flushed at the end of the step that emitted it (`step_end`),
+    unless a worker started in that step will flush it first (rule 1), or the step is a
+    worker's last and the next worker is about to take the slot it frees (`handoff`),
+    which flushes it by rule 1. Nothing waits on a running worker or a timer;
+ 3. everything left is flushed when the run ends (`close`).
+
+ So a flushed listener holds a prefix of the transitions, in order, within a few task
+ steps of the last one, and flushes are few: a chain of tickets costs one flush per
+ ticket, a wide DAG one per round of workers, not one per transition.
+
+ A flush that fails should not raise: it should stop the run (`StateStore` cancels it and
+ keeps the reason), since no worker may start on a state that is not durable.
+ """
+
+ __slots__ = ("_flushes", "_listeners", "_unflushed", "_unflushed_starts", "listening")
+
+ def __init__(self) -> None:
+  self._listeners: list[Listener] = []
+  self._flushes: list[Flush] = []
+  self.listening = False  # when nobody listens, no Transition is built at all
+  self._unflushed = False  # transitions were emitted since the last flush
+  self._unflushed_starts: set[str] = set()  # tickets started since the last flush
+
+ def add_listener(self, listener: Listener, flush: Flush | None = None) -> None:
+  """Call `listener(transition)` for every transition from now on; `flush` as above."""
+  self._listeners.append(listener)
+  self.listening = True
+  if flush is not None:
+   self._flushes.append(flush)
+
+ # -- what happened: each builds a Transition only when someone listens (the hot path) ---
+
+ def started(self, ticket: Ticket) -> None:
+  """An attempt of `ticket` started: its worker flushes before it runs (rule 1)."""
+  if self.listening:
+   self._unflushed_starts.add(ticket.id)
+   at = time.time()
+   self.emit(Transition(ticket.id, Change.STARTED, at, Status.IN_PROGRESS, ticket.attempts))
+
+ def changed(
+  self, ticket: Ticket, change: Change, detail: str | None = None, exit_code: int | None = None
+ ) -> None:
+  """`ticket` changed otherwise; the transition carries its state after the change."""
+  if self.listening:
+   at = time.time()
+   t = ticket
+   self.emit(Transition(t.id, change, at, t.status, t.attempts, detail, t.error, exit_code))
+
+ def pipeline(
+  self, change: Change, detail: str | None = None, running_at_pause: tuple[str, ...] = ()
+ ) -> None:
+  """The pipeline was paused (with who was running as the gate closed) or resumed."""
+  if self.listening:
+   at = time.time()
+   self.emit(Transition(None, change, at, detail=detail, running_at_pause=running_at_pause))
+
+ def emit(self, transition: Transition) -> None:
+  """Deliver a transition to every listener. On the loop."""
+  self._unflushed = True
+  for listener in self._listeners:
+   listener(transition)
+
+ def before_worker(self, ticket_id: str) -> None:
+  """A worker is about to run: flush its start if it is not flushed yet (rule 1)."""
+  if ticket_id in self._unflushed_starts:
+   self.flush()
+
+ def step_end(self, *, handoff: bool = False) -> None:
+  """The end of a step: flush what it emitted, unless a worker will (rule 2).
+
+  `handoff`: the step is a worker's last, and the next worker takes its slot at once.
+  """
+  if self._unflushed and not self._unflushed_starts and not handoff:
+   self.flush()
+
+ def close(self) -> None:
+  """The run ends: flush whatever is left (rule 3), e.g. starts whose workers were
+  cancelled before they ran."""
+  if self._unflushed:
+   self.flush()
+
+ def flush(self) -> None:
+  # The flags are cleared first: a flush that fails cancels the run, which comes back here.
+  self._unflushed = False
+  self._unflushed_starts.clear()
+  for flush in self._flushes:
+   flush()

@@ -1,0 +1,205 @@
+"""A run in this terminal (`conductor run`, `conductor demo`): from a pipeline to an exit code.
+
+`execute` opens the run's durable state (`session.open_session`: claimed, restored, its
+leftovers stopped) and says what it found, drives the run on an event loop with the control
+socket beside it (`DurableRun.drive`: other terminals pause, resume, approve and ask for
+status), and ends with the final view, the failed tickets and a verdict line; it returns the
+exit code (`exits`, and `terminal.Stops` for signals).
+
+What it shows depends on where the output goes:
+- a terminal (stdout and stdin both a tty): the live view (`views.render`), refreshed 10
+  times a second, reading keys (`terminal.read_keys`: p pauses and resumes); at the end that
+  same region shows the final frame, without the key hint, once;
+- anything else: one line per transition (`views.plain_line`), printed once the state has
+  committed it, so a line saying "completed" is a promise the state keeps; and with
+  `auto_queue` off, one line per ticket that starts waiting for approval
+  (`views.ApprovalNotices`). The final frame follows the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from pathlib import Path
+
+import anyio
+from rich.console import Console, RenderableType
+from rich.live import Live
+from rich.text import Text
+
+from ._text import printable
+from .exits import EXIT_FAILED, EXIT_OK, UsageError
+from .multi_agent_conductor import ConductorEngine
+from .pipeline import Pipeline
+from .session import DurableRun, clock, open_session, plural, shown_path
+from .snapshots import Snapshot
+from .terminal import Stops, read_keys
+from .views import ApprovalNotices, lit, plain_line, render, shell_path
+
+__all__ = ["LIVE_WAIT", "execute"]
+
+LIVE_WAIT = 0.05  # seconds the live view's refresh waits for a snapshot from the loop
+
+
+def execute(pipeline: Pipeline, args: argparse.Namespace, console: Console) -> int:
+ """Run `pipeline` in this terminal, durably; return the exit code.
+
+ `args`: `state` (default beside the pipeline file), `fresh`, `max_workers`, `backend`.
+ The state records every transition; a re-run resumes from it, a paused one starts paused.
+ Other terminals control the run with `conductor pause|resume|status|approve --state ...`
+ while it lives. Signals: see `terminal.Stops`. A state that cannot be used, or that fails
+ during the run, raises `UsageError` (one line).
+ """
+ stops = Stops()
+ with stops.recorded():
+  durable = open_session(
+   pipeline, state=getattr(args, "state", None), fresh=bool(getattr(args, "fresh", False))
+  )
+  try:
+   for note in durable.notes():
+    console.print(Text(note.text, "yellow" if note.warning else ""), soft_wrap=True)
+   return _execute(pipeline, args, console, durable, stops)
+  finally:
+   durable.close()
+
+
+def _execute(
+ pipeline: Pipeline,
+ args: argparse.Namespace,
+ console: Console,
+ durable: DurableRun,
+ stops: Stops,
+) -> int:
+ restored, store = durable.restored, durable.store
+ state = shell_path(durable.state)  # for the commands it shows; escaped, as every path
+ if restored.done and not restored.fresh:
+  console.print(
+   f"conductor: all {plural(restored.total, 'ticket')} of {lit(pipeline.name)} are already "
+   f"completed (state {lit(shown_path(durable.state))}); nothing to do: add --fresh to run "
+   "it again",
+   soft_wrap=True,
+  )
+  return EXIT_OK
+ max_workers = args.max_workers or pipeline.max_workers
+ conductor = durable.conductor(max_workers)
+ engine = conductor.engine
+ interactive = console.is_terminal and sys.stdin.isatty()
+ notices = None
+ if not interactive:
+  # Printed once committed: a line saying "completed" is a promise the state keeps.
+  store.watch(lambda t: _log_line(plain_line(pipeline.name, t)))
+  if not engine.auto_queue:
+   notices = ApprovalNotices(engine, durable.state, _log_line)
+   store.watch(notices.on_transition)
+
+ source = f" from {lit(shown_path(pipeline.path))}" if pipeline.path else ""
+ console.print(
+  f"conductor: running [bold]{lit(pipeline.name)}[/]{source}: "
+  f"{plural(len(engine.tickets), 'ticket')}, max {plural(max_workers, 'worker')}, "
+  f"{args.backend}",
+  soft_wrap=True,
+ )
+
+ async def body() -> Snapshot:
+  # The control socket listens now: say how to reach it, and whether we wait.
+  ops = "pause|resume|status" + ("" if engine.auto_queue else "|approve")
+  console.print(
+   f"control it from another terminal: conductor {ops} --state {lit(state)}", soft_wrap=True
+  )
+  pause = restored.pause
+  if pause.paused:
+   since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(pause.since or time.time()))
+   reason = f" ({lit(pause.reason)})" if pause.reason else ""
+   console.print(
+    f"[yellow]PAUSED since {since}{reason}: nothing starts until it is resumed: "
+    f"press p here, or run `conductor resume --state {lit(state)}`",
+    soft_wrap=True,
+   )
+  if notices is not None:
+   notices.at_start()
+  if interactive:
+   return await _run_live(conductor, console, durable.state)
+  return await conductor.run()
+
+ async def main() -> Snapshot:
+  async with anyio.create_task_group() as tg:
+   # Signals are watched for the whole loop, control socket and hand-over included.
+   await tg.start(stops.watch, conductor, console)
+   final = await durable.drive(conductor, body)
+   tg.cancel_scope.cancel()
+  return final
+
+ def on_key(ch: str) -> None:  # on the key reader's thread: pause() and resume() are safe
+  if ch in "pP ":
+   if conductor.paused:
+    conductor.resume()
+   else:
+    conductor.pause("paused from the terminal")
+
+ with read_keys(on_key) if interactive else contextlib.nullcontext():
+  final = anyio.run(main, backend=args.backend)
+ if not interactive:  # a terminal's live view already ends on the final frame
+  console.print(render(final, final.status, keys=False, state=durable.state))
+ if store.failure:
+  raise UsageError(f"{store.failure}; the run was stopped")
+ for row in final.rows:
+  if row.status in ("failed", "blocked"):
+   console.print(
+    Text.assemble((row.status, "red"), f" {printable(row.id)}: {printable(row.error or '')}"),
+    soft_wrap=True,
+   )
+ code = stops.exit_code(final)
+ if code == EXIT_OK:
+  verdict = "[green]all tickets completed"
+ elif code == EXIT_FAILED:
+  verdict = "[red]some tickets failed or are blocked"
+ else:
+  why = f" ({stops.first.name})" if stops.first is not None else ""
+  verdict = (
+   f"[yellow]stopped before the end{why}; run it again to carry on "
+   f"(state {lit(shown_path(durable.state))})"
+  )
+ console.print(f"{verdict}[/] in {clock(final.elapsed)} (exit {code})", soft_wrap=True)
+ return code
+
+
+class _LiveFrame:
+ """What the live view shows: the run as it goes, with the key hint; once `end` is called,
+ the final frame, without it. Rich draws it from its refresh thread, and a last time when
+ the `Live` stops: so the final frame replaces the live one in place, and is drawn once."""
+
+ def __init__(self, conductor: ConductorEngine, state: Path) -> None:
+  self._conductor = conductor
+  self._state = state
+  self._final: RenderableType | None = None  # set once, on the loop; read by rich's thread
+
+ def end(self, final: Snapshot) -> None:
+  self._final = render(final, final.status, keys=False, state=self._state)
+
+ def get(self) -> RenderableType:
+  if self._final is not None:
+   return self._final
+  # Rich calls this under Live's lock, which the loop also takes when it prints: wait for
+  # the loop's fresh snapshot only briefly (the previous one is at most a refresh old).
+  conductor = self._conductor
+  snap = conductor.snapshot(rows=False, timeout=LIVE_WAIT)
+  return render(snap, conductor.mma_status, state=self._state)
+
+
+async def _run_live(conductor: ConductorEngine, console: Console, state: Path) -> Snapshot:
+ frame = _LiveFrame(conductor, state)
+ with Live(get_renderable=frame.get, console=console, refresh_per_second=10, transient=False):
+  try:
+   final = await conductor.run()
+  except BaseException:
+   frame.end(conductor.published)  # keys are no longer read: no hint on the last frame
+   raise
+  frame.end(final)
+ return final
+
+
+def _log_line(line: str) -> None:
+ # sys.stdout is a DroppingOutput under `cli.main`: a reader that goes away costs nothing.
+ print(line, flush=True)

@@ -1,0 +1,331 @@
+"""What the `conductor` command shows: each view one function of a snapshot or a report.
+
+- `render`: the live view of a run in a terminal (and its final frame);
+- `plain_line`: one log line per transition, for a run off a terminal;
+- `ApprovalNotices`: the "awaiting approval: ..." lines of a run off a terminal;
+- `render_status` and `history_lines`: `conductor status` and its `--history`.
+
+Untrusted text (ticket ids, pipeline names, pause reasons, errors, history details, paths)
+is printed through `conductor._text.printable`, and never as rich markup (`Text(...)`, or
+`lit()` inside markup strings): a newline cannot forge a log line, an escape sequence cannot
+repaint the terminal, `[red]` stays text. Paths go through `session.shown_path`, counts
+through `session.plural`.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.markup import escape
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from ._text import printable
+from .dag_engine import ExecutionEngine, Status
+from .session import clock, listed, plural, shown_path
+from .snapshots import MmaStatus, Snapshot
+from .transitions import Change, Transition
+
+__all__ = [
+ "KEY_HINT",
+ "STATUS_ROWS",
+ "STATUS_STYLE",
+ "ApprovalNotices",
+ "approve_command",
+ "history_lines",
+ "lit",
+ "plain_line",
+ "render",
+ "render_status",
+ "shell_path",
+]
+
+
+def lit(value: object) -> str:
+ """Untrusted text for a rich markup string: escaped (see `printable`), and `[` kept literal."""
+ return escape(printable(str(value)))
+
+
+def shell_path(path: Path | str) -> str:
+ """A path for a command line people copy: `session.shown_path`, shell-quoted, with a
+ leading `~/` left outside the quotes so the shell still expands it."""
+ shown = shown_path(path)
+ if shown.startswith("~/"):
+  return "~/" + shlex.quote(shown[2:])
+ return shlex.quote(shown)
+
+
+def approve_command(state: Path | str, ids: Sequence[str] = ()) -> str:
+ """The command that approves `ids` (or, with none or many, `TICKET...`) of the run on `state`."""
+ which = " ".join(shlex.quote(printable(i)) for i in ids) if 0 < len(ids) <= 8 else "TICKET..."
+ return f"conductor approve --state {shell_path(state)} {which}"
+
+
+STATUS_STYLE = {
+ MmaStatus.IDLE: "white on grey23",
+ MmaStatus.PLANNING: "black on cyan",
+ MmaStatus.EXECUTING: "black on green",
+ MmaStatus.PAUSED: "black on yellow",
+ MmaStatus.DONE: "white on blue",
+ MmaStatus.ERROR: "white on red",
+}
+
+KEY_HINT = "p pause/resume · Ctrl+C stop after running workers (twice: cancel)"
+"""The live view's last line while the run reads keys (see `terminal.read_keys`)."""
+
+
+def _every(ids: Sequence[str]) -> str:
+ """`session.listed` without a limit: for lists at most `max_workers` long, and for the one
+ line that names the tickets."""
+ return listed(ids, len(ids))
+
+
+# -- a run in a terminal ---------------------------------------------------------------------
+
+
+def _bar(completed: int, total: int) -> RenderableType:
+ grid = Table.grid()  # a grid row ends the line, which a bare ProgressBar does not
+ grid.add_row(ProgressBar(total=max(total, 1), completed=completed, width=60))
+ return grid
+
+
+def render(
+ snap: Snapshot, status: MmaStatus, *, keys: bool = True, state: Path | str | None = None
+) -> RenderableType:
+ """The live view of a run: a function of a snapshot, so it is easy to test.
+
+ `keys`: end with the key hint (while keys are read; the final frame has none). `state`,
+ the run's state path, goes into the approve command shown beside the tickets awaiting
+ approval.
+ """
+ counts = snap.counts
+ head = Text.assemble(
+  (
+   " STOPPING " if snap.stopping and snap.running else f" {status.value.upper()} ",
+   STATUS_STYLE[status],
+  ),
+  "  ",
+  (printable(snap.name), "bold"),
+  f"   {counts.completed}/{counts.total} completed",
+  f" · {len(snap.running)} running",
+  (f" · {counts.failed} failed", "red" if counts.failed else ""),
+  (f" · {counts.blocked} blocked", "red" if counts.blocked else ""),
+  f"   {clock(snap.elapsed)}",
+ )
+ parts: list[RenderableType] = [head, _bar(counts.completed, counts.total)]
+ if status is MmaStatus.PAUSED:
+  parts.append(_paused_panel(snap))
+ if snap.running:
+  table = Table.grid(padding=(0, 2))
+  now = time.monotonic()
+  for worker in snap.running:
+   table.add_row(
+    "▶",
+    Text(printable(worker.ticket)),
+    f"attempt {worker.attempt}",
+    f"{now - worker.started_at:5.1f}s",
+   )
+  parts.append(table)
+ waiting = snap.awaiting_approval
+ if waiting:
+  how = approve_command(state if state is not None else "STATE", waiting)
+  parts.append(Text(f"awaiting approval: {listed(waiting)} · approve with `{how}`", "cyan"))
+ if keys:
+  parts.append(Text(KEY_HINT, "dim"))
+ return Group(*parts)
+
+
+def _paused_panel(snap: Snapshot) -> RenderableType:
+ since = time.strftime("%H:%M:%S", time.localtime(snap.paused_at)) if snap.paused_at else "?"
+ finishing = (
+  f"{plural(len(snap.finishing), 'worker')} finishing: {_every(snap.finishing)}"
+  if snap.finishing
+  else "all workers idle"
+ )
+ if snap.running_at_pause:
+  done = [t for t in snap.running_at_pause if t not in snap.finishing]
+  finishing += f" · running at pause: {len(snap.running_at_pause)}"
+  if done:
+   finishing += f" (done: {_every(done)})"
+ reason = f" — {printable(snap.pause_reason)}" if snap.pause_reason else ""
+ body = Text.assemble(
+  (f"PAUSED since {since}{reason}\n", "bold"),
+  finishing,
+  f"\nwill start on resume: {listed(snap.ready, 6) or 'nothing ready yet'} · "
+  f"{len(snap.pending)} pending",
+ )
+ return Panel(body, style="black on yellow", border_style="yellow")
+
+
+# -- a run off a terminal --------------------------------------------------------------------
+
+
+def plain_line(name: str, t: Transition) -> str:
+ """One log line for a transition, for runs off a terminal; its untrusted parts escaped."""
+ stamp = time.strftime("%H:%M:%S", time.localtime(t.at))
+ what = printable(t.ticket) if t.ticket is not None else "pipeline"
+ line = f"{stamp} {printable(name)}: {what} {t.change}"
+ if t.ticket is not None and t.attempt:
+  line += f" (attempt {t.attempt})"
+ if t.detail:
+  line += f": {printable(t.detail)}"
+ return line
+
+
+class ApprovalNotices:
+ """Off a terminal: say "awaiting approval: ..." once per ticket, when it starts waiting.
+
+ With `auto_queue` off a ticket waits for approval from the moment it is ready: at the
+ start (`at_start`), or when a dependency completes (`on_transition`, a store watcher, so
+ the line comes after a committed "completed" line). `ExecutionEngine.awaiting_approval()`
+ lists the waiting tickets in the order they became ready, and a ticket is told as soon as
+ it is seen there; so the untold ones are always its tail, and a completion walks it back
+ only as far as the first ticket already told. Python work O(tickets told), nothing for
+ transitions other than "completed" (the engine's list copy is O(waiting), in C).
+ """
+
+ def __init__(self, engine: ExecutionEngine, state: Path | str, say: Callable[[str], None]) -> None:
+  self._engine = engine
+  self._state = state
+  self._say = say
+  self._told: set[str] = set()
+
+ def at_start(self) -> None:
+  self._tell_new()
+
+ def on_transition(self, t: Transition) -> None:
+  if t.change is Change.COMPLETED:
+   self._tell_new()
+
+ def _tell_new(self) -> None:
+  new: list[str] = []
+  for tid in reversed(self._engine.awaiting_approval()):
+   if tid in self._told:
+    break
+   new.append(tid)
+  if new:
+   new.reverse()
+   self._told.update(new)
+   self._say(
+    f"awaiting approval: {_every(new)} (approve with `{approve_command(self._state, new)}`)"
+   )
+
+
+# -- conductor status ------------------------------------------------------------------------
+
+
+def _stamp(at: float | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
+ return time.strftime(fmt, time.localtime(at)) if at else "-"
+
+
+STATUS_ROWS = 30
+"""Above this many tickets, `conductor status` lists only the notable ones (see render_status)."""
+
+
+def render_status(answer: dict[str, Any], *, every_ticket: bool = False) -> RenderableType:
+ """`conductor status` for people: a function of the control answer, so it is easy to test.
+
+ The ticket table lists every ticket of a small pipeline. Of a larger one, unless
+ `every_ticket`, it lists the notable ones (running, failed, blocked, retried, with an
+ error), at most `STATUS_ROWS` of them, and says what it left out; the counts above it
+ cover everything.
+ """
+ report = answer["report"]
+ counts = report["counts"]
+ status = MmaStatus(report["mma_status"])
+ state = str(report["state"])
+ parts: list[RenderableType] = [
+  Text.assemble(
+   (f" {status.value.upper()} ", STATUS_STYLE[status]),
+   "  ",
+   (printable(str(report["pipeline"])), "bold"),
+   f"   {'running, pid ' + str(report['pid']) if report['live'] else 'not running'}",
+   f"   state {shown_path(state)}",
+  ),
+  Text(
+   f"{counts['completed']}/{counts['total']} completed · {counts['in_progress']} in progress · "
+   f"{counts['todo']} todo · {counts['failed']} failed · {counts['blocked']} blocked"
+  ),
+ ]
+ if report["paused"]:
+  reason = f": {printable(report['pause_reason'])}" if report["pause_reason"] else ""
+  lines = [f"PAUSED since {_stamp(report['paused_since'])}{reason}"]
+  at_pause = report["running_at_pause"]
+  if at_pause:
+   lines.append(f"running at pause: {_every(at_pause)}")
+  if report["live"]:
+   finishing = report["finishing"]
+   lines.append(f"still finishing: {_every(finishing) if finishing else 'none'}")
+  parts.append(Panel(Text("\n".join(lines)), style="black on yellow", border_style="yellow"))
+ if report["running"]:
+  parts.append(Text(f"running: {_every(report['running'])}"))
+ interrupted = report["interrupted"]
+ if interrupted:
+  parts.append(Text(f"interrupted (will run again): {_every(interrupted)}", "yellow"))
+ waiting = report.get("awaiting_approval") or []
+ if waiting:
+  how = approve_command(state, waiting)
+  parts.append(
+   Text(f"awaiting approval ({len(waiting)}): {listed(waiting, 12)} · approve with `{how}`", "cyan")
+  )
+ pending = report["pending"]
+ if pending:
+  parts.append(Text(f"pending ({len(pending)}): {listed(pending, 12)}"))
+ table = Table(box=None, padding=(0, 2), header_style="bold")
+ for column in ("ticket", "status", "attempts", "exit", "last error"):
+  table.add_column(column)
+ rows = report["tickets"]
+ note = None
+ if not every_ticket and len(rows) > STATUS_ROWS:
+  notable = [r for r in rows if _notable(r)]
+  rows = notable[:STATUS_ROWS]
+  left = len(report["tickets"]) - len(rows)
+  more = f"{len(notable) - len(rows)} more notable, " if len(notable) > len(rows) else ""
+  note = Text(
+   f"{left} of {plural(len(report['tickets']), 'ticket')} not listed ({more}the rest "
+   "completed or not started); --all lists every ticket",
+   "dim",
+  )
+ for row in rows:
+  code = row["exit_code"]
+  table.add_row(
+   Text(printable(str(row["id"]))),
+   Text(printable(str(row["status"]))),
+   str(row["attempts"]),
+   "" if code is None else str(code),
+   Text(printable(row["error"] or "")),
+  )
+ if rows:
+  parts.append(table)
+ if note is not None:
+  parts.append(note)
+ return Group(*parts)
+
+
+def _notable(row: dict[str, Any]) -> bool:
+ status = row["status"]
+ if status in (Status.COMPLETED, Status.TODO):  # done once, or never run: the counts say it
+  return row["attempts"] > 1 or bool(row["error"])
+ return True
+
+
+def history_lines(history: Sequence[dict[str, Any]]) -> list[str]:
+ """The transition log, one line per transition, oldest first; untrusted parts escaped."""
+ lines = []
+ for h in history:
+  when = _stamp(h["at"], "%Y-%m-%d %H:%M:%S") + f".{int(h['at'] * 1000) % 1000:03d}"
+  what = printable(h["ticket"]) if h["ticket"] is not None else "pipeline"
+  line = f"{h['seq']:>6} {when} {what} {printable(str(h['status']))}"
+  if h["attempt"]:
+   line += f" (attempt {h['attempt']})"
+  if h["detail"]:
+   line += f": {printable(h['detail'])}"
+  lines.append(line + f" [pid {h['pid']}]")
+ return lines

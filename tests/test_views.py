@@ -1,0 +1,119 @@
+"""What the `conductor` command shows, view by view: each is a function of a snapshot, a
+transition or a report, so these tests need no run and no terminal."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from rich.console import Console, RenderableType
+
+from conductor import ConductorEngine, ExecutionEngine, MmaStatus, Snapshot, Status, Ticket
+from conductor.transitions import Change, Transition
+from conductor.views import (
+ KEY_HINT,
+ ApprovalNotices,
+ approve_command,
+ plain_line,
+ render,
+ render_status,
+ shell_path,
+)
+
+
+def text(renderable: RenderableType) -> str:
+ console = Console(width=200, color_system=None)
+ with console.capture() as captured:
+  console.print(renderable)
+ return captured.get()
+
+
+def snapshot(**changes: object) -> Snapshot:
+ engine = ExecutionEngine([Ticket("plan"), Ticket("code", ("plan",)), Ticket("ship", ("code",))])
+ base = ConductorEngine(engine, name="p").snapshot()
+ return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def test_the_live_view_ends_with_the_key_hint_and_the_final_frame_without_it() -> None:
+ snap = snapshot()
+ assert text(render(snap, MmaStatus.EXECUTING)).rstrip().endswith(KEY_HINT)
+ final = text(render(snap, MmaStatus.DONE, keys=False))
+ assert "p pause" not in final and final.startswith(" DONE   p   0/3 completed")
+
+
+@pytest.mark.parametrize(("finishing", "says"), [(("plan",), "1 worker finishing: plan")])
+def test_the_paused_panel_counts_its_workers_in_words(
+ finishing: tuple[str, ...], says: str
+) -> None:
+ snap = snapshot(paused=True, paused_at=0.0, finishing=finishing, running_at_pause=finishing)
+ shown = text(render(snap, MmaStatus.PAUSED))
+ assert says in shown and "worker(s)" not in shown
+
+
+def test_a_log_line_names_the_change_and_escapes_untrusted_text() -> None:
+ t = Transition("a\nb", Change.FAILED, 0.0, Status.FAILED, 2, "exit code 3: \x1b[2J")
+ line = plain_line("p", t)
+ assert line.endswith(" p: a\\nb failed (attempt 2): exit code 3: \\x1b[2J")
+ assert "\n" not in line and "\x1b" not in line
+
+
+def test_approval_notices_name_each_ticket_once_when_it_starts_waiting() -> None:
+ engine = ExecutionEngine(
+  [Ticket("a"), Ticket("b", ("a",)), Ticket("c"), Ticket("d", ("a", "c"))], auto_queue=False
+ )
+ said: list[str] = []
+ notices = ApprovalNotices(engine, "p.state.db", said.append)
+ notices.at_start()
+ assert said == [
+  "awaiting approval: a, c (approve with `conductor approve --state p.state.db a c`)"
+ ]
+
+ def complete(tid: str) -> None:
+  engine.queue(tid)
+  assert [t.id for t in engine.tick()] == [tid]
+  engine.start(tid)
+  engine.complete(tid)
+  notices.on_transition(Transition(tid, Change.COMPLETED, 0.0, Status.COMPLETED, 1))
+
+ complete("a")  # b is ready now; d still waits for c
+ assert said[1:] == ["awaiting approval: b (approve with `conductor approve --state p.state.db b`)"]
+ notices.on_transition(Transition("a", Change.STARTED, 0.0, Status.IN_PROGRESS, 1))
+ complete("c")  # d; b was told already
+ assert said[2:] == ["awaiting approval: d (approve with `conductor approve --state p.state.db d`)"]
+ complete("b")
+ assert len(said) == 3
+
+
+def test_commands_people_copy_quote_the_path_but_keep_the_home_folder_expandable(
+ tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+ (tmp_path / "work").mkdir()
+ monkeypatch.chdir(tmp_path / "work")
+ monkeypatch.setenv("HOME", str(tmp_path / "home"))
+ assert shell_path(tmp_path / "work" / "my runs" / "p.state.db") == "'my runs/p.state.db'"
+ assert shell_path(tmp_path / "home" / "x y.db") == "~/'x y.db'"
+ assert shell_path(tmp_path / "home" / "x.db") == "~/x.db"
+ many = [f"t{i}" for i in range(9)]
+ assert approve_command("p.state.db", many) == "conductor approve --state p.state.db TICKET..."
+
+
+def test_status_shows_the_state_path_relative_to_where_it_is_asked(
+ tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+ monkeypatch.chdir(tmp_path)
+ report = {
+  "pipeline": "p",
+  "mma_status": "idle",
+  "live": False,
+  "pid": None,
+  "state": str(tmp_path / "p.state.db"),
+  "counts": {"completed": 0, "total": 1, "in_progress": 0, "todo": 1, "failed": 0, "blocked": 0},
+  "paused": False,
+  "running": [],
+  "interrupted": [],
+  "pending": ["a"],
+  "tickets": [{"id": "a", "status": "todo", "attempts": 0, "exit_code": None, "error": None}],
+ }
+ shown = text(render_status({"live": False, "report": report}))
+ assert "state p.state.db" in shown and str(tmp_path) not in shown
