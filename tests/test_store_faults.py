@@ -171,7 +171,9 @@ def test_a_failed_write_mid_run_is_one_line_and_the_next_run_resumes(
 ) -> None:
  chain(tmp_path / "p.toml", 400)
  state = tmp_path / "p.state.db"
- one_line_error(strace_run(tmp_path, state, ("-wal",), when, fault), says, str(state))
+ one_line_error(
+  strace_run(tmp_path, state, ("-wal",), when, fault), says, state.name
+ )  # shown relative to the cwd
  kept = {tid: n for tid, (status, n) in image(state).items() if status == "completed"}
  assert len(kept) < 400
  result = conductor("run", "p.toml", cwd=tmp_path)
@@ -338,7 +340,7 @@ def test_every_command_refuses_a_page_damaged_state_and_leaves_it_untouched(
  state = tmp_path / "p.state.db"
  data = damaged_state(state)
  for command in (("status",), ("pause",), ("resume",), ("status", "--history"), ("run", "p.toml")):
-  line = one_line_error(conductor(*command, "--state", str(state), cwd=tmp_path), str(state))
+  line = one_line_error(conductor(*command, "--state", str(state), cwd=tmp_path), state.name)
   assert "damaged" in line and "--fresh" in line and "delete" not in line, (command, line)
   assert state.read_bytes() == data, command
   assert not [p for p in tmp_path.iterdir() if p.name.endswith(("-wal", "-shm", "-journal"))]

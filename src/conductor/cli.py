@@ -23,11 +23,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from ._text import printable
+from ._text import listed, plural, printable, shown_path
 from .control import request
 from .exits import EXIT_OK, EXIT_STOPPED, EXIT_USAGE, UsageError
 from .pipeline import Pipeline, PipelineFileError, load_pipeline
-from .session import check_pipeline, listed, plural, shown_path
+from .session import check_pipeline
 from .store import StateError, default_state_path, demo_state_path
 from .terminal import output_may_vanish
 from .terminal_run import execute

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from ._files import trusted_owners
-from ._text import printable
+from ._text import printable, shell_path, shown_path
 from .locks import FileLock, handover_lock_path, owner_lock_path, read_owner, symlink_refusal
 from .report import status_report
 from .store import StateError, StateStore, check_state_file
@@ -150,7 +150,7 @@ def request(
  state = Path(os.path.realpath(state))  # a symlink and its target share one run
  if not check_state_file(state):
   raise StateError(
-   f"{state}: no such state file; a run makes it (`conductor run PIPELINE --state {state}`)"
+   f"{shown_path(state)}: no such state file; a run makes it (`conductor run PIPELINE --state {shell_path(state)}`)"
   )
  message: dict[str, Any] = {"op": op, "reason": reason, "history": history}
  if op == "approve":
@@ -158,7 +158,7 @@ def request(
  data = encode(message)
  if len(data) > MAX_REQUEST:
   raise StateError(
-   f"{state}: the request is {len(data)} bytes, over the limit of {MAX_REQUEST}; "
+   f"{shown_path(state)}: the request is {len(data)} bytes, over the limit of {MAX_REQUEST}; "
    "approve fewer tickets at a time"
   )
  trusted = trusted_owners(state)
@@ -167,7 +167,7 @@ def request(
   pid = read_owner(state).get("pid")
   who = f"conductor pid {pid}" if pid else "a conductor run"
   raise ControlError(
-   f"{state}: {who} has been starting or ending a run of it for {CONTROL_TIMEOUT:g} s "
+   f"{shown_path(state)}: {who} has been starting or ending a run of it for {CONTROL_TIMEOUT:g} s "
    "(is it suspended, Ctrl+Z?); try again"
   )
  try:
@@ -177,7 +177,7 @@ def request(
    return answer
   if op == "approve":
    raise ControlError(
-    f"{state}: no run of it is live; approvals go to a running pipeline: start it with "
+    f"{shown_path(state)}: no run of it is live; approvals go to a running pipeline: start it with "
     "`conductor run`, then approve"
    )
   return _offline(state, op, reason, history, trusted)
@@ -196,12 +196,12 @@ def _offline(
   pid, command = holder.get("pid"), holder.get("command")
   if isinstance(command, str):
    raise ControlError(
-    f"{state}: `conductor {printable(command)}` (pid {pid}) has held it for "
+    f"{shown_path(state)}: `conductor {printable(command)}` (pid {pid}) has held it for "
     f"{CONTROL_TIMEOUT:g} s; is it suspended (Ctrl+Z)? try again"
    )
   who = f"conductor pid {pid}" if pid else "a conductor run"
   raise ControlError(
-   f"{state}: {who} holds it but its control socket {control_socket_path(state)} is gone; "
+   f"{shown_path(state)}: {who} holds it but its control socket {control_socket_path(state)} is gone; "
    "was the socket deleted? stop that run (Ctrl+C) and start it again"
   )
  try:
@@ -226,11 +226,15 @@ def _ask(state: Path, data: bytes, trusted: frozenset[int]) -> dict[str, Any] | 
  except FileNotFoundError:
   return None
  except OSError as exc:
-  raise ControlError(f"{path}: cannot look at the control socket ({exc.strerror})") from None
+  raise ControlError(
+   f"{shown_path(path)}: cannot look at the control socket ({exc.strerror})"
+  ) from None
  if stat.S_ISLNK(info.st_mode):
   raise ControlError(symlink_refusal(path))
  if not stat.S_ISSOCK(info.st_mode):
-  raise ControlError(f"{path}: is not a control socket (something else was put there); remove it")
+  raise ControlError(
+   f"{shown_path(path)}: is not a control socket (something else was put there); remove it"
+  )
  who = "the conductor that owns it"
  with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
   sock.settimeout(CONTROL_TIMEOUT)
@@ -240,16 +244,16 @@ def _ask(state: Path, data: bytes, trusted: frozenset[int]) -> dict[str, Any] | 
    return None  # left by a run that was killed: nobody listens
   except TimeoutError:
    raise ControlError(
-    f"{state}: {who} did not take the connection within {CONTROL_TIMEOUT:g} s; "
+    f"{shown_path(state)}: {who} did not take the connection within {CONTROL_TIMEOUT:g} s; "
     "is it suspended (Ctrl+Z)?"
    ) from None
   except OSError as exc:
-   raise ControlError(f"{state}: cannot reach {who} ({exc.strerror or exc})") from None
+   raise ControlError(f"{shown_path(state)}: cannot reach {who} ({exc.strerror or exc})") from None
   if hasattr(socket, "SO_PEERCRED"):
    pid, uid = peer_credentials(sock)
    if uid not in trusted:
     raise ControlError(
-     f"{state}: its control socket {path} is served by uid {uid} (pid {pid}), not by you or "
+     f"{shown_path(state)}: its control socket {path} is served by uid {uid} (pid {pid}), not by you or "
      "the state's owner; refusing to talk to it: remove the socket, or stop that program"
     )
    who = f"conductor pid {pid}"
@@ -263,10 +267,12 @@ def _ask(state: Path, data: bytes, trusted: frozenset[int]) -> dict[str, Any] | 
     received += chunk
   except TimeoutError:
    raise ControlError(
-    f"{state}: {who} did not answer within {CONTROL_TIMEOUT:g} s; is it suspended (Ctrl+Z)?"
+    f"{shown_path(state)}: {who} did not answer within {CONTROL_TIMEOUT:g} s; is it suspended (Ctrl+Z)?"
    ) from None
   except OSError as exc:
-   raise ControlError(f"{state}: lost {who} mid-request ({exc.strerror or exc})") from None
+   raise ControlError(
+    f"{shown_path(state)}: lost {who} mid-request ({exc.strerror or exc})"
+   ) from None
  try:
   answer = json.loads(received)
  except (ValueError, RecursionError):
@@ -275,7 +281,7 @@ def _ask(state: Path, data: bytes, trusted: frozenset[int]) -> dict[str, Any] | 
   error = answer.get("error") if isinstance(answer, dict) else None
   if not isinstance(error, str):
    error = "no answer (did it end meanwhile?)"
-  raise ControlError(f"{state}: {who} refused the request: {printable(error)}")
+  raise ControlError(f"{shown_path(state)}: {who} refused the request: {printable(error)}")
  return answer
 
 

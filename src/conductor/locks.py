@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ._files import trusted_owners
+from ._text import shown_path
 from .store import StateError, error_for
 
 __all__ = [
@@ -64,7 +65,7 @@ def handover_lock_path(state: Path) -> Path:
 def symlink_refusal(path: Path) -> str:
  """The one-line refusal of a symlink found where conductor keeps a file beside a state."""
  return (
-  f"{path}: is a symbolic link; conductor never follows one beside a state (it could be "
+  f"{shown_path(path)}: is a symbolic link; conductor never follows one beside a state (it could be "
   "made to overwrite another file): remove it"
  )
 
@@ -81,24 +82,24 @@ def open_beside(path: Path, flags: int, trusted: frozenset[int]) -> int:
   if exc.errno == errno.ELOOP:
    raise StateError(symlink_refusal(path)) from None
   if exc.errno == errno.EISDIR:
-   raise StateError(f"{path}: is a folder, not a lock file; remove it") from None
-  raise StateError(f"{path}: cannot open it ({exc.strerror})") from None
+   raise StateError(f"{shown_path(path)}: is a folder, not a lock file; remove it") from None
+  raise StateError(f"{shown_path(path)}: cannot open it ({exc.strerror})") from None
  try:
   info = os.fstat(fd)
   if not stat.S_ISREG(info.st_mode):
    raise StateError(
-    f"{path}: is not a regular file (a FIFO, socket or device planted there?); remove it"
+    f"{shown_path(path)}: is not a regular file (a FIFO, socket or device planted there?); remove it"
    )
   if info.st_uid not in trusted:
    raise StateError(
-    f"{path}: belongs to uid {info.st_uid}, not to you or the state's owner; "
+    f"{shown_path(path)}: belongs to uid {info.st_uid}, not to you or the state's owner; "
     "someone else may have planted it: remove it"
    )
   # No links (0) is fine: its holder removed it as we opened it, and FileLock's re-check
   # moves on to the file there now. More than one: it may be another file of yours.
   if info.st_nlink > 1:
    raise StateError(
-    f"{path}: has {info.st_nlink} hard links (one may be another file of yours); remove it"
+    f"{shown_path(path)}: has {info.st_nlink} hard links (one may be another file of yours); remove it"
    )
  except BaseException:
   os.close(fd)
@@ -146,7 +147,7 @@ class FileLock:
     current = _is_linked(fd, self.path)
    except OSError as exc:
     os.close(fd)
-    raise StateError(f"{self.path}: cannot look at it ({exc.strerror})") from None
+    raise StateError(f"{shown_path(self.path)}: cannot look at it ({exc.strerror})") from None
    if current:
     self._fd, self._shared = fd, shared
     return True
@@ -155,7 +156,7 @@ class FileLock:
    os.close(fd)
    removed += 1
   raise StateError(
-   f"{self.path}: was removed {removed} times as conductor locked it; is "
+   f"{shown_path(self.path)}: was removed {removed} times as conductor locked it; is "
    "another program deleting it? try again"
   )
 
@@ -233,7 +234,7 @@ def _flock(fd: int, path: Path, shared: bool, timeout: float) -> bool:
    return False
  except OSError as exc:
   os.close(fd)
-  raise StateError(f"{path}: cannot lock it ({exc.strerror})") from None
+  raise StateError(f"{shown_path(path)}: cannot lock it ({exc.strerror})") from None
  else:
   return True
  guard = threading.Lock()  # guards `outcome` and `abandoned` between the two threads
@@ -265,7 +266,7 @@ def _flock(fd: int, path: Path, shared: bool, timeout: float) -> bool:
    return False
  if outcome[0] is not None:
   os.close(fd)
-  raise StateError(f"{path}: cannot lock it ({outcome[0].strerror})")
+  raise StateError(f"{shown_path(path)}: cannot lock it ({outcome[0].strerror})")
  return True
 
 

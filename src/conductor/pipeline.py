@@ -41,7 +41,7 @@ from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ._text import printable
+from ._text import printable, shown_path
 from .dag_engine import Ticket
 from .workers import (
  CallTargetError,
@@ -117,19 +117,22 @@ def load_pipeline(path: str | Path, *, resolve_calls: bool = True) -> Pipeline:
   with open(given, "rb") as f:
    raw = f.read(MAX_FILE_BYTES + 1)  # bounded: also for /dev/zero or an endless pipe
  except FileNotFoundError:
-  raise PipelineFileError(f"{given}: no such pipeline file; check the path", path=given) from None
+  raise PipelineFileError(
+   f"{shown_path(given)}: no such pipeline file; check the path", path=given
+  ) from None
  except IsADirectoryError:
   raise PipelineFileError(
-   f"{given}: is a folder, not a pipeline file; give the path of a .toml file", path=given
+   f"{shown_path(given)}: is a folder, not a pipeline file; give the path of a .toml file",
+   path=given,
   ) from None
  except OSError as exc:
   raise PipelineFileError(
-   f"{given}: cannot read the pipeline file ({exc.strerror}); check its permissions",
+   f"{shown_path(given)}: cannot read the pipeline file ({exc.strerror}); check its permissions",
    path=given,
   ) from None
  if len(raw) > MAX_FILE_BYTES:
   raise PipelineFileError(
-   f"{given}: is larger than {MAX_FILE_BYTES // (1024 * 1024)} MB, too large for a pipeline "
+   f"{shown_path(given)}: is larger than {MAX_FILE_BYTES // (1024 * 1024)} MB, too large for a pipeline "
    "file; is it the right file?",
    path=given,
   )
@@ -137,12 +140,12 @@ def load_pipeline(path: str | Path, *, resolve_calls: bool = True) -> Pipeline:
   data = tomllib.loads(raw.decode("utf-8-sig"))  # -sig: tolerate an editor's BOM
  except UnicodeDecodeError as exc:
   raise PipelineFileError(
-   f"{given}: not UTF-8 text (bad byte at offset {exc.start}); save the file as UTF-8",
+   f"{shown_path(given)}: not UTF-8 text (bad byte at offset {exc.start}); save the file as UTF-8",
    path=given,
   ) from None
  except tomllib.TOMLDecodeError as exc:
   message, line, column = _split_toml_error(str(exc))
-  where = f"{given}:{line}:{column}" if line is not None else str(given)
+  where = f"{shown_path(given)}:{line}:{column}" if line is not None else shown_path(given)
   raise PipelineFileError(
    f"{where}: TOML syntax error: {printable(message)}; fix the syntax at that spot",
    path=given,
@@ -150,7 +153,7 @@ def load_pipeline(path: str | Path, *, resolve_calls: bool = True) -> Pipeline:
   ) from None
  except RecursionError:  # tomllib recurses once per nested array or inline table
   raise PipelineFileError(
-   f"{given}: arrays or inline tables are nested too deeply for Python's TOML reader; "
+   f"{shown_path(given)}: arrays or inline tables are nested too deeply for Python's TOML reader; "
    "flatten them (a pipeline needs two levels)",
    path=given,
   ) from None
@@ -179,7 +182,7 @@ def pipeline_from_dict(
  Raises `PipelineFileError` as `load_pipeline` does for the same content; call targets are
  checked only for their syntax unless `resolve_calls` is true (then they are imported).
  """
- where = str(path) if path is not None else f"pipeline {name!r}"
+ where = shown_path(path) if path is not None else f"pipeline {name!r}"
  return _build(
   data, path=path, where=where, error_path=path, name=name, resolve_calls=resolve_calls
  )

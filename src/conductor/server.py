@@ -33,7 +33,7 @@ from anyio.abc import SocketListener, SocketStream, TaskStatus
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from ._files import trusted_owners
-from ._text import printable
+from ._text import printable, shell_path, shown_path
 from .control import (
  CONTROL_TIMEOUT,
  MAX_REASON,
@@ -65,8 +65,8 @@ class StateLockedError(StateError):
  def __init__(self, state: Path, pid: int | None) -> None:
   who = f"conductor pid {pid}" if pid else "another conductor"
   super().__init__(
-   f"{state} is in use by {who}; control that run with "
-   f"`conductor pause|resume|status --state {state}`, or wait until it ends"
+   f"{shown_path(state)} is in use by {who}; control that run with "
+   f"`conductor pause|resume|status --state {shell_path(state)}`, or wait until it ends"
   )
   self.pid = pid
 
@@ -111,7 +111,7 @@ class StateOwner:
   handover = FileLock(handover_lock_path(state), trusted)
   if not handover.acquire(timeout):
    raise ControlError(
-    f"{state}: other conductor commands (or a run starting) have held its control lock for "
+    f"{shown_path(state)}: other conductor commands (or a run starting) have held its control lock for "
     f"{timeout:g} s; is one suspended (Ctrl+Z)? try again"
    )
   owner = FileLock(owner_lock_path(state), trusted)
@@ -144,14 +144,14 @@ class StateOwner:
    if stat.S_ISLNK(info.st_mode):
     raise StateError(symlink_refusal(path))
    if not stat.S_ISSOCK(info.st_mode):
-    raise StateError(f"{path}: exists and is not a control socket; remove it")
+    raise StateError(f"{shown_path(path)}: exists and is not a control socket; remove it")
    try:
     path.unlink()
    except FileNotFoundError:
     pass
    except OSError as exc:
     raise StateError(
-     f"{path}: cannot remove the old control socket ({exc.strerror}); "
+     f"{shown_path(path)}: cannot remove the old control socket ({exc.strerror}); "
      "another user may have put it there: remove it"
     ) from None
   sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -164,7 +164,9 @@ class StateOwner:
    sock.listen(64)
   except OSError as exc:
    sock.close()
-   raise StateError(f"{path}: cannot create the control socket ({exc.strerror})") from None
+   raise StateError(
+    f"{shown_path(path)}: cannot create the control socket ({exc.strerror})"
+   ) from None
   self._socket_ino = path.lstat().st_ino
   return sock
 

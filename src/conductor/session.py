@@ -32,13 +32,13 @@ from typing import TypeVar
 
 import anyio
 
-from ._text import printable
-from .server import StateOwner
+from ._text import listed, plural, printable, shown_path
 from .dag_engine import ExecutionEngine, PipelineError
 from .exits import UsageError
 from .leftovers import STATE_VARIABLE, Leftover, find_leftovers, stop_leftovers
 from .multi_agent_conductor import ConductorEngine
 from .pipeline import Pipeline
+from .server import StateOwner
 from .store import (
  Restored,
  StateError,
@@ -53,10 +53,8 @@ __all__ = [
  "DurableRun",
  "Note",
  "check_pipeline",
- "clock",
  "open_run",
  "open_session",
- "shown_path",
  "state_path",
 ]
 
@@ -71,35 +69,6 @@ def state_path(pipeline: Pipeline, given: str | Path | None = None) -> Path:
  if given:
   return Path(given)
  return default_state_path(pipeline.path) if pipeline.path else demo_state_path()
-
-
-def shown_path(path: Path | str) -> str:
- """A path as people read and type it: relative under the current folder, else `~/...`,
- else absolute. Every path a user sees goes through this (escaped: it is untrusted text)."""
- full = Path(os.path.abspath(path))
- for base, prefix in ((Path.cwd(), ""), (Path.home(), "~/")):
-  if full.is_relative_to(base):
-   return printable(prefix + str(full.relative_to(base)))
- return printable(str(full))
-
-
-def clock(seconds: float) -> str:
- """`75.2` -> `01:15`; an hour or more -> `1:02:03`."""
- minutes, secs = divmod(int(seconds), 60)
- hours, minutes = divmod(minutes, 60)
- return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
-
-
-def plural(n: int, one: str, many: str | None = None) -> str:
- """`1 ticket`, `2 tickets`, `3 processes`."""
- return f"{n:,} {one if n == 1 else (many or one + 's')}"
-
-
-def listed(ids: Sequence[str], limit: int = 8) -> str:
- """Ticket ids for a line of text: `a, b, c (+4)`, escaped."""
- shown = ids[:limit]
- more = f" (+{len(ids) - len(shown)})" if len(ids) > len(shown) else ""
- return ", ".join(printable(i) for i in shown) + more
 
 
 # -- checking a pipeline ---------------------------------------------------------------------

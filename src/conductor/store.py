@@ -68,7 +68,7 @@ from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 from urllib.parse import quote
 
 from ._files import trusted_owners
-from ._text import printable
+from ._text import printable, shell_path, shown_path
 from .dag_engine import Status, Ticket
 from .pipeline import fingerprint
 from .transitions import Change, Transition
@@ -225,7 +225,7 @@ class PipelineChangedError(StateError):
    if ids
   ]
   super().__init__(
-   f"{pipeline} changed since its state {state} was written ({'; '.join(parts)}); "
+   f"{pipeline} changed since its state {shown_path(state)} was written ({'; '.join(parts)}); "
    "run it with --fresh to start over, or undo the edit to resume"
   )
   self.added = tuple(added)
@@ -300,14 +300,14 @@ def error_for(path: Path, exc: sqlite3.Error | OSError) -> StateError:
   return _disk_full(path)
  if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
   return StateDamagedError(
-   f"{path}: the conductor state is damaged ({detail}); {_FRESH_HINT.format(name=path.name)} "
+   f"{shown_path(path)}: the conductor state is damaged ({detail}); {_FRESH_HINT.format(name=path.name)} "
    "without the progress recorded in it, or choose another --state"
   )
  if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
   # Our own runs exclude each other before they get here (server.StateOwner): this is
   # another program holding the file open.
   return StateError(
-   f"{path}: another program has the state file open (a sqlite3 shell?); close it and try again"
+   f"{shown_path(path)}: another program has the state file open (a sqlite3 shell?); close it and try again"
   )
  side = _planted_side_file(path)
  if side is not None:
@@ -324,22 +324,22 @@ def error_for(path: Path, exc: sqlite3.Error | OSError) -> StateError:
   )
  if code == sqlite3.SQLITE_READONLY or err == errno.EROFS:
   return StateReadOnlyError(
-   f"{path}: cannot write the state, it is read-only ({detail}); make it writable or choose "
+   f"{shown_path(path)}: cannot write the state, it is read-only ({detail}); make it writable or choose "
    "another --state; everything recorded so far is kept"
   )
  if code == sqlite3.SQLITE_IOERR or err == errno.EIO:
   if _free_bytes(path) == 0:  # some full-disk paths surface as a plain I/O error
    return _disk_full(path)
   return StateIOError(
-   f"{path}: I/O error on the state file ({detail}): the disk failed or a disk quota is "
+   f"{shown_path(path)}: I/O error on the state file ({detail}): the disk failed or a disk quota is "
    "exceeded; check `dmesg` and `quota`, then run again: everything committed so far is kept"
   )
- return StateError(f"{path}: cannot use the state file ({detail})")
+ return StateError(f"{shown_path(path)}: cannot use the state file ({detail})")
 
 
 def _disk_full(path: Path) -> StateDiskFullError:
  return StateDiskFullError(
-  f"the disk holding {path} is full: free some space and run again; "
+  f"the disk holding {shown_path(path)} is full: free some space and run again; "
   "everything recorded so far is kept"
  )
 
@@ -349,13 +349,15 @@ def _why_read_only(path: Path) -> str | None:
  folder = os.path.dirname(os.path.abspath(path))
  try:
   if os.statvfs(folder).f_flag & os.ST_RDONLY:
-   return f"{path}: its file system is mounted read-only"
+   return f"{shown_path(path)}: its file system is mounted read-only"
  except OSError:
   return None
  if os.path.exists(path) and not os.access(path, os.W_OK):
-  return f"{path}: the file is read-only"
+  return f"{shown_path(path)}: the file is read-only"
  if not os.access(folder, os.W_OK):
-  return f"{path}: its folder is read-only (SQLite makes {path.name}-wal beside the state)"
+  return (
+   f"{shown_path(path)}: its folder is read-only (SQLite makes {path.name}-wal beside the state)"
+  )
  return None
 
 
@@ -391,7 +393,7 @@ def _planted(file: Path, owners: frozenset[int]) -> StateSideFileError | None:
  else:
   return None
  return StateSideFileError(
-  f"{file}: {problem}; conductor never follows or uses such a file beside its state "
+  f"{shown_path(file)}: {problem}; conductor never follows or uses such a file beside its state "
   "(another user may have planted it): remove it and run again"
  )
 
@@ -471,23 +473,27 @@ def check_state_file(path: Path, *, deep: bool = False) -> bool:
  except FileNotFoundError:
   return False
  except IsADirectoryError:
-  raise StateFileError(f"{path}: is a folder, not a state file; give a file path") from None
+  raise StateFileError(
+   f"{shown_path(path)}: is a folder, not a state file; give a file path"
+  ) from None
  except OSError as exc:
-  raise StateFileError(f"{path}: cannot read the state file ({exc.strerror})") from None
+  raise StateFileError(f"{shown_path(path)}: cannot read the state file ({exc.strerror})") from None
  refuse = "refusing to touch it; choose another --state"
  if not header:
-  raise StateFileError(f"{path}: is an empty file, not a conductor state; {refuse}")
+  raise StateFileError(f"{shown_path(path)}: is an empty file, not a conductor state; {refuse}")
  if len(header) < _HEADER_SIZE or not header.startswith(_SQLITE_MAGIC):
-  raise StateFileError(f"{path}: is not a conductor state (not an SQLite file); {refuse}")
+  raise StateFileError(
+   f"{shown_path(path)}: is not a conductor state (not an SQLite file); {refuse}"
+  )
  app_id = int.from_bytes(header[68:72], "big")
  if app_id != APPLICATION_ID:
   raise StateFileError(
-   f"{path}: is another program's SQLite database, not a conductor state; {refuse}"
+   f"{shown_path(path)}: is another program's SQLite database, not a conductor state; {refuse}"
   )
  version = int.from_bytes(header[60:64], "big")
  if version > SCHEMA_VERSION:
   raise StateFileError(
-   f"{path}: was written by a newer conductor (state format {version}, this one reads "
+   f"{shown_path(path)}: was written by a newer conductor (state format {version}, this one reads "
    f"{SCHEMA_VERSION}); upgrade conductor or choose another --state"
   )
  if deep:
@@ -536,13 +542,13 @@ def _integrity_check(uri: str, path: Path) -> None:
   if problems != ["ok"]:
    # quick_check finds a subset of what integrity_check finds: this is a real verdict.
    raise StateDamagedError(
-    f"{path}: the conductor state is damaged (SQLite's integrity check: {problems[0]}); "
+    f"{shown_path(path)}: the conductor state is damaged (SQLite's integrity check: {problems[0]}); "
     f"{_FRESH_HINT.format(name=path.name)}, losing the progress it records "
     f"({_progress(conn)}); or choose another --state"
    )
   if fmt is None or fmt[0] != FORMAT:
    raise StateFileError(
-    f"{path}: is not a conductor state (no format marker); refusing to touch it; "
+    f"{shown_path(path)}: is not a conductor state (no format marker); refusing to touch it; "
     "choose another --state"
    )
  finally:
@@ -692,7 +698,7 @@ class StateStore:
    if not exists:
     if not create:
      raise StateFileError(
-      f"{path}: no such state file; it is made by `conductor run PIPELINE --state {path}`"
+      f"{shown_path(path)}: no such state file; it is made by `conductor run PIPELINE --state {shell_path(path)}`"
      )
     _create(path)
    store = cls(path, cls._connect(path, synchronous))
@@ -722,7 +728,7 @@ class StateStore:
   if fmt is None or fmt[0] != FORMAT:
    conn.close()
    raise StateFileError(
-    f"{path}: is not a conductor state (no format marker); choose another --state"
+    f"{shown_path(path)}: is not a conductor state (no format marker); choose another --state"
    )
   return conn
 
@@ -1161,7 +1167,7 @@ def _create(path: Path) -> None:
   fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
  except FileExistsError:
   raise StateSideFileError(
-   f"{tmp}: appeared while conductor was creating it (another user's doing?); remove it and "
+   f"{shown_path(tmp)}: appeared while conductor was creating it (another user's doing?); remove it and "
    "run again"
   ) from None
  os.close(fd)

@@ -29,11 +29,11 @@ from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.text import Text
 
-from ._text import printable
+from ._text import clock, plural, printable, shown_path
 from .exits import EXIT_FAILED, EXIT_OK, UsageError
 from .multi_agent_conductor import ConductorEngine
 from .pipeline import Pipeline
-from .session import DurableRun, clock, open_session, plural, shown_path
+from .session import DurableRun, open_session
 from .snapshots import Snapshot
 from .terminal import Stops, read_keys
 from .views import ApprovalNotices, lit, plain_line, render, shell_path

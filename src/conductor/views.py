@@ -8,7 +8,7 @@
 Untrusted text (ticket ids, pipeline names, pause reasons, errors, history details, paths)
 is printed through `conductor._text.printable`, and never as rich markup (`Text(...)`, or
 `lit()` inside markup strings): a newline cannot forge a log line, an escape sequence cannot
-repaint the terminal, `[red]` stays text. Paths go through `session.shown_path`, counts
+repaint the terminal, `[red]` stays text. Paths go through `_text.shown_path`, counts
 through `session.plural`.
 """
 
@@ -27,9 +27,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from ._text import printable
+from ._text import clock, listed, plural, printable, shell_path, shown_path
 from .dag_engine import ExecutionEngine, Status
-from .session import clock, listed, plural, shown_path
 from .snapshots import MmaStatus, Snapshot
 from .transitions import Change, Transition
 
@@ -51,15 +50,6 @@ __all__ = [
 def lit(value: object) -> str:
  """Untrusted text for a rich markup string: escaped (see `printable`), and `[` kept literal."""
  return escape(printable(str(value)))
-
-
-def shell_path(path: Path | str) -> str:
- """A path for a command line people copy: `session.shown_path`, shell-quoted, with a
- leading `~/` left outside the quotes so the shell still expands it."""
- shown = shown_path(path)
- if shown.startswith("~/"):
-  return "~/" + shlex.quote(shown[2:])
- return shlex.quote(shown)
 
 
 def approve_command(state: Path | str, ids: Sequence[str] = ()) -> str:
