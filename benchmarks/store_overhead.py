@@ -3,8 +3,9 @@ and how fast a pause from another process takes effect.
 
 1. Ticket rate, on asyncio and trio: the same DAG of no-op tickets through ConductorEngine,
    - memory: no store at all (the engine's own in-memory state);
-   - store:  a `StateStore` attached (every transition recorded; a worker runs only once its
-             start and its dependencies' completion are committed; WAL, synchronous=NORMAL);
+   - store:  the state opened as `conductor run` opens it (`session.open_run`), its store
+             attached (every transition recorded; a worker runs only once its start and
+             its dependencies' completion are committed; WAL, synchronous=NORMAL);
              the state file is on the same disk as the repo;
    - store FULL: the same with synchronous=FULL (an fsync per commit: power-loss safe).
    Shapes: wide (no edges: one commit per round of workers) and chain (each ticket waits
@@ -48,6 +49,8 @@ from benchmarks._common import (
 from conductor.control import request
 from conductor.dag_engine import ExecutionEngine, Ticket
 from conductor.multi_agent_conductor import ConductorEngine
+from conductor.pipeline import Pipeline
+from conductor.session import open_run
 from conductor.store import StateStore
 
 Shape = Callable[[int], list[Ticket]]
@@ -78,20 +81,20 @@ async def run_memory(tickets: list[Ticket], workers: int) -> tuple[float, float]
 async def run_store(
  tickets: list[Ticket], workers: int, folder: Path, synchronous: str
 ) -> tuple[float, float]:
+ # Opened as `conductor run` opens a state (session.open_run: claimed, checked, restored).
  path = folder / f"bench-{synchronous.lower()}-{time.perf_counter_ns()}.state.db"
  begin = time.perf_counter()
- store = StateStore.open(path, synchronous=synchronous)
- store.restore("bench", tickets)
+ pipeline = Pipeline("bench", None, workers, True, tuple(tickets))
+ durable = open_run(path, pipeline, synchronous=synchronous)
  setup = time.perf_counter() - begin
  try:
   start = time.perf_counter()
-  conductor = ConductorEngine(ExecutionEngine(tickets), _noop, max_workers=workers)
-  store.attach(conductor)
+  conductor = durable.conductor(workers, worker=_noop)
   snap = await conductor.run()
-  store.commit()
+  durable.store.commit()
   elapsed = time.perf_counter() - start
  finally:
-  store.close()
+  durable.close()
  assert snap.counts.completed == len(tickets), snap.counts
  with StateStore.open(path, create=False) as check:  # really on disk
   assert sum(row.status == "completed" for row in check.tickets()) == len(tickets)

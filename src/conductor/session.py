@@ -203,13 +203,16 @@ def _who(leftovers: Sequence[Leftover]) -> str:
  return f"{'ticket' if len(tickets) == 1 else 'tickets'} {listed(tickets)}"
 
 
-def open_run(state: Path, pipeline: Pipeline, *, fresh: bool = False) -> DurableRun:
+def open_run(
+ state: Path, pipeline: Pipeline, *, fresh: bool = False, synchronous: str = "NORMAL"
+) -> DurableRun:
  """Check, claim, open and restore `state` for a run of `pipeline` (steps 3-4 above).
 
  Raises `StateError` (one line, nothing written to the file) for a foreign or damaged
  file, a state another live process runs, or a pipeline changed since the state was
  written. On success the caller owns the result and must `close()` it. `state` is resolved
  first (symlinks followed once, here), so a run and its clients agree on the files beside it.
+ `synchronous` is SQLite's (`StateStore.open`): "FULL" survives a power cut, at a cost.
  """
  state = Path(os.path.realpath(state))
  check_state_file(state)  # refuse a foreign file before creating anything beside it
@@ -221,7 +224,7 @@ def open_run(state: Path, pipeline: Pipeline, *, fresh: bool = False) -> Durable
  try:
   # The deep check sees the file as SQLite will (WAL included); with `fresh`, a damaged
   # state is moved aside (`store.moved_aside`) and a new one started.
-  store = StateStore.open(state, deep_check=True, fresh=fresh)
+  store = StateStore.open(state, deep_check=True, fresh=fresh, synchronous=synchronous)
   try:
    source = str(pipeline.path) if pipeline.path else None
    restored = store.restore(pipeline.name, pipeline.tickets, fresh=fresh, source=source)
