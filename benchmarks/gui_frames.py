@@ -1,30 +1,38 @@
 """Dashboard frame time with 10,000 tickets, and click-to-paused latency through the real GUI.
 
-Starts the real `conductor gui` process on a synthetic pipeline of 10,000 sleep tickets
-(in layers: ticket i waits for ticket i-500; 16 workers, so tickets start and finish all
-the time and the table keeps changing), with its test hook on, and measures:
+Starts the real `conductor gui` process with its test hook on, once per scenario:
 
-1. frame time while executing: the hook's frame clock times each frame from hello_imgui's
+- **idle loop**: 10,000 sleep tickets in layers (ticket i waits for ticket i-500), 16
+  workers: tickets start and finish all the time and the table keeps changing, but the
+  engine's loop mostly waits (a sleep ticket costs it almost nothing);
+- **busy loop**: `call` tickets whose async function holds the engine's loop in CPU slices
+  (`--busy-slice-ms`, 20 ms by default, between two awaits), 4 at once: the loop is nearly
+  always in the middle of one, as it is when tickets run Python on it.
+
+and measures:
+
+1. frame time (idle loop; reported for the busy one too, where the GIL is shared with a
+   thread that never sleeps): the hook's frame clock times each frame from hello_imgui's
    `pre_new_frame` to `after_swap`: our Python, Dear ImGui, and the renderer (with software
    OpenGL the rasterising happens in the swap). The wait between frames is not counted (the
    GUI paces itself at 60 fps at most); the frame interval is reported beside it.
 2. click to paused: the hook clicks Pause through Dear ImGui's test engine (it moves the
    mouse over the button, presses, releases: about ten frames in its fast mode), N times.
-   The GUI posts `pause()` to the engine's loop (it never calls into the engine on its own
-   thread) and checks the live `mma_status` in every frame. Reported: the time from the
-   click landing to the loop having paused (`mma_status` reads "paused" from then on, on
-   any thread); the frames from the click's frame to the first frame that shows "paused"
-   (0 = that same frame) and the time between them; the longest frame of each click; and
-   the wall time from sending the click to a `GET /state` that reads "paused" (this one
-   includes the test engine's mouse travel and two HTTP round trips).
+   Reported: click landed -> gate closed (the runner's `applied` stamp: taken once
+   `ConductorEngine.pause()` has returned, after which no worker starts); the frames from
+   the click's frame to the first frame that shows "paused" (0 = that same frame) and the
+   time between them; the longest frame of each click; and the wall time from sending the
+   click to a `GET /state` that reads "paused" (this one includes the test engine's mouse
+   travel and two HTTP round trips).
 
 Needs an X display; without one it runs itself again under xvfb-run when that is installed.
 
     python benchmarks/gui_frames.py [--tickets 10000] [--seconds 6] [--clicks 10]
+                                    [--scenario idle busy] [--busy-slice-ms 20]
                                     [--size 960x640] [--json PATH]
 
-Exits 1 when a target from the issue is missed (frame p99 >= 16 ms; a click not paused
-within one frame; a frame >= 16 ms during a click), else 0.
+Exits 1 when a target from the issues is missed (idle loop: frame p99 >= 16 ms, a frame
+>= 16 ms during a click; both loops: a click whose frame does not show "paused"), else 0.
 """
 
 from __future__ import annotations
@@ -53,6 +61,27 @@ from benchmarks._common import (
 FRAME_TARGET_MS = 16.0
 XVFB_SCREEN = "-screen 0 1280x800x24"
 GUI = (sys.executable, "-m", "conductor", "gui")
+SCENARIOS = ("idle", "busy")
+BUSY_TICKETS = 400  # enough work for the clicks: each ticket holds the loop about 0.5 s
+BUSY_WORKERS = 4
+BUSY_SLICES = 25  # CPU slices per busy ticket
+
+# The busy tickets' function, imported from the pipeline's folder (`call = "hog:hog"`). It
+# spins on purpose: CPU work that never awaits, as user code on the loop may.
+HOG = """\
+import time
+
+import anyio
+
+
+async def hog(ticket):
+    for _ in range({slices}):
+        end = time.perf_counter() + {slice_s}
+        while time.perf_counter() < end:
+            pass
+        await anyio.sleep(0)
+    return "ok"
+"""
 
 
 def write_pipeline(folder: Path, n: int, workers: int) -> Path:
@@ -65,6 +94,21 @@ def write_pipeline(folder: Path, n: int, workers: int) -> Path:
    f'description = "synthetic ticket {i} of layer {i // 500}"\n'
   )
  path = folder / "synthetic.toml"
+ path.write_text("\n".join(lines), encoding="utf-8")
+ return path
+
+
+def write_busy_pipeline(folder: Path, slice_ms: float) -> Path:
+ (folder / "hog.py").write_text(
+  HOG.format(slices=BUSY_SLICES, slice_s=slice_ms / 1000), encoding="utf-8"
+ )
+ lines = [f'[pipeline]\nname = "busy-loop"\nmax_workers = {BUSY_WORKERS}\n']
+ for i in range(BUSY_TICKETS):
+  lines.append(
+   f'[[tickets]]\nid = "b{i:03d}"\ncall = "hog:hog"\n'
+   f'description = "holds the loop {BUSY_SLICES} x {slice_ms:g} ms"\n'
+  )
+ path = folder / "busy.toml"
  path.write_text("\n".join(lines), encoding="utf-8")
  return path
 
@@ -130,10 +174,9 @@ def measure_clicks(hook: Hook, clicks: int) -> list[dict[str, Any]]:
   effect = action["effect_frame"]
   results.append(
    {
-    # The GUI posts pause() to the engine's loop and checks mma_status every frame.
     "frames_click_to_paused": None if effect is None else effect - action["frame"],
     "click_to_paused_ms": None if effect is None else (action["effect_at"] - action["at"]) * 1000,
-    # The loop carrying out pause() (mma_status reads paused from then on, any thread).
+    # The gate closed: ConductorEngine.pause() has returned (no worker starts from then on).
     "click_to_applied_ms": clicked.get("applied_ms"),
     "frames_request_to_click": clicked["action_frames"],
     "max_frame_ms_during_click": clicked["max_frame_ms"],
@@ -145,29 +188,13 @@ def measure_clicks(hook: Hook, clicks: int) -> list[dict[str, Any]]:
  return results
 
 
-def main(argv: list[str] | None = None) -> int:
- parser = argparse.ArgumentParser(
-  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
- )
- parser.add_argument("--tickets", type=int, default=10_000)
- parser.add_argument("--workers", type=int, default=16)
- parser.add_argument("--seconds", type=float, default=6.0, help="frame sampling window")
- parser.add_argument("--clicks", type=int, default=10)
- parser.add_argument("--size", default="960x640", help="window size, WxH")
- parser.add_argument("--json", type=Path, default=default_json_path("gui_frames"))
- args = parser.parse_args(argv)
-
- if not os.environ.get("DISPLAY"):
-  xvfb = shutil.which("xvfb-run")
-  if xvfb is None:
-   print("gui_frames: needs an X display (or xvfb-run to make one)", file=sys.stderr)
-   return 2
-  script = str(Path(__file__).resolve())
-  os.execv(xvfb, [xvfb, "-a", "-s", XVFB_SCREEN, sys.executable, script, *sys.argv[1:]])
-
+def run_scenario(name: str, args: argparse.Namespace) -> dict[str, Any]:
  with tempfile.TemporaryDirectory(prefix="gui-frames-") as tmp:
   folder = Path(tmp)
-  pipeline = write_pipeline(folder, args.tickets, args.workers)
+  if name == "idle":
+   pipeline = write_pipeline(folder, args.tickets, args.workers)
+  else:
+   pipeline = write_busy_pipeline(folder, args.busy_slice_ms)
   proc, hook = start_gui(pipeline, folder, args.size)
   try:
    time.sleep(1.5)  # past the first frames (font atlas, shaders) and into the run
@@ -183,79 +210,116 @@ def main(argv: list[str] | None = None) -> int:
    except (OSError, subprocess.TimeoutExpired):
     proc.kill()
     proc.wait()
-
- frames = frame_stats(sampled)
- counts = during["snapshot"]["counts"]
- click_frames = [c["frames_click_to_paused"] for c in clicks]
- click_max = sorted(c["max_frame_ms_during_click"] for c in clicks)
- request_ms = sorted(c["request_to_paused_ms"] for c in clicks)
- to_click = sorted(c["frames_request_to_click"] for c in clicks)
- to_paused = sorted(c["click_to_paused_ms"] for c in clicks if c["click_to_paused_ms"] is not None)
- applied = sorted(c["click_to_applied_ms"] for c in clicks if c["click_to_applied_ms"] is not None)
- if not to_paused or not applied:
-  raise SystemExit(f"a Pause click did not report its effect: {clicks}")
- checks = {
-  "frame p99 < 16 ms": frames["work_p99_ms"] < FRAME_TARGET_MS,
-  "click -> paused within one frame": all(f is not None and f <= 1 for f in click_frames),
-  "no frame >= 16 ms during a click": click_max[-1] < FRAME_TARGET_MS,
+ return {
+  "frames": frame_stats(sampled),
+  "during": during["snapshot"]["counts"],
+  "clicks": clicks,
+  "status": during["mma_status"],
  }
 
- machine = machine_info(["imgui-bundle", "anyio"])
- print(f"dashboard frames · {args.tickets:,} tickets · {args.workers} workers · {args.size}")
- print(machine_line(machine))
- print(
-  f"while sampling: {during['mma_status']}, {counts['completed']:,} completed, "
-  f"{counts['in_progress']} running, {counts['todo']:,} todo\n"
- )
- rows = [
-  [
-   "frame time (pre_new_frame -> after_swap)",
-   f"{frames['work_p50_ms']:.2f}",
-   f"{frames['work_p99_ms']:.2f}",
-   f"{frames['work_max_ms']:.2f}",
-   f"{frames['frames']}",
-  ],
-  [
-   "frame interval (paced at 60 fps max)",
-   f"{frames['interval_p50_ms']:.2f}",
-   f"{frames['interval_p99_ms']:.2f}",
-   "",
-   "",
-  ],
-  [
-   "longest frame during a Pause click",
-   f"{percentile(click_max, 50):.2f}",
-   f"{percentile(click_max, 99):.2f}",
-   f"{click_max[-1]:.2f}",
-   f"{len(clicks)}",
-  ],
-  [
-   "click landed -> engine loop has paused",
-   f"{percentile(applied, 50):.3f}",
-   f"{percentile(applied, 99):.3f}",
-   f"{applied[-1]:.3f}",
-   f"{len(applied)}",
-  ],
-  [
-   "click landed -> a frame shows paused",
-   f"{percentile(to_paused, 50):.3f}",
-   f"{percentile(to_paused, 99):.3f}",
-   f"{to_paused[-1]:.3f}",
-   f"{len(to_paused)}",
-  ],
-  [
-   "click sent -> GET /state reads paused",
-   f"{percentile(request_ms, 50):.1f}",
-   f"{percentile(request_ms, 99):.1f}",
-   f"{request_ms[-1]:.1f}",
-   f"{len(clicks)}",
-  ],
+
+def click_rows(clicks: list[dict[str, Any]]) -> list[list[str]]:
+ def row(label: str, values: list[float], digits: int) -> list[str]:
+  values = sorted(values)
+  return [
+   label,
+   f"{percentile(values, 50):.{digits}f}",
+   f"{percentile(values, 99):.{digits}f}",
+   f"{values[-1]:.{digits}f}",
+   f"{len(values)}",
+  ]
+
+ applied = [c["click_to_applied_ms"] for c in clicks if c["click_to_applied_ms"] is not None]
+ to_paused = [c["click_to_paused_ms"] for c in clicks if c["click_to_paused_ms"] is not None]
+ if not applied or not to_paused:
+  raise SystemExit(f"a Pause click did not report its effect: {clicks}")
+ return [
+  row("longest frame during a Pause click", [c["max_frame_ms_during_click"] for c in clicks], 2),
+  row("click landed -> gate closed (pause() returned)", applied, 3),
+  row("click landed -> a frame shows paused", to_paused, 3),
+  row("click sent -> GET /state reads paused", [c["request_to_paused_ms"] for c in clicks], 1),
  ]
- print(format_table(["ms", "p50", "p99", "max", "n"], rows))
- print(
-  f"\nframes from the click's frame to mma_status == paused: {click_frames} "
-  f"(test engine mouse travel before the click lands: {to_click[0]}-{to_click[-1]} frames)"
+
+
+def frame_row(label: str, frames: dict[str, float]) -> list[str]:
+ return [
+  label,
+  f"{frames['work_p50_ms']:.2f}",
+  f"{frames['work_p99_ms']:.2f}",
+  f"{frames['work_max_ms']:.2f}",
+  f"{frames['frames']}",
+ ]
+
+
+def main(argv: list[str] | None = None) -> int:
+ parser = argparse.ArgumentParser(
+  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
  )
+ parser.add_argument("--tickets", type=int, default=10_000, help="idle loop: sleep tickets")
+ parser.add_argument("--workers", type=int, default=16, help="idle loop: max workers")
+ parser.add_argument("--seconds", type=float, default=6.0, help="frame sampling window")
+ parser.add_argument("--clicks", type=int, default=10, help="Pause clicks per scenario")
+ parser.add_argument("--scenario", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
+ parser.add_argument(
+  "--busy-slice-ms", type=float, default=20.0, help="busy loop: CPU held between awaits"
+ )
+ parser.add_argument("--size", default="960x640", help="window size, WxH")
+ parser.add_argument("--json", type=Path, default=default_json_path("gui_frames"))
+ args = parser.parse_args(argv)
+
+ if not os.environ.get("DISPLAY"):
+  xvfb = shutil.which("xvfb-run")
+  if xvfb is None:
+   print("gui_frames: needs an X display (or xvfb-run to make one)", file=sys.stderr)
+   return 2
+  script = str(Path(__file__).resolve())
+  os.execv(xvfb, [xvfb, "-a", "-s", XVFB_SCREEN, sys.executable, script, *sys.argv[1:]])
+
+ results = {name: run_scenario(name, args) for name in args.scenario}
+
+ machine = machine_info(["imgui-bundle", "anyio"])
+ checks: dict[str, bool] = {}
+ print(f"dashboard frames and Pause clicks · {args.size}")
+ print(machine_line(machine))
+ for name, result in results.items():
+  counts, clicks = result["during"], result["clicks"]
+  if name == "idle":
+   title = f"idle loop: {args.tickets:,} sleep tickets, {args.workers} workers"
+  else:
+   title = (
+    f"busy loop: {BUSY_TICKETS} call tickets holding the loop {args.busy_slice_ms:g} ms "
+    f"between awaits, {BUSY_WORKERS} workers"
+   )
+  print(f"\n{title}")
+  print(
+   f"while sampling: {result['status']}, {counts['completed']:,} completed, "
+   f"{counts['in_progress']} running, {counts['todo']:,} todo\n"
+  )
+  frames = result["frames"]
+  rows = [
+   frame_row("frame time (pre_new_frame -> after_swap)", frames),
+   [
+    "frame interval (paced at 60 fps max)",
+    f"{frames['interval_p50_ms']:.2f}",
+    f"{frames['interval_p99_ms']:.2f}",
+    "",
+    "",
+   ],
+   *click_rows(clicks),
+  ]
+  print(format_table(["ms", "p50", "p99", "max", "n"], rows))
+  click_frames = [c["frames_click_to_paused"] for c in clicks]
+  to_click = sorted(c["frames_request_to_click"] for c in clicks)
+  print(
+   f"\nframes from the click's frame to one that shows paused: {click_frames} "
+   f"(test engine mouse travel before the click lands: {to_click[0]}-{to_click[-1]} frames)"
+  )
+  checks[f"{name} loop: every click's own frame shows paused"] = all(f == 0 for f in click_frames)
+  if name == "idle":
+   longest = max(c["max_frame_ms_during_click"] for c in clicks)
+   checks["idle loop: frame p99 < 16 ms"] = frames["work_p99_ms"] < FRAME_TARGET_MS
+   checks["idle loop: no frame >= 16 ms during a click"] = longest < FRAME_TARGET_MS
+ print()
  for name, ok in checks.items():
   print(f"{'PASS' if ok else 'FAIL'}  {name}")
 
@@ -269,11 +333,16 @@ def main(argv: list[str] | None = None) -> int:
     "workers": args.workers,
     "seconds": args.seconds,
     "clicks": args.clicks,
+    "scenarios": args.scenario,
+    "busy_slice_ms": args.busy_slice_ms,
+    "busy_tickets": BUSY_TICKETS,
+    "busy_workers": BUSY_WORKERS,
     "size": args.size,
     "display": "Xvfb" if "xvfb" in os.environ.get("XAUTHORITY", "").lower() else "X",
    },
-   "frames": frames,
-   "clicks": clicks,
+   "scenarios": {
+    name: {"frames": r["frames"], "clicks": r["clicks"]} for name, r in results.items()
+   },
    "checks": checks,
   },
  )

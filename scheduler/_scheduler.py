@@ -50,6 +50,9 @@ class Scheduler:
  group is cancelled (`cancel()`, or a worker raised), nothing is admitted any more, ever:
  `try_spawn` refuses and `spawn` raises, so a worker that starts more work while it is being
  cancelled cannot restart its siblings in a loop.
+
+ About 310 lines, most of them the contracts above and below: admission, parking and
+ draining share one lock and one slot semaphore, so they stay one class.
  """
 
  def __init__(self, max_workers: int = 4, *, paused: bool = False) -> None:

@@ -118,6 +118,13 @@ class Gui:
   result: State = self._call("POST", "/key", {"key": key})
   return result
 
+ def mouse(self, **where: Any) -> State:
+  """Move the mouse (`pos=[x, y]`, or `label=...`), optionally `wheel=-1`; the answer has
+  the tooltip the frame after showed."""
+  result: State = self._call("POST", "/mouse", where)
+  assert result["ok"], result
+  return result
+
  def screenshot(self, name: str) -> Path:
   result = self._call("POST", "/screenshot", {"name": f"{name}.png"})
   assert result["ok"], result
@@ -199,9 +206,11 @@ def ended(badge: str) -> Callable[[State], bool]:
  return lambda s: s["gui"].get("badge") == badge and not s["gui"]["run_active"]
 
 
-def within_a_frame(action: dict[str, Any]) -> bool:
- """The live mma_status showed the control's effect in its frame or the next one."""
- return action["effect_frame"] is not None and action["effect_frame"] - action["frame"] <= 1
+def in_its_frame(action: dict[str, Any]) -> bool:
+ """Pause or Resume took effect on the GUI thread: the live mma_status read right after
+ the click's command returned shows it, so the frame the click landed in draws it."""
+ expected = {"Pause": "paused", "Resume": "executing"}[action["label"]]
+ return action["status_after"] == expected and action["effect_frame"] == action["frame"]
 
 
 def banner_counts(lines: list[str]) -> int:
@@ -233,8 +242,8 @@ def test_pause_holds_workers_drains_running_ones_and_resume_finishes_each_ticket
 
  clicked = gui.click("Pause")
  assert clicked["ok"] and clicked["acted"], clicked
- # Paused within one frame of the click (the GUI posts pause() to the engine's loop).
- assert within_a_frame(clicked["action"]), clicked["action"]
+ # Paused in the click's own frame: the GUI thread closes the gate itself.
+ assert in_its_frame(clicked["action"]), clicked["action"]
  paused = gui.wait_for("a snapshot taken after the pause", lambda s: s["snapshot"]["paused"])
  paused_at = time.monotonic()
  spawned = paused["spawned"]
@@ -270,7 +279,7 @@ def test_pause_holds_workers_drains_running_ones_and_resume_finishes_each_ticket
  assert state["snapshot"]["ready"], "tickets were ready to start"
 
  resumed = gui.click("Resume")
- assert resumed["acted"] and within_a_frame(resumed["action"]), resumed
+ assert resumed["acted"] and in_its_frame(resumed["action"]), resumed
  done = gui.wait_for("the run to end", ended("DONE"), timeout=15)
  assert done["spawned"] == 8
  assert done["gui"]["buttons"] == {"Start": False, "Pause": False, "Cancel": False}
@@ -285,7 +294,7 @@ def test_pause_holds_workers_drains_running_ones_and_resume_finishes_each_ticket
 
 
 @pytest.mark.gui
-def test_pause_is_disabled_when_idle_and_after_done_and_space_toggles_it(
+def test_pause_is_disabled_when_idle_start_after_done_and_space_toggles_pause(
  live_gui: GuiFactory, tmp_path: Path
 ) -> None:
  gui = live_gui(sleep_pipeline(tmp_path, 4, 0.4, workers=1))
@@ -299,20 +308,27 @@ def test_pause_is_disabled_when_idle_and_after_done_and_space_toggles_it(
  gui.click("Start")
  gui.wait_for("the run to execute", lambda s: s["gui"]["badge"] == "EXECUTING")
  pressed = gui.key("Space")
- assert pressed["action"]["label"] == "Pause" and within_a_frame(pressed["action"])
+ assert pressed["action"]["label"] == "Pause" and in_its_frame(pressed["action"])
  state = gui.state()
  assert state["paused"] and "Space" in (state["gui"]["banner"] or ["", ""])[1]
  pressed = gui.key("Space")
  assert pressed["action"]["label"] == "Resume"
- assert within_a_frame(pressed["action"])
+ assert in_its_frame(pressed["action"])
 
  state = gui.wait_for("the run to end", ended("DONE"), timeout=15)
- assert state["gui"]["buttons"]["Pause"] is False
+ assert state["gui"]["buttons"] == {"Start": False, "Pause": False, "Cancel": False}
  spawned = state["spawned"]
  assert not gui.click("Pause")["acted"]
  assert not gui.key("Space")["acted"]
+ # Start is drawn disabled too, and says why: nothing is left to run.
+ assert not gui.click("Start")["acted"]
+ hovered = gui.mouse(label="Start")
+ assert hovered["tooltip"] == "Nothing to start: every ticket is completed", hovered
  state = gui.state()
  assert state["mma_status"] == "done" and state["spawned"] == spawned == 4
+ assert state["gui"]["buttons"]["Start"] is False and state["gui"]["runs"] == 1
+ assert state["gui"]["strip"][0] == "DONE"
+ assert state["gui"]["strip"][1].startswith("all 4 tickets completed in ")
 
 
 @pytest.mark.gui
@@ -385,7 +401,7 @@ def test_closing_the_window_and_opening_it_again_resumes_where_it_stopped(
 
  again = live_gui(pipeline)
  state = again.state(rows=True)
- assert "resumed" in state["gui"]["note"]
+ assert "resuming" in state["gui"]["note"]
  # Completed tickets stay completed; the pause flag survived the restart.
  assert state["snapshot"]["counts"] == before["counts"]
  assert state["paused"] and state["gui"]["buttons"]["Start"] is True
@@ -658,6 +674,12 @@ def test_hook_answers_malformed_requests_with_4xx_and_prints_no_traceback(
   (post(b'{"key": "NoSuchKey"}', path="/key"), 400),
   (post(b'{"key": ["Space"]}', path="/key"), 400),
   (post(b"{}", path="/screenshot"), 400),
+  (post(b"{}", path="/mouse"), 400),
+  (post(b'{"pos": [1]}', path="/mouse"), 400),
+  (post(b'{"pos": [1, "2"]}', path="/mouse"), 400),
+  (post(b'{"pos": [1e309, 2]}', path="/mouse"), 400),  # infinity
+  (post(b'{"pos": [true, 2]}', path="/mouse"), 400),
+  (post(b'{"pos": [1, 2], "wheel": "down"}', path="/mouse"), 400),
   (b"HELLO\r\n\r\n", 400),
   (b"POST /click\r\n\r\n", 400),  # HTTP/0.9 had GET only
   (b"GET /state\r\n\r\n", 401),  # HTTP/0.9: no headers, so no token
@@ -832,6 +854,164 @@ def test_user_errors_exit_2_with_one_line_and_no_window(
  assert message in result.stderr
 
 
+def whole(length: float, step: float) -> bool:
+ """`length` is a whole number of `step`s (to the pixel's float noise)."""
+ return abs(length / step - round(length / step)) < 1e-6
+
+
+@pytest.mark.gui
+def test_lists_show_whole_rows_and_cut_words_with_an_ellipsis_and_stay_put_on_pause(
+ live_gui: GuiFactory, tmp_path: Path
+) -> None:
+ words = "compile the generated protocol buffers then link every service binary against them"
+ lines = ['[pipeline]\nname = "long"\nmax_workers = 2\n']
+ lines += [
+  f'[[tickets]]\nid = "t{i:02d}"\nsleep = 0.3\ndescription = "step {i} {words}"\n'
+  for i in range(60)
+ ]
+ (tmp_path / "long.toml").write_text("\n".join(lines), encoding="utf-8")
+ gui = live_gui(tmp_path / "long.toml")
+ shown = gui.state()["gui"]
+ # Before a run, the state line says what opening the state found.
+ assert shown["note"] == "state: long.state.db (new)"
+
+ # A description wider than its column is cut after a whole word and ends with "…"; the
+ # mouse over it shows the whole text.
+ cells = shown["cells"]
+ assert len(cells) > 10 and all(c["text"] != c["full"] for c in cells), cells
+ for cell in cells:
+  kept = cell["text"].removesuffix("…")
+  assert cell["text"].endswith("…") and cell["full"].startswith(kept), cell
+  assert cell["full"][len(kept)] == " ", cell  # the next word is left out whole
+ x0, y0, x1, y1 = cells[3]["rect"]
+ assert gui.mouse(pos=[(x0 + x1) / 2, (y0 + y1) / 2])["tooltip"] == cells[3]["full"]
+
+ # The table shows its header and whole rows, at the top and at any scroll; so does the
+ # pending list (six lines and the five gaps between them).
+ table = shown["layout"]["table"]
+ header, row = table["rows"]
+ x0, top, x1, bottom = table["rect"]
+ assert bottom - top - header >= 10 * row and whole(bottom - top - header, row), table
+ assert whole(table["scroll_max"], row), table
+ pending = shown["layout"]["pending"]
+ px0, ptop, px1, pbottom = pending["rect"]
+ assert (pbottom - ptop + pending["gap"]) / pending["line"] == 6, pending
+ assert whole(pending["scroll_max"], pending["line"]), pending
+ gui.mouse(pos=[(x0 + x1) / 2, (top + bottom) / 2], wheel=-1)
+ gui.mouse(pos=[(px0 + px1) / 2, (ptop + pbottom) / 2], wheel=-1)
+ layout = gui.state()["gui"]["layout"]
+ assert layout["table"]["scroll"] > 0 and whole(layout["table"]["scroll"], row), layout
+ scrolled = layout["pending"]["scroll"]
+ assert scrolled > 0 and whole(scrolled, pending["line"]), layout
+
+ assert gui.click("Start")["acted"]
+ running = gui.wait_for("two workers running", lambda s: len(s["snapshot"]["running"]) == 2)
+ # Once a run has begun, "(new)" no longer describes the state: only its path is left.
+ assert running["gui"]["note"] == "state: long.state.db"
+ assert re.fullmatch(r"\d\d:\d\d run time", running["gui"]["clock"]), running["gui"]
+ assert running["gui"]["strip"][0] == "RUNNING"
+
+ # Pausing shows the banner in the strip kept for it: nothing below moves.
+ clicked = gui.click("Pause")
+ assert clicked["acted"] and in_its_frame(clicked["action"]), clicked
+ paused = gui.state()
+ assert paused["gui"]["banner"] and paused["gui"]["strip"] == paused["gui"]["banner"]
+ assert paused["gui"]["layout"]["strip"] == running["gui"]["layout"]["strip"]
+ assert paused["gui"]["layout"]["table"]["rect"] == running["gui"]["layout"]["table"]["rect"]
+ assert paused["gui"]["layout"]["pending"]["rect"] == running["gui"]["layout"]["pending"]["rect"]
+ # Run time stops at the pause, also while the workers running then finish; the header
+ # says how long the pause has lasted.
+ assert re.fullmatch(r"\d\d:\d\d run time · paused \d\d:\d\d", paused["gui"]["clock"])
+ first = gui.wait_for("a snapshot taken after the pause", lambda s: s["snapshot"]["paused"])
+ drained = gui.wait_for("the workers to finish", lambda s: not s["snapshot"]["finishing"])
+ assert drained["snapshot"]["elapsed"] == first["snapshot"]["elapsed"]
+ assert drained["snapshot"]["counts"]["in_progress"] == 0
+
+ assert gui.click("Resume")["acted"]
+ gui.wait_for("the run to end", ended("DONE"), timeout=30)
+ assert gui.quit() == 0
+ closing = gui.log.read_text().splitlines()[-1]
+ assert closing.endswith("; state: long.state.db"), closing
+
+
+@pytest.mark.gui
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_pause_closes_the_gate_on_the_gui_thread_while_the_engine_loop_is_blocked(
+ live_gui: GuiFactory, tmp_path: Path, backend: str
+) -> None:
+ if not hasattr(os, "mkfifo"):
+  pytest.skip("needs a FIFO to hold the engine's loop")
+ os.mkfifo(tmp_path / "release")
+ # `hold` blocks the engine's whole event loop (a read that waits for the test), as user
+ # code that never awaits does. A pause must not need that loop.
+ (tmp_path / "hold.py").write_text(
+  "import os\n"
+  "\n"
+  "async def hold(ticket):\n"
+  "    fd = os.open('release', os.O_RDWR)\n"
+  "    open('holding', 'w').close()\n"
+  "    try:\n"
+  "        return os.read(fd, 1).decode()\n"
+  "    finally:\n"
+  "        os.close(fd)\n",
+  encoding="utf-8",
+ )
+ lines = [
+  '[pipeline]\nname = "held"\nmax_workers = 1\n[[tickets]]\nid = "hold"\ncall = "hold:hold"\n'
+ ]
+ lines += [f'[[tickets]]\nid = "s{i}"\nsleep = 0.1\n' for i in range(3)]
+ (tmp_path / "held.toml").write_text("\n".join(lines), encoding="utf-8")
+ gui = live_gui(tmp_path / "held.toml", "--start", "--backend", backend)
+ holding = tmp_path / "holding"
+ gui.wait_for(
+  "the holding ticket to block the loop",
+  lambda s: holding.exists() or s["snapshot"]["counts"]["failed"] > 0,
+  timeout=30,
+ )
+ assert holding.exists(), gui.state(rows=True)["snapshot"]["rows"]
+
+ clicked = gui.click("Pause")
+ assert clicked["acted"] and in_its_frame(clicked["action"]), clicked
+ assert clicked["applied_ms"] >= 0  # click -> gate closed, measured on the GUI thread
+ state = gui.state()
+ assert state["paused"] and state["mma_status"] == "paused" and state["gui"]["badge"] == "PAUSED"
+ # The loop has not run since: the snapshot the window drew still predates the pause.
+ assert not state["snapshot"]["paused"] and state["spawned"] == 1
+
+ release = os.open(tmp_path / "release", os.O_WRONLY | os.O_NONBLOCK)
+ os.write(release, b"x")
+ os.close(release)
+ idle = gui.wait_for(
+  "the loop to catch up and the held ticket to finish",
+  lambda s: s["snapshot"]["paused"] and s["snapshot"]["counts"]["completed"] == 1,
+ )
+ # A slot is free and three tickets are ready, yet nothing started: the gate was closed.
+ assert idle["spawned"] == 1 and idle["snapshot"]["running_at_pause"] == ["hold"]
+ assert idle["snapshot"]["ready"] == ["s0", "s1", "s2"]
+ resumed = gui.click("Resume")
+ assert resumed["acted"] and in_its_frame(resumed["action"]), resumed
+ done = gui.wait_for("the run to end", ended("DONE"), timeout=15)
+ assert done["spawned"] == 4
+ assert gui.quit() == 0
+
+
+def test_fit_text_cuts_after_a_whole_word_and_ends_with_an_ellipsis() -> None:
+ from conductor.gui._dashboard import fit_text
+
+ def fit(text: str, width: int) -> str:
+  return fit_text(text, width, len)  # one unit per character
+
+ assert fit("fits exactly", 12) == "fits exactly"
+ assert fit("the quick brown fox", 12) == "the quick…"  # not "the quick b…"
+ assert fit("the quick brown fox", 11) == "the quick…"  # the cut falls on the space
+ assert fit("one, two three", 7) == "one…"  # no dangling comma before the ellipsis
+ assert fit("unbreakable-identifier-here", 10) == "unbreakab…"  # one word: cut inside it
+ # A word boundary that far back would leave the cell nearly empty: cut inside the word.
+ assert fit("to unbreakable-identifier", 10) == "to unbrea…"
+ assert fit("anything", 1) == "…"
+ assert fit("", 0) == ""
+
+
 def test_filter_matches_id_description_and_command_and_narrows_by_status(tmp_path: Path) -> None:
  # The filter is plain Python over the snapshot: no window needed.
  from conductor.gui._dashboard import STATUS_FILTERS, Dashboard
@@ -859,15 +1039,15 @@ def test_filter_matches_id_description_and_command_and_narrows_by_status(tmp_pat
  )
  runner.open()
  try:
-  dashboard = Dashboard(runner)
+  table = Dashboard(runner).table
   snap = runner.latest
  finally:
   runner.close()
 
  def shown(text: str, status: str = "") -> list[str] | None:
-  dashboard.filter_text = text
-  dashboard.status_filter = [value for _, value in STATUS_FILTERS].index(status)
-  view = dashboard._filtered(snap, now=0.0)
+  table.filter_text = text
+  table.status_filter = [value for _, value in STATUS_FILTERS].index(status)
+  view = table.filtered(snap, now=0.0)
   return None if view is None else [snap.rows[i].id for i in view]
 
  assert shown("") is None  # no filter: every row, without building a list

@@ -226,6 +226,9 @@ class ExecutionEngine:
 
  The engine mutates the `Ticket` objects it was given (status, attempts, error, blocked_by),
  and returns those same objects, so a caller may keep references to them.
+
+ About 480 lines, half of them docstrings: one state machine over one set of counters, which
+ every method must keep consistent; split, each part would have to reach into the others'.
  """
 
  __slots__ = (

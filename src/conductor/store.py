@@ -639,6 +639,11 @@ class StateStore:
  Open with `StateStore.open(path)`; `restore(...)` applies the stored state to a pipeline's
  tickets before the engine is built; `attach(conductor)` records every transition of a run.
  Not thread-safe: use it from the thread that opened it (the event loop's).
+
+ About 480 lines: one SQLite connection and its transaction state (`_dirty`, the buffered
+ history rows) are shared by opening, restoring, the offline pause flag and recording a run;
+ each part must see the others' uncommitted writes, so they stay one class. The file-level
+ checks (foreign, damaged, planted files) and the error translation are functions outside it.
  """
 
  def __init__(self, path: Path, conn: sqlite3.Connection) -> None:

@@ -1,23 +1,48 @@
 """The MMA dashboard: one Dear ImGui window, drawn each frame from an immutable snapshot.
 
 Nothing here waits: a frame reads the runner's latest `Snapshot` (replaced whole by the
-engine thread) and the live `mma_status`, and buttons post commands to the engine's loop.
-The badge, the buttons and the banner use the live status: a click on Pause shows "paused"
-in the frame after it at the latest (the loop acts on it at once; the frame it was made in
-already does when the loop got there before the badge was drawn).
+engine thread) and the live `mma_status`. Pause and Resume trip the gate on this thread
+(`PipelineRunner.pause`: the gate is closed when the click's handler returns); the other
+buttons post their command to the engine's loop. The badge, the buttons and the banner use
+the live status, so the frame a click lands in already shows its effect.
+
+The window's parts, top to bottom: `Dashboard` (the frame; the header with the badge, the
+buttons, the counts, the clock and the state line), `Banner` (the strip that holds the
+PAUSED banner), then `TicketTable` beside `SidePane` (workers, what starts next, pending,
+the selected ticket's details). They share `Report` (what a frame showed, for the test
+hook), `WholeRows` and `fit_text`.
+
+What the window promises a person:
+
+- Nothing moves under the mouse when the run pauses: the banner has its own strip below the
+  header, the same height in every state (amber while paused; otherwise it says what runs,
+  what the run came to, or what Start will do), and the badge and the Pause/Resume slot
+  keep their width.
+- Scrolled lists (the ticket table, the pending list) show whole rows: their height is a
+  whole number of rows, and a scroll that stops between two rows moves on to the next one
+  in the direction it was going.
+- A cell's text that does not fit is cut at a word boundary where one is near, and ends
+  with "…"; hovering it shows the whole text, as does the details pane.
+- The clock is run time: the time the pipeline was not paused (`Snapshot.elapsed`, the
+  same figure `conductor status` reports). It stops when a pause begins, even while the
+  workers running at the pause finish; while paused the header shows beside it how long
+  the pause has lasted ("paused 00:12"), and the banner when it began.
+- Buttons that do nothing now are drawn disabled (Start once nothing is left to run, Pause
+  while nothing executes); hovering one says why.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from imgui_bundle import hello_imgui, imgui
 
-from ..dag_engine import Status
-from ..multi_agent_conductor import MmaStatus, RunningWorker, Snapshot, TicketRow
+from .. import MmaStatus, RunningWorker, Snapshot, Status, TicketRow
+from .._text import clock, plural
 from ._runs import PipelineRunner
 
 WINDOW = "Dashboard"  # the one window; test-hook references start with //Dashboard
@@ -37,6 +62,16 @@ BADGE: dict[MmaStatus, tuple[Color, Color]] = {
  MmaStatus.PAUSED: (AMBER, BLACK),
  MmaStatus.DONE: ((0.25, 0.45, 0.9, 1.0), WHITE),
  MmaStatus.ERROR: ((0.85, 0.22, 0.22, 1.0), WHITE),
+}
+
+# The banner strip's background when not paused: a dark tint of the badge's colour, so the
+# amber of a pause stands out and nothing else shouts. Running, only an outline: frames come
+# at full speed then, and a fill is one more blended rectangle in each (see Dashboard.draw).
+STRIP_TINT: dict[str, Color | None] = {
+ "running": None,
+ "done": (0.13, 0.17, 0.27, 1.0),
+ "failed": (0.3, 0.12, 0.12, 1.0),
+ "other": (0.17, 0.17, 0.19, 1.0),
 }
 
 # Ticket status colours, readable on the dark theme.
@@ -62,8 +97,15 @@ STATUS_FILTERS: tuple[tuple[str, str], ...] = (
 )
 
 BADGE_PAD = (10.0, 3.0)  # pixels around the status badge's text
+BANNER_SCALE = 1.6  # the banner's first word, relative to the font size
+DISABLED_ALPHA = 0.35  # a disabled header button (Dear ImGui's 0.6 reads as enabled)
 FILTER_REFRESH = 0.25  # seconds between re-filtering 10,000 rows while they change
 LIST_PREVIEW = 6  # ticket ids named inline before "(+N more)"
+PENDING_LINES = 6  # the pending list's height, in lines
+ELLIPSIS = "…"
+# Cut a text at a word boundary only when that keeps at least this share of what fits:
+# one long word (a path, a hash) is cut mid-word instead of leaving the cell nearly empty.
+WORD_CUT_KEEPS = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +137,7 @@ class Action:
  label: str
  frame: int  # the frame the click or key press landed in
  at: float  # time.perf_counter() then
- status_after: str  # mma_status right after the command was sent, in the same frame
+ status_after: str  # mma_status right after the control's command returned, same frame
  effect_frame: int | None = None  # the first frame whose mma_status shows the effect
  effect_at: float | None = None  # time.perf_counter() when that was seen
 
@@ -105,10 +147,23 @@ class Action:
    self.effect_frame, self.effect_at = frame, time.perf_counter()
 
 
-def clock(seconds: float) -> str:
- minutes, secs = divmod(int(seconds), 60)
- hours, minutes = divmod(minutes, 60)
- return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+@dataclass(slots=True)
+class Report:
+ """What one frame showed, for the test hook; a new one each frame. The lists and the
+ layout are filled only when `reporting` (they cost a little per visible row)."""
+
+ reporting: bool
+ tooltip: str | None = None  # the tooltip this frame showed
+ clock: str = ""
+ banner: list[str] = field(default_factory=list)  # the PAUSED banner's lines
+ strip: list[str] = field(default_factory=list)  # the strip's lines, paused or not
+ workers: list[dict[str, Any]] = field(default_factory=list)
+ cells: list[dict[str, Any]] = field(default_factory=list)  # visible description cells
+ layout: dict[str, Any] = field(default_factory=dict)  # rectangles and row metrics
+
+ def tip(self, text: str) -> None:
+  imgui.set_tooltip(text)
+  self.tooltip = text
 
 
 def seconds(value: float) -> str:
@@ -125,17 +180,113 @@ def label(text: str) -> str:
  return text.replace("##", "# #")
 
 
+def fit_text(text: str, width: float, measure: Callable[[str], float]) -> str:
+ """`text` if `measure(text) <= width`; else the longest prefix that fits with "…" after it,
+ cut back to the last word boundary in it unless that keeps less than WORD_CUT_KEEPS of
+ it (a single long word is cut mid-word). Spaces and , ; : before the "…" are dropped.
+
+ O(log len(text)) calls of `measure` (a binary search on the prefix length).
+ """
+ if measure(text) <= width:
+  return text
+ lo, hi = 0, len(text)  # the longest prefix that fits is lo characters long
+ while lo < hi:
+  mid = (lo + hi + 1) // 2
+  if measure(_ellipsized(text[:mid])) <= width:
+   lo = mid
+  else:
+   hi = mid - 1
+ cut = text[:lo]
+ if not text[lo].isspace():  # mid-word: go back to the word's start if that is near
+  space = cut.rfind(" ")
+  if space >= lo * WORD_CUT_KEEPS:
+   cut = cut[:space]
+ return _ellipsized(cut)
+
+
+def _ellipsized(prefix: str) -> str:
+ return prefix.rstrip(" \t,;:") + ELLIPSIS
+
+
 def clear_color() -> Any:
  """The theme's window background, opaque: what the GL clear must paint (no_background)."""
  color = imgui.get_style().color_(imgui.Col_.window_bg)
  return imgui.ImVec4(color.x, color.y, color.z, 1.0)
 
 
+def item_rect() -> list[float]:
+ """The last item's rectangle, [x0, y0, x1, y1] in screen pixels (for the test hook)."""
+ lo, hi = imgui.get_item_rect_min(), imgui.get_item_rect_max()
+ return [lo.x, lo.y, hi.x, hi.y]
+
+
+def button(text: str, enabled: bool, report: Report, width: float = 0.0, why: str = "") -> bool:
+ """A button drawn disabled unless `enabled`; `why` is its tooltip (also when disabled)."""
+ imgui.begin_disabled(not enabled)
+ pressed = bool(imgui.button(text, (width, 0)))
+ imgui.end_disabled()
+ if why and imgui.is_item_hovered(imgui.HoveredFlags_.allow_when_disabled):
+  report.tip(why)
+ return pressed and enabled
+
+
+class WholeRows:
+ """Keeps one scrolled list on whole rows of `step` pixels: a scroll that stopped between
+ two rows goes on to the next row in the direction it moved (a small touchpad step still
+ moves), from the next frame. The two ends stay where they are. With a height of whole
+ rows, the list then never shows a row cut in half."""
+
+ def __init__(self) -> None:
+  self._last = 0.0  # the scroll after the last frame
+
+ def snap(self, step: float) -> None:
+  """Call inside the scrolled window, after its rows."""
+  y, end = imgui.get_scroll_y(), imgui.get_scroll_max_y()
+  if step > 0 and 0.0 < y < end and abs(y - round(y / step) * step) >= 0.5:
+   rows = math.ceil(y / step) if y > self._last else math.floor(y / step)
+   y = min(rows * step, end)
+   imgui.set_scroll_y(y)
+  self._last = y
+
+
+class Awaiting:
+ """`snap.awaiting_approval` as a set, rebuilt only when the snapshot's tuple changes: with
+ auto_queue off it can hold thousands of ids, and the table asks once per visible row."""
+
+ def __init__(self) -> None:
+  self._seen: tuple[tuple[str, ...], frozenset[str]] = ((), frozenset())
+
+ def __call__(self, snap: Snapshot) -> frozenset[str]:
+  if snap.awaiting_approval is not self._seen[0]:
+   self._seen = (snap.awaiting_approval, frozenset(snap.awaiting_approval))
+  return self._seen[1]
+
+
+def paused_at(snap: Snapshot) -> float:
+ """When the pause began (time.time()). Right after a click the snapshot may predate the
+ pause: it began now, then."""
+ if snap.paused and snap.paused_at is not None:
+  return snap.paused_at
+ return time.time()
+
+
+def finishing(snap: Snapshot) -> tuple[tuple[str, ...], tuple[str, ...]]:
+ """(running at the pause, still finishing). Right after a click the snapshot may still
+ predate the pause: then everything running is what was running when it began."""
+ if snap.paused:
+  return snap.running_at_pause, snap.finishing
+ running = tuple(w.ticket for w in snap.running)
+ return running, running
+
+
 class Dashboard:
  """Draws the dashboard for a `PipelineRunner`; `draw()` is the `show_gui` callback.
 
- All state here belongs to the GUI thread. When `reporting` is on (the test hook), each
- frame also publishes `drawn`: the snapshot it drew and a fresh dict of what it showed,
+ The frame, the header (badge, buttons, counts, clock, state line) and the keyboard are
+ here; the banner strip, the ticket table and the side pane are parts of their own
+ (`Banner`, `TicketTable`, `SidePane`). All state belongs to the GUI thread. When
+ `reporting` is on (the test hook), each frame also publishes `drawn`: the snapshot it
+ drew and a fresh dict of what it showed (texts, buttons as drawn, where things are),
  replaced whole and never mutated after, so the hook's HTTP thread may serialise them.
  """
 
@@ -151,31 +302,20 @@ class Dashboard:
   self.drawn: tuple[Snapshot, dict[str, Any]] = (runner.latest, {})
   self.last_action: Action | None = None
   self.selected: str | None = None
-  self.filter_text = ""
-  self.status_filter = 0
-  self._index = {tid: i for i, tid in enumerate(runner.ticket_ids)}  # order is fixed
-  self._haystack: list[str] | None = None  # per row, lower case: what the filter searches
-  self._view: list[int] | None = None  # filtered row indices; None shows every row
-  self._view_key: tuple[str, int] = ("", 0)
-  self._view_rows: tuple[TicketRow, ...] = ()
-  self._view_at = 0.0
-  self._retrying: dict[str, int] = {}  # ticket -> attempts when Retry was pressed
-  self._awaiting: tuple[tuple[str, ...], frozenset[str]] = ((), frozenset())
-  self._output_seen: tuple[str | None, int] = (None, 0)
-  self._banner: list[str] = []
-  self._workers: list[dict[str, Any]] = []
-
- # -- the frame ------------------------------------------------------------------------
+  index = {tid: i for i, tid in enumerate(runner.ticket_ids)}  # the rows' order is fixed
+  awaiting = Awaiting()
+  self.banner = Banner(runner)
+  self.table = TicketTable(index, awaiting)
+  self.side = SidePane(runner, index, awaiting, self._act)
+  self._drawn_controls = Controls(False, False, False, False)
 
  def draw(self) -> None:
   self.frame += 1
   now = time.monotonic()
   runner = self.runner
-  snap = runner.snapshot(now)
-  self._banner = []
-  self._workers = []
-  if self._retrying:
-   self._settle_retries(snap)
+  snap = runner.snapshot()
+  report = Report(self.reporting)
+  self.side.settle_retries(snap)
 
   vp = imgui.get_main_viewport()
   imgui.set_next_window_pos(vp.work_pos)
@@ -192,46 +332,31 @@ class Dashboard:
   )
   imgui.begin(WINDOW, None, flags)
   self._keyboard(self._controls())
-  self._header(snap, self._controls())  # after the keyboard: Space may have paused
+  self._header(snap, self._controls(), report)  # after the keyboard: Space may have paused
   status = runner.conductor.mma_status  # again: a button above may have just changed it
   action = self.last_action
   if action is not None and action.effect_frame is None:
    action.check(status, self.frame)  # the badge above and the banner below show `status`
-  if status is MmaStatus.PAUSED:
-   self._paused_banner(snap)
-  self._problems(snap)
+  self.banner.draw(snap, status, report)
 
   avail = imgui.get_content_region_avail()
   side_width = max(300.0, avail.x * 0.38)
   if imgui.begin_child(
    "tickets-pane", (avail.x - side_width - imgui.get_style().item_spacing.x, 0)
   ):
-   self._ticket_table(snap, now)
+   clicked = self.table.draw(snap, now, self.selected, report)
+   if clicked is not None:
+    self.selected = clicked
   imgui.end_child()
   imgui.same_line()
   if imgui.begin_child("side-pane", (0, 0)):
-   self._state_display(snap, now, status)
-   self._details(snap, now)
+   self.side.draw(snap, now, status, self.selected, report)
   imgui.end_child()
   imgui.end()
 
   self._keep_fresh(snap, status)
   if self.reporting:
-   self._publish_report(snap, status, self._controls())
-
- def _settle_retries(self, snap: Snapshot) -> None:
-  # A retry was applied once its ticket is no longer failed, or failed again (one more
-  # attempt); with no run left, a retry posted just as the run ended was dropped. Either
-  # way Retry is offered again.
-  if not self.runner.active:
-   self._retrying = {}
-   return
-  rows, index = snap.rows, self._index
-  self._retrying = {
-   tid: attempts
-   for tid, attempts in self._retrying.items()
-   if rows[index[tid]].status is Status.FAILED and rows[index[tid]].attempts == attempts
-  }
+   self._publish_report(snap, status, report)
 
  def _keep_fresh(self, snap: Snapshot, status: MmaStatus) -> None:
   runner = self.runner
@@ -262,7 +387,7 @@ class Dashboard:
 
  def _act(self, name: str, command: Callable[[], object]) -> None:
   at = time.perf_counter()
-  command()  # posted to the engine's loop, which acts on it at once, on its own thread
+  command()  # Pause and Resume take effect in it; the others are posted to the loop
   status = self.runner.conductor.mma_status
   self.last_action = action = Action(name, self.frame, at, str(status))
   action.check(status, self.frame)
@@ -278,13 +403,17 @@ class Dashboard:
   if not imgui.get_io().want_text_input and imgui.is_key_pressed(imgui.Key.space, False):
    self._toggle_pause(controls, "Space")
 
- def _button(self, text: str, enabled: bool, width: float = 0.0) -> bool:
-  imgui.begin_disabled(not enabled)
-  pressed = bool(imgui.button(text, (width, 0)))
-  imgui.end_disabled()
-  return pressed and enabled
+ def _start_why(self, snap: Snapshot, enabled: bool) -> str:
+  if enabled:
+   todo = plural(snap.counts.todo, "ticket")
+   return f"Run the pipeline: {todo} to run, {snap.max_workers} at a time"
+  if self.runner.active:
+   return "A run is going"
+  if snap.counts.failed:
+   return "Nothing to start: select a failed ticket and press Retry"
+  return "Nothing to start: every ticket is completed"
 
- # -- header: badge, buttons, progress ---------------------------------------------------
+ # -- header: badge, buttons, counts, clock, state -------------------------------------------
 
  def _badge_slot(self) -> tuple[Any, tuple[float, float]]:
   """Reserve the badge's place (wide enough for any status, so nothing moves when it
@@ -312,30 +441,32 @@ class Dashboard:
   )
   imgui.pop_font()
 
- def _header(self, snap: Snapshot, controls: Controls) -> None:
+ def _header(self, snap: Snapshot, controls: Controls, report: Report) -> None:
   runner = self.runner
+  self._drawn_controls = controls  # what the buttons below are drawn as: the hook reports it
   slot = self._badge_slot()
   imgui.same_line(0, 14)
   imgui.align_text_to_frame_padding()
   imgui.text(snap.name)
   imgui.same_line(0, 18)
 
-  if self._button("Start", controls.start):
+  imgui.push_style_var(imgui.StyleVar_.disabled_alpha, DISABLED_ALPHA)
+  if button("Start", controls.start, report, why=self._start_why(snap, controls.start)):
    self._act("Start", runner.start)
   imgui.same_line()
   style = imgui.get_style()
   # Pause and Resume share one place and one width, so nothing moves when they swap.
   width = imgui.calc_text_size("Resume").x + 2 * style.frame_padding.x
   if controls.resume_shown:
-   if self._button("Resume", True, width):
+   if button("Resume", True, report, width):
     self._act("Resume", runner.resume)
-  elif self._button("Pause", controls.pause, width):
+  elif button("Pause", controls.pause, report, width, "" if controls.pause else "Nothing runs"):
    self._act("Pause", lambda: runner.pause("paused from the dashboard"))
   imgui.same_line()
-  if self._button("Cancel", controls.cancel):
+  stop = "Stop now: running workers are cancelled and their tickets run again later"
+  if button("Cancel", controls.cancel, report, why=stop):
    self._act("Cancel", runner.cancel)
-  if imgui.is_item_hovered(imgui.HoveredFlags_.allow_when_disabled):
-   imgui.set_tooltip("Stop now: running workers are cancelled and their tickets run again later")
+  imgui.pop_style_var()
   imgui.same_line(0, 18)
   imgui.text_disabled("Space: pause / resume")
   self._badge(slot, runner.conductor.mma_status)
@@ -349,36 +480,114 @@ class Dashboard:
   if counts.blocked:
    parts.append(f"{counts.blocked} blocked")
   parts.append(f"{counts.todo} todo")
-  parts.append(f"{clock(snap.elapsed)} elapsed")
+  report.clock = f"{clock(snap.elapsed)} run time"  # see the module docstring
+  if runner.active and runner.conductor.paused:
+   report.clock += f" · paused {clock(time.time() - paused_at(snap))}"
+  parts.append(report.clock)
   imgui.text("   ·   ".join(parts))
+  if imgui.is_item_hovered():
+   report.tip(
+    "Run time counts while the pipeline is not paused: it stops when a pause begins, "
+    "even while the workers running then finish"
+   )
   imgui.same_line(0, 24)
-  imgui.text_disabled(runner.note)  # where the state is kept, and what it restored
+  imgui.text_disabled(runner.note)  # where the state is (and, before a run, what it held)
+  if runner.runs and imgui.is_item_hovered():
+   report.tip("When this window opened: " + "; ".join(n.text for n in runner.opened))
   imgui.push_style_color(imgui.Col_.plot_histogram, TICKET_COLOR[Status.COMPLETED])
   imgui.progress_bar(counts.completed / max(counts.total, 1), (-1, 6), "")
   imgui.pop_style_color()
 
- # -- the paused banner ---------------------------------------------------------------------
+ # -- what the test hook reads ---------------------------------------------------------------
 
- def _finishing(self, snap: Snapshot) -> tuple[tuple[str, ...], tuple[str, ...]]:
-  """(running at the pause, still finishing). Right after a click the snapshot may still
-  predate the pause: then everything running is what was running when it began."""
-  if snap.paused:
-   return snap.running_at_pause, snap.finishing
-  running = tuple(w.ticket for w in snap.running)
-  return running, running
+ def _publish_report(self, snap: Snapshot, status: MmaStatus, report: Report) -> None:
+  buttons = self._drawn_controls.as_dict()  # as drawn this frame, not as they would be now
+  buttons.update(self.side.buttons(snap, self.selected))
+  self.drawn = (
+   snap,
+   {
+    "frame": self.frame,
+    "badge": status.value.upper(),
+    "buttons": buttons,
+    "banner": report.banner or None,
+    "strip": report.strip,
+    "clock": report.clock,
+    "workers": report.workers,
+    "selected": self.selected,
+    "shown_rows": self.table.shown_rows(snap),
+    "runs": self.runner.runs,
+    "note": self.runner.note,
+    "run_active": self.runner.active,
+    "crash": self.runner.crash,
+    "tooltip": report.tooltip,
+    "layout": report.layout,
+    "cells": report.cells,
+   },
+  )
 
- def _paused_banner(self, snap: Snapshot) -> None:
-  _, finishing = self._finishing(snap)
+
+class Banner:
+ """The strip under the header that holds the PAUSED banner: one height in every state, so
+ nothing below it moves when a pause begins or ends. Amber while paused (since when, why,
+ the workers finishing, what Resume starts); otherwise what runs (outlined), or on a dark
+ tint what the run came to or what Start will do."""
+
+ def __init__(self, runner: PipelineRunner) -> None:
+  self.runner = runner
+
+ def draw(self, snap: Snapshot, status: MmaStatus, report: Report) -> None:
+  flags = imgui.ChildFlags_.always_use_window_padding
+  bg: Color
+  if status is MmaStatus.PAUSED:
+   lines = report.banner = self.paused_lines(snap)
+   bg, fg = AMBER, BLACK
+  else:
+   tint, lines = self.status_lines(snap)
+   fill, fg = STRIP_TINT[tint], WHITE
+   if fill is None:  # an outline only: Dear ImGui draws no background for alpha 0
+    bg, flags = (0.0, 0.0, 0.0, 0.0), flags | imgui.ChildFlags_.borders
+   else:
+    bg = fill
+  report.strip = lines
+  imgui.push_style_color(imgui.Col_.child_bg, bg)
+  imgui.push_style_color(imgui.Col_.text, fg)
+  if imgui.begin_child("banner", (-1, self.height()), flags):
+   imgui.push_font(None, imgui.get_style().font_size_base * BANNER_SCALE)
+   imgui.text(lines[0])
+   imgui.pop_font()
+   imgui.same_line(0, 16)
+   imgui.align_text_to_frame_padding()
+   imgui.text(lines[1])
+   for line in lines[2:]:
+    imgui.text(line)
+  imgui.end_child()
+  imgui.pop_style_color(2)
+  if report.reporting:
+   report.layout["strip"] = item_rect()
+
+ @staticmethod
+ def height() -> float:
+  """A big first line (the word and a title) and two lines, with the window padding."""
+  style = imgui.get_style()
+  imgui.push_font(None, style.font_size_base * BANNER_SCALE)
+  first = max(imgui.get_text_line_height(), imgui.get_frame_height())
+  imgui.pop_font()
+  lines = 2 * (style.item_spacing.y + imgui.get_text_line_height())
+  return first + lines + 2 * style.window_padding.y
+
+ @staticmethod
+ def paused_lines(snap: Snapshot) -> list[str]:
+  _, still = finishing(snap)
   wall = time.time()
-  paused_at = snap.paused_at if snap.paused and snap.paused_at is not None else wall
-  since = time.strftime("%H:%M:%S", time.localtime(paused_at))
+  began = paused_at(snap)
+  since = time.strftime("%H:%M:%S", time.localtime(began))
   reason = snap.pause_reason if snap.paused else None
-  title = f"since {since} ({seconds(max(0.0, wall - paused_at))} ago)"
+  title = f"since {since} ({seconds(max(0.0, wall - began))} ago)"
   if reason:
    title += f"  —  {reason}"
-  if finishing:
-   n = len(finishing)
-   drain = f"{n} worker{'s' if n != 1 else ''} finishing: {preview(finishing)}"
+  if still:
+   n = len(still)
+   drain = f"{n} worker{'s' if n != 1 else ''} finishing: {preview(still)}"
    drain += "  —  no new worker starts"
   else:
    drain = "all workers idle  —  nothing runs until Resume"
@@ -389,43 +598,86 @@ class Dashboard:
   else:
    upcoming = "Resume: nothing left to start"
   upcoming += f"   ·   {len(snap.pending)} ticket{'s' if len(snap.pending) != 1 else ''} pending"
-  self._banner = ["PAUSED", title, drain, upcoming]
+  return ["PAUSED", title, drain, upcoming]
 
-  imgui.push_style_color(imgui.Col_.child_bg, AMBER)
-  imgui.push_style_color(imgui.Col_.text, BLACK)
-  child = imgui.ChildFlags_.auto_resize_y | imgui.ChildFlags_.always_use_window_padding
-  if imgui.begin_child("paused-banner", (-1, 0), child):
-   imgui.push_font(None, imgui.get_style().font_size_base * 1.6)
-   imgui.text("PAUSED")
-   imgui.pop_font()
-   imgui.same_line(0, 16)
-   imgui.align_text_to_frame_padding()
-   imgui.text(title)
-   imgui.text(drain)
-   imgui.text(upcoming)
-  imgui.end_child()
-  imgui.pop_style_color(2)
-
- def _problems(self, snap: Snapshot) -> None:
-  runner = self.runner
-  if not runner.active and snap.paused and snap.counts.todo:
+ def status_lines(self, snap: Snapshot) -> tuple[str, list[str]]:
+  """(tint, lines) when not paused: a word, a title and up to two lines."""
+  runner, counts = self.runner, snap.counts
+  problem = runner.crash or snap.error
+  if runner.active:
+   running = [w.ticket for w in snap.running]
+   busy = f"{len(running)} of {snap.max_workers} workers busy"
+   lines = ["RUNNING", f"{busy}  —  Pause or Space: no new worker starts; running ones finish"]
+   if running:
+    lines.append(f"Running: {preview(running)}")
+   elif snap.awaiting_approval:
+    n = len(snap.awaiting_approval)
+    lines.append(f"{plural(n, 'ticket')} awaiting approval: select one and press Queue")
+   else:
+    lines.append("no worker is running")
+   upcoming = f"Up next: {preview(snap.ready)}" if snap.ready else "Up next: nothing is ready"
+   lines.append(f"{upcoming}   ·   {plural(len(snap.pending), 'ticket')} pending")
+   return "running", lines
+  if problem:
+   return "failed", ["FAILED", "The run failed", problem]
+  if counts.failed:
+   by = "it" if counts.failed == 1 else "them"
+   blocked = f", {counts.blocked} blocked by {by}" if counts.blocked else ""
+   return "failed", [
+    "FAILED",
+    f"{plural(counts.failed, 'ticket')} failed{blocked}",
+    "Select a failed ticket and press Retry: it runs again, then what it blocked",
+   ]
+  if counts.total and counts.completed == counts.total:
+   if runner.runs:
+    title = f"all {plural(counts.total, 'ticket')} completed in {clock(snap.elapsed)} run time"
+    return "done", ["DONE", title, "Nothing left to run"]
+   return "done", [
+    "DONE",
+    f"all {plural(counts.total, 'ticket')} completed in an earlier run",
+    "Nothing left to run: `conductor gui --fresh` starts it over",
+   ]
+  if runner.runs:
+   word, title = "STOPPED", f"{plural(counts.todo, 'ticket')} left: Start carries on"
+  else:
+   word = "READY"
+   title = f"{plural(counts.todo, 'ticket')} to run, {snap.max_workers} at a time: press Start"
+  if snap.paused:
    # A pause kept in the state (from an earlier run, or another terminal): say what Start
    # will do rather than show a pipeline that looks ready to go.
    why = f" ({snap.pause_reason})" if snap.pause_reason else ""
-   imgui.text_colored(AMBER, f"Paused{why}: Start opens the run paused; then press Resume")
-  problem = runner.crash or snap.error
-  if problem:
-   imgui.text_colored(TICKET_COLOR[Status.FAILED], f"The run failed: {problem}")
-  elif snap.counts.failed and not self.runner.active:
-   n = snap.counts.failed
-   imgui.text_colored(
-    TICKET_COLOR[Status.FAILED],
-    f"{n} ticket{'s' if n != 1 else ''} failed: select one and press Retry",
-   )
+   hint = f"Paused{why}: Start opens the run paused; then press Resume"
+  else:
+   hint = "Pause (or Space) while it runs: no new worker starts; running ones finish"
+  return "other", [word, title, hint]
 
- # -- the ticket table -------------------------------------------------------------------
 
- def _filtered(self, snap: Snapshot, now: float) -> list[int] | None:
+class TicketTable:
+ """The ticket table: the filter, and the rows in sight (a clipper: a frame costs the same
+ at 30 or 10,000 tickets). Its height is the header and whole rows, measured by the frame
+ before; a description that does not fit is cut after a word (`fit_text`), whole in its
+ tooltip."""
+
+ def __init__(self, index: dict[str, int], awaiting: Awaiting) -> None:
+  self.filter_text = ""
+  self.status_filter = 0
+  self._index = index
+  self._awaiting = awaiting
+  self._haystack: list[str] | None = None  # per row, lower case: what the filter searches
+  self._view: list[int] | None = None  # filtered row indices; None shows every row
+  self._view_key: tuple[str, int] = ("", 0)
+  self._view_rows: tuple[TicketRow, ...] = ()
+  self._view_at = 0.0
+  self._fitted: dict[int, tuple[float, str]] = {}  # row -> (cell width, description shown)
+  self._rows: tuple[float, float] | None = None  # (header height, row height) as measured
+  self._scroll = WholeRows()
+
+ def shown_rows(self, snap: Snapshot) -> int:
+  return len(snap.rows) if self._view is None else len(self._view)
+
+ def filtered(self, snap: Snapshot, now: float) -> list[int] | None:
+  """The rows the filter lets through (None: all), re-filtered at most every
+  FILTER_REFRESH seconds while they change."""
   text = self.filter_text.strip().lower()
   key = (text, self.status_filter)
   if not text and not self.status_filter:
@@ -448,14 +700,25 @@ class Dashboard:
    self._view_key, self._view_rows, self._view_at = key, rows, now
   return self._view
 
- def _awaiting_set(self, awaiting: tuple[str, ...]) -> frozenset[str]:
-  # Rebuilt only when the snapshot's tuple changes: with auto_queue off it can hold
-  # thousands of ids, and the table asks once per visible row.
-  if awaiting is not self._awaiting[0]:
-   self._awaiting = (awaiting, frozenset(awaiting))
-  return self._awaiting[1]
+ def _fit(self, i: int, text: str, width: float) -> str:
+  # Per row and cell width: a row's text never changes, so a frame measures only rows that
+  # came into sight or a column that was resized.
+  cached = self._fitted.get(i)
+  if cached is not None and cached[0] == width:
+   return cached[1]
+  shown = fit_text(text, width, lambda s: imgui.calc_text_size(s).x)
+  self._fitted[i] = (width, shown)
+  return shown
 
- def _ticket_table(self, snap: Snapshot, now: float) -> None:
+ def _height(self, avail: float) -> float:
+  # The header and as many whole rows as fit (0: fill, until a frame has measured them).
+  if self._rows is None:
+   return 0.0
+  header, row = self._rows
+  return header + max(1, math.floor((avail - header) / row)) * row
+
+ def draw(self, snap: Snapshot, now: float, selected: str | None, report: Report) -> str | None:
+  """Draw the filter and the table; return the ticket clicked, if one was."""
   imgui.set_next_item_width(max(120.0, imgui.get_content_region_avail().x * 0.45))
   _, self.filter_text = imgui.input_text_with_hint(
    "##filter", "filter: id, description, command", self.filter_text
@@ -465,7 +728,7 @@ class Dashboard:
   _, self.status_filter = imgui.combo(
    "##status-filter", self.status_filter, [name for name, _ in STATUS_FILTERS]
   )
-  view = self._filtered(snap, now)
+  view = self.filtered(snap, now)
   rows = snap.rows
   shown = len(rows) if view is None else len(view)
   imgui.same_line()
@@ -481,26 +744,27 @@ class Dashboard:
    | imgui.TableFlags_.resizable
    | imgui.TableFlags_.sizing_stretch_prop
   )
+  height = self._height(imgui.get_content_region_avail().y)
   # The theme's row lines are nearly invisible on its dark background: lift them a little.
   imgui.push_style_color(imgui.Col_.table_border_light, ROW_LINE)
-  if not imgui.begin_table("tickets", 5, flags):
+  if not imgui.begin_table("tickets", 5, flags, (0, height)):
    imgui.pop_style_color()
-   return
+   return None
   fixed = imgui.TableColumnFlags_.width_fixed
   em = imgui.get_font_size()
   imgui.table_setup_column("ticket", imgui.TableColumnFlags_.width_stretch, 1.0)
   imgui.table_setup_column("status", fixed, em * 7.5)
   imgui.table_setup_column("tries", fixed, em * 2.5)
   imgui.table_setup_column("time", fixed, em * 4.0)
-  imgui.table_setup_column("description", imgui.TableColumnFlags_.width_stretch, 1.6)
+  imgui.table_setup_column("description", imgui.TableColumnFlags_.width_stretch, 2.2)
   imgui.table_setup_scroll_freeze(0, 1)
   imgui.table_headers_row()
 
-  paused = snap.paused
-  finishing = set(snap.finishing) if paused else set()
-  awaiting = self._awaiting_set(snap.awaiting_approval)
+  finishing = set(snap.finishing) if snap.paused else set()
+  awaiting = self._awaiting(snap)
   span = imgui.SelectableFlags_.span_all_columns
-  # The clipper submits only the rows in sight: a frame costs the same at 30 or 10,000.
+  cells = report.cells if report.reporting else None
+  picked = None
   clipper = imgui.ListClipper()
   clipper.begin(shown)
   while clipper.step():
@@ -510,10 +774,10 @@ class Dashboard:
     imgui.table_next_row()
     imgui.table_next_column()
     imgui.push_id(i)
-    clicked, _ = imgui.selectable(label(row.id), row.id == self.selected, span)
+    clicked, _ = imgui.selectable(label(row.id), row.id == selected, span)
     imgui.pop_id()
     if clicked:
-     self.selected = row.id
+     picked = row.id
     imgui.table_next_column()
     if row.id in finishing:
      imgui.text_colored(TICKET_COLOR["finishing"], "finishing")
@@ -528,61 +792,81 @@ class Dashboard:
      end = row.finished_at if row.finished_at is not None else now
      imgui.text(seconds(max(0.0, end - row.started_at)))
     imgui.table_next_column()
-    imgui.text(row.description or row.work)
+    full = row.description or row.work
+    text = self._fit(i, full, imgui.get_content_region_avail().x)
+    imgui.text(text)
+    if text is not full and imgui.is_item_hovered():
+     report.tip(full)
+    if cells is not None:
+     cells.append({"id": row.id, "text": text, "full": full, "rect": item_rect()})
+  if shown:
+   self._rows = (imgui.internal.table_get_header_row_height(), clipper.items_height)
+   self._scroll.snap(clipper.items_height)
+  if report.reporting:
+   report.layout["table"] = {
+    "rows": self._rows,
+    "scroll": imgui.get_scroll_y(),
+    "scroll_max": imgui.get_scroll_max_y(),
+   }
   imgui.end_table()
   imgui.pop_style_color()
+  if report.reporting:
+   report.layout["table"]["rect"] = item_rect()
+  return picked
 
- # -- the state display: workers, what resumes, pending --------------------------------------
 
- def _state_display(self, snap: Snapshot, now: float, status: MmaStatus) -> None:
-  running: dict[str, RunningWorker] = {w.ticket: w for w in snap.running}
-  rows = snap.rows
-  table_flags = imgui.TableFlags_.row_bg | imgui.TableFlags_.borders_inner_h
-  if status is MmaStatus.PAUSED:
-   at_pause, finishing = self._finishing(snap)
-   imgui.separator_text(f"Running when paused ({len(at_pause)})")
-   if not at_pause:
-    imgui.text_disabled("no worker was running")
-   elif imgui.begin_table("at-pause", 3, table_flags):
-    for tid in at_pause:
-     worker = running.get(tid)
-     row = rows[self._index[tid]]
-     if tid in finishing and worker is not None:
-      elapsed, state, color = now - worker.started_at, "finishing", TICKET_COLOR["finishing"]
-     else:
-      end = row.finished_at if row.finished_at is not None else now
-      elapsed = end - row.started_at if row.started_at is not None else 0.0
-      state = {Status.COMPLETED: "done", Status.TODO: "will run again"}.get(row.status, row.status)
-      color = TICKET_COLOR[row.status]
-     self._workers.append({"ticket": tid, "elapsed": round(elapsed, 3), "state": state})
-     imgui.table_next_row()
-     imgui.table_next_column()
-     imgui.text(tid)
-     imgui.table_next_column()
-     imgui.text(seconds(max(0.0, elapsed)))
-     imgui.table_next_column()
-     imgui.text_colored(color, state)
-    imgui.end_table()
-   imgui.separator_text(f"Starts first on resume ({len(snap.ready)})")
-  else:
-   imgui.separator_text(f"Running ({len(snap.running)} of {snap.max_workers} workers)")
-   if not snap.running:
-    imgui.text_disabled("no worker is running")
-   elif imgui.begin_table("running", 3, table_flags):
-    for worker in snap.running:
-     elapsed = now - worker.started_at
-     self._workers.append(
-      {"ticket": worker.ticket, "elapsed": round(elapsed, 3), "state": "running"}
-     )
-     imgui.table_next_row()
-     imgui.table_next_column()
-     imgui.text(worker.ticket)
-     imgui.table_next_column()
-     imgui.text(seconds(max(0.0, elapsed)))
-     imgui.table_next_column()
-     imgui.text_disabled(f"attempt {worker.attempt}")
-    imgui.end_table()
-   imgui.separator_text(f"Up next ({len(snap.ready)})")
+class SidePane:
+ """The right-hand side: the workers (running, or running when paused), what starts next,
+ the pending list (whole lines, like the table), and the selected ticket's details with
+ Retry and Queue."""
+
+ def __init__(
+  self,
+  runner: PipelineRunner,
+  index: dict[str, int],
+  awaiting: Awaiting,
+  act: Callable[[str, Callable[[], object]], None],
+ ) -> None:
+  self.runner = runner
+  self._index = index
+  self._awaiting = awaiting
+  self._act = act  # Dashboard._act: runs a control's command and records the Action
+  self._retrying: dict[str, int] = {}  # ticket -> attempts when Retry was pressed
+  self._output_seen: tuple[str | None, int] = (None, 0)
+  self._pending_scroll = WholeRows()
+
+ def settle_retries(self, snap: Snapshot) -> None:
+  # A retry was applied once its ticket is no longer failed, or failed again (one more
+  # attempt); with no run left, a retry posted just as the run ended was dropped. Either
+  # way Retry is offered again.
+  if not self._retrying:
+   return
+  if not self.runner.active:
+   self._retrying = {}
+   return
+  rows, index = snap.rows, self._index
+  self._retrying = {
+   tid: attempts
+   for tid, attempts in self._retrying.items()
+   if rows[index[tid]].status is Status.FAILED and rows[index[tid]].attempts == attempts
+  }
+
+ def buttons(self, snap: Snapshot, selected: str | None) -> dict[str, bool]:
+  """The details pane's buttons for `selected`, as the test hook reports them."""
+  if selected is None:
+   return {}
+  row = snap.rows[self._index[selected]]
+  buttons = {}
+  if row.status is Status.FAILED:
+   buttons["Retry"] = row.id not in self._retrying
+  if row.id in self._awaiting(snap):
+   buttons["Queue"] = True
+  return buttons
+
+ def draw(
+  self, snap: Snapshot, now: float, status: MmaStatus, selected: str | None, report: Report
+ ) -> None:
+  self._workers(snap, now, status, report)
   if snap.ready:
    imgui.push_text_wrap_pos(0.0)
    imgui.text(preview(snap.ready))
@@ -594,32 +878,92 @@ class Dashboard:
     TICKET_COLOR["awaiting"],
     f"{len(snap.awaiting_approval)} awaiting approval: select one and press Queue",
    )
-  self._pending_list(snap.pending)
+  self._pending(snap.pending, report)
+  self._details(snap, now, selected, report)
 
- def _pending_list(self, pending: Sequence[str]) -> None:
+ def _workers(self, snap: Snapshot, now: float, status: MmaStatus, report: Report) -> None:
+  running: dict[str, RunningWorker] = {w.ticket: w for w in snap.running}
+  rows = snap.rows
+  table_flags = imgui.TableFlags_.row_bg | imgui.TableFlags_.borders_inner_h
+  if status is MmaStatus.PAUSED:
+   at_pause, still = finishing(snap)
+   imgui.separator_text(f"Running when paused ({len(at_pause)})")
+   if not at_pause:
+    imgui.text_disabled("no worker was running")
+   elif imgui.begin_table("at-pause", 3, table_flags):
+    for tid in at_pause:
+     worker = running.get(tid)
+     row = rows[self._index[tid]]
+     if tid in still and worker is not None:
+      elapsed, state, color = now - worker.started_at, "finishing", TICKET_COLOR["finishing"]
+     else:
+      end = row.finished_at if row.finished_at is not None else now
+      elapsed = end - row.started_at if row.started_at is not None else 0.0
+      state = {Status.COMPLETED: "done", Status.TODO: "will run again"}.get(row.status, row.status)
+      color = TICKET_COLOR[row.status]
+     report.workers.append({"ticket": tid, "elapsed": round(elapsed, 3), "state": state})
+     imgui.table_next_row()
+     imgui.table_next_column()
+     imgui.text(tid)
+     imgui.table_next_column()
+     imgui.text(seconds(max(0.0, elapsed)))
+     imgui.table_next_column()
+     imgui.text_colored(color, state)
+    imgui.end_table()
+   imgui.separator_text(f"Starts first on resume ({len(snap.ready)})")
+   return
+  imgui.separator_text(f"Running ({len(snap.running)} of {snap.max_workers} workers)")
+  if not snap.running:
+   imgui.text_disabled("no worker is running")
+  elif imgui.begin_table("running", 3, table_flags):
+   for worker in snap.running:
+    elapsed = now - worker.started_at
+    report.workers.append(
+     {"ticket": worker.ticket, "elapsed": round(elapsed, 3), "state": "running"}
+    )
+    imgui.table_next_row()
+    imgui.table_next_column()
+    imgui.text(worker.ticket)
+    imgui.table_next_column()
+    imgui.text(seconds(max(0.0, elapsed)))
+    imgui.table_next_column()
+    imgui.text_disabled(f"attempt {worker.attempt}")
+   imgui.end_table()
+  imgui.separator_text(f"Up next ({len(snap.ready)})")
+
+ def _pending(self, pending: Sequence[str], report: Report) -> None:
   header = f"Pending: {len(pending):,} ticket{'s' if len(pending) != 1 else ''}###pending"
   if not imgui.collapsing_header(header, imgui.TreeNodeFlags_.default_open):
    return
-  lines = min(len(pending), 6)
-  height = lines * imgui.get_text_line_height_with_spacing() + 8
-  if imgui.begin_child("pending-list", (0, height)):
+  lines = min(len(pending), PENDING_LINES)
+  if not lines:
+   return
+  # Whole lines: n lines and the n-1 gaps between them. Without padding (a child with no
+  # border has none) the list shows lines [k, k + n) when scrolled by k lines.
+  step = imgui.get_text_line_height_with_spacing()
+  gap = imgui.get_style().item_spacing.y
+  if imgui.begin_child("pending-list", (0, lines * step - gap)):
    clipper = imgui.ListClipper()
    clipper.begin(len(pending))
    while clipper.step():
     for k in range(clipper.display_start, clipper.display_end):
      imgui.text_disabled(pending[k])
+   self._pending_scroll.snap(step)
+   if report.reporting:
+    scroll = {"scroll": imgui.get_scroll_y(), "scroll_max": imgui.get_scroll_max_y()}
+    report.layout["pending"] = {"line": step, "gap": gap, **scroll}
   imgui.end_child()
+  if report.reporting and "pending" in report.layout:
+   report.layout["pending"]["rect"] = item_rect()
 
- # -- details of the selected ticket ---------------------------------------------------------
-
- def _details(self, snap: Snapshot, now: float) -> None:
+ def _details(self, snap: Snapshot, now: float, selected: str | None, report: Report) -> None:
   imgui.separator_text("Ticket details")
-  i = self._index.get(self.selected) if self.selected is not None else None
+  i = self._index.get(selected) if selected is not None else None
   if i is None:
    imgui.text_disabled("select a ticket in the table")
    return
   row = snap.rows[i]
-  waiting = row.id in self._awaiting_set(snap.awaiting_approval)
+  waiting = row.id in self._awaiting(snap)
   imgui.text(row.id)
   imgui.same_line()
   state = "awaiting approval" if waiting else row.status.replace("_", " ")
@@ -631,12 +975,12 @@ class Dashboard:
    imgui.same_line()
    # One retry per failure: a second click before the loop applied the first would
    # retry a ticket that is no longer failed.
-   if self._button("Retry", row.id not in self._retrying):
+   if button("Retry", row.id not in self._retrying, report):
     self._retrying[row.id] = row.attempts
     self._act("Retry", lambda: self.runner.retry(row.id))
   if waiting:
    imgui.same_line()
-   if self._button("Queue", True):
+   if button("Queue", True, report):
     self._act("Queue", lambda: self.runner.queue(row.id))
 
   imgui.push_text_wrap_pos(0.0)
@@ -670,31 +1014,3 @@ class Dashboard:
     self._output_seen = seen
     imgui.set_scroll_here_y(1.0)
   imgui.end_child()
-
- # -- what the test hook reads ---------------------------------------------------------------
-
- def _publish_report(self, snap: Snapshot, status: MmaStatus, controls: Controls) -> None:
-  buttons = controls.as_dict()
-  if self.selected is not None:
-   row = snap.rows[self._index[self.selected]]
-   if row.status is Status.FAILED:
-    buttons["Retry"] = row.id not in self._retrying
-   if row.id in self._awaiting_set(snap.awaiting_approval):
-    buttons["Queue"] = True
-  view = self._view
-  self.drawn = (
-   snap,
-   {
-    "frame": self.frame,
-    "badge": status.value.upper(),
-    "buttons": buttons,
-    "banner": self._banner or None,
-    "workers": self._workers,
-    "selected": self.selected,
-    "shown_rows": len(snap.rows) if view is None else len(view),
-    "runs": self.runner.runs,
-    "note": self.runner.note,
-    "run_active": self.runner.active,
-    "crash": self.runner.crash,
-   },
-  )

@@ -11,12 +11,18 @@ local user can reach a loopback port, but not read the file. A request without i
 another one, is answered 401 and does nothing.
 
  GET  /state          live mma_status and spawned; what the last frame showed: the snapshot
-                      it drew, its badge, banner lines, buttons (enabled or not), workers
+                      it drew, its badge, banner lines, buttons (as drawn: enabled or not),
+                      workers, clock, tooltip, and where things are ("layout": the banner
+                      strip, the ticket table and its row metrics, the pending list; "cells":
+                      the visible description cells, their text and rectangle)
  GET  /state?rows=1   the same with every ticket row and the pending list
  GET  /frames?since=N recent frame timings: frame number, start, work (ms)
  POST /frames/reset
  POST /click          {"label": "Pause"} or {"ref": "//Dashboard/**/Pause"}
  POST /key            {"key": "Space"}
+ POST /mouse          {"pos": [x, y]} (screen pixels) or {"label": "Start"} / {"ref": ...}:
+                      move the mouse there; with "wheel": -1 also turn the wheel (+1 up,
+                      -1 down); answers the tooltip the frame after shows
  POST /screenshot     {"name": "paused.png"}: a PNG written into the screenshot folder
                       (`--test-hook-shots DIR`, default PORT_FILE's folder) and nowhere else
  POST /quit
@@ -42,6 +48,7 @@ import contextlib
 import hmac
 import itertools
 import json
+import math
 import os
 import queue
 import re
@@ -63,7 +70,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from imgui_bundle import hello_imgui, imgui
 
-from ..multi_agent_conductor import Snapshot
+from .. import Snapshot
 from ._dashboard import WINDOW, Dashboard
 
 te = imgui.test_engine
@@ -93,7 +100,7 @@ class BadRequest(Exception):
 
 @dataclass(slots=True)
 class _Request:
- kind: str  # "click" | "key" | "screenshot" | "quit"
+ kind: str  # "click" | "key" | "mouse" | "screenshot" | "quit"
  arg: str
  done: threading.Event = field(default_factory=threading.Event)
  result: dict[str, Any] = field(default_factory=dict)
@@ -351,7 +358,13 @@ class TestHook:
   io = te.get_io(engine)
   io.config_run_speed = te.TestRunSpeed.fast
   io.config_watchdog_kill_test = REQUEST_TIMEOUT - 5
-  for kind, func in (("click", self._click), ("key", self._key), ("screenshot", self._shot)):
+  tests = (
+   ("click", self._click),
+   ("key", self._key),
+   ("mouse", self._mouse),
+   ("screenshot", self._shot),
+  )
+  for kind, func in tests:
    test = te.register_test(engine, "hook", kind)
    test.test_func = func
    self._tests[kind] = test
@@ -437,7 +450,7 @@ class TestHook:
    request.result["max_frame_ms"] = round(max(spent, default=0.0) * 1000, 3)
    applied = self.dashboard.runner.applied
    if applied is not None and applied[0] == action.label.lower() and applied[1] >= action.at:
-    # Click landed -> the engine's loop carried the command out (its mma_status changed).
+    # Click landed -> the gate closed (or opened): ConductorEngine.pause() returned.
     request.result["applied_ms"] = round((applied[1] - action.at) * 1000, 3)
 
  def _key(self, ctx: Any) -> None:
@@ -450,6 +463,20 @@ class TestHook:
   request.result.update(acted=False, action=None)
   if action is not None and action is not before:
    request.result.update(acted=True, action=asdict(action))
+
+ def _mouse(self, ctx: Any) -> None:
+  request = self._current
+  assert request is not None
+  given = json.loads(request.arg)
+  if "pos" in given:
+   ctx.mouse_move_to_pos(imgui.ImVec2(*given["pos"]))
+  else:
+   target = given["ref"]
+   ctx.mouse_move(target if target.startswith("//") else f"//{WINDOW}/**/{target}")
+  if given.get("wheel"):
+   ctx.mouse_wheel_y(given["wheel"])
+  ctx.yield_(2)  # a frame that sees the mouse there, and one that applies a scroll it set
+  request.result.update(ok=True, tooltip=self.dashboard.drawn[1].get("tooltip"))
 
  def _shot(self, ctx: Any) -> None:
   request = self._current
@@ -610,7 +637,7 @@ class _Handler(BaseHTTPRequestHandler):
  def _post(self) -> None:
   hook = self.server.hook
   path = urlsplit(self.path).path
-  if path not in ("/click", "/key", "/screenshot", "/frames/reset", "/quit"):
+  if path not in ("/click", "/key", "/mouse", "/screenshot", "/frames/reset", "/quit"):
    raise BadRequest(404, f"no such endpoint: POST {path[:200]}")
   body = self._body()
   if path == "/click":
@@ -624,6 +651,8 @@ class _Handler(BaseHTTPRequestHandler):
    if key is None:
     raise BadRequest(400, f"unknown key {str(given)[:40]!r}")
    self._reply(*hook.submit("key", key))
+  elif path == "/mouse":
+   self._reply(*hook.submit("mouse", json.dumps(_mouse_args(body))))
   elif path == "/screenshot":
    self._reply(*hook.screenshot(body.get("name")))
   elif path == "/frames/reset":
@@ -658,6 +687,28 @@ class _Handler(BaseHTTPRequestHandler):
   if not isinstance(body, dict):
    raise BadRequest(400, "bad JSON body: expected an object")
   return body
+
+
+def _mouse_args(body: dict[str, Any]) -> dict[str, Any]:
+ """A /mouse body checked: a finite [x, y] or an item, and an optional wheel turn.
+ Raises BadRequest."""
+ pos, wheel = body.get("pos"), body.get("wheel", 0)
+ target = body.get("ref") or body.get("label")
+
+ def number(value: object, limit: float) -> bool:
+  if not isinstance(value, (int, float)) or isinstance(value, bool):
+   return False
+  return math.isfinite(value) and abs(value) <= limit
+
+ if not number(wheel, 100):
+  raise BadRequest(400, f"wheel {str(wheel)[:40]!r}: give a number of notches (+1 up, -1 down)")
+ if pos is None and isinstance(target, str) and target:
+  return {"ref": target, "wheel": float(wheel)}
+ if not (isinstance(pos, list) and len(pos) == 2 and all(number(v, 1e5) for v in pos)):
+  raise BadRequest(
+   400, 'give {"pos": [x, y]} in screen pixels or {"label": "Start"}; optionally "wheel": -1'
+  )
+ return {"pos": [float(v) for v in pos], "wheel": float(wheel)}
 
 
 def _query(query: dict[str, list[str]], name: str, default: str) -> str:

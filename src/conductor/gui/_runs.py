@@ -12,15 +12,16 @@ import anyio
 
 from scheduler import LoopHandle
 
+from .._text import shown_path
 from ..exits import UsageError
 from ..multi_agent_conductor import ConductorEngine, Snapshot
 from ..pipeline import Pipeline
-from ..session import DurableRun, open_session, state_path
+from ..session import DurableRun, Note, open_session, state_path
 
 # The loop spends about 0.2 µs per ticket building a snapshot (2 ms at 10,000 tickets).
-# Pulling one at most every 5 µs per ticket keeps that under ~4% of the loop's time and
+# Asking for one at most every 5 µs per ticket keeps that under ~4% of the loop's time and
 # keeps the loop from holding the GIL while the GUI thread wants it for a frame: a
-# 30-ticket pipeline is pulled every frame, 10,000 tickets at 20 Hz.
+# 30-ticket pipeline is refreshed every frame, 10,000 tickets at 20 Hz.
 PULL_SECONDS_PER_TICKET = 5e-6
 STARTUP_TIMEOUT = 30.0  # seconds to open the state; claiming it may wait 10 s for a lock
 CLOSE_TIMEOUT = 10.0  # seconds to let a cancelled run end when the window closes
@@ -37,9 +38,14 @@ class PipelineRunner:
  before Start makes the run start paused), runs it on Start, and prepares the next one when
  it ends: Cancel then Start carries on, Retry after the end retries and starts a run.
 
- Threads. The GUI thread never calls into a conductor except its lock-free reads
- (`mma_status`, `paused`, `spawned`): every command is posted to the loop (`LoopHandle`,
- which never blocks), and the loop publishes by replacing `conductor` and `latest` whole.
+ Threads. Pause and Resume trip the gate on the GUI thread itself: `ConductorEngine.pause()`
+ and `resume()` are thread-safe and never wait (the engine posts its own bookkeeping to the
+ loop), so the gate is closed when the click handler returns, however busy the loop is.
+ Every other command is posted to the loop (`LoopHandle`, which never blocks). During a run
+ the GUI thread asks the running conductor for fresh snapshots (`request_snapshot`, which
+ never blocks and throttles itself) and draws its `published` one. Beyond those calls the
+ GUI thread only reads a conductor's lock-free fields (`mma_status`, `paused`, `spawned`),
+ and the loop publishes by replacing `conductor`, `latest`, `_next` and `_running` whole.
  `runs` is written by the GUI thread only, `ended` by the loop only.
  """
 
@@ -64,19 +70,27 @@ class PipelineRunner:
   # Published by the loop, replaced whole; read by the GUI thread (and the test hook).
   self._shown: ConductorEngine | None = None  # the one shown: running, last run, or next
   self._latest: Snapshot | None = None  # the snapshot to draw
-  self.note = ""  # where the state is and what was restored from it
+  self.where = ""  # the state file, as people type it (`session.shown_path`)
+  self.opened: tuple[Note, ...] = ()  # what opening the state found (`DurableRun.notes`)
   self.crash: str | None = None  # why the latest run stopped abnormally
   self.ended = 0  # runs that have ended
-  self.applied: tuple[str, float] | None = None  # the last pause/resume the loop applied
   # Written by the GUI thread.
   self.runs = 0  # runs asked for (Start, or Retry after the end)
-  self._pull_posted = False  # a snapshot pull is on its way (the loop clears it)
-  self._pulled_at = 0.0
+  # The last pause/resume and when its call returned (perf_counter, one clock for every
+  # thread): the test hook reports click -> gate closed from it.
+  self.applied: tuple[str, float] | None = None
   self._pull_every = len(self.ticket_ids) * PULL_SECONDS_PER_TICKET
+  # The running conductor's latest snapshot with every row, as drawn (see snapshot()).
+  self._pulled: tuple[ConductorEngine, Snapshot] | None = None
 
   # Loop side.
   self._loop: LoopHandle | None = None
-  self._next: ConductorEngine | None = None  # prepared for the next run
+  # The conductor commands go to: the one running, else the one prepared for the next run
+  # (a command between a Start and its run's first step goes to the run about to begin).
+  # Replaced whole by the loop; the GUI thread reads it for pause() and resume().
+  self._next: ConductorEngine | None = None
+  # `_next` while it runs, else None. The GUI thread reads it: while it is set, the frames
+  # draw its `published` snapshots; once the run ends, `latest` (set before it is cleared).
   self._running: ConductorEngine | None = None
   self._begun = 0  # runs the loop has begun
   self._wake: anyio.Event | None = None  # set when a start or quit may be waiting
@@ -126,23 +140,40 @@ class PipelineRunner:
   """A run was asked for and has not ended (it may be starting, or paused)."""
   return self.runs > self.ended
 
+ @property
+ def note(self) -> str:
+  """The state line: where the state is and, until the first run in this window asks to
+  begin, what opening it found ("(new)", "(resuming: ...)"); from then on only the path
+  and warnings, as what opening found no longer describes the state. GUI thread."""
+  if self.runs == 0:
+   return "; ".join(note.text for note in self.opened)
+  return "; ".join([f"state: {self.where}", *(n.text for n in self.opened if n.warning)])
+
  def can_start(self) -> bool:
   return not self.active and self.latest.counts.todo > 0
 
- def snapshot(self, now: float) -> Snapshot:
-  """The snapshot to draw this frame. Never blocks, O(1).
+ def snapshot(self) -> Snapshot:
+  """The snapshot to draw this frame. GUI thread; never blocks, O(1).
 
-  During a run, asks the loop for a fresh one at most every `_pull_every` seconds; it
-  replaces `latest` a loop turn later. Between runs the loop publishes on every change.
+  During a run: the running conductor's `published` snapshot, after asking it for a fresh
+  one (at most every `_pull_every` seconds; the loop builds it at its next turn). One
+  published without rows (a `conductor status` from another terminal asks for those) is
+  skipped: the last one with rows is drawn again. Between runs: `latest`, which the loop
+  replaces on every change.
   """
-  if self.active and not self._pull_posted and now - self._pulled_at >= self._pull_every:
-   self._pulled_at = now
-   self._pull_posted = True
-   if not self._post(self._pull):
-    self._pull_posted = False
-  return self.latest
+  running = self._running
+  if running is None:
+   return self.latest
+  running.request_snapshot(self._pull_every)
+  published = running.published
+  if published.rows or not self.ticket_ids:
+   self._pulled = (running, published)
+  pulled = self._pulled
+  if pulled is not None and pulled[0] is running:
+   return pulled[1]
+  return self.latest  # the run has just begun: its first full snapshot is on its way
 
- # -- commands (GUI thread; each is posted, none waits) ----------------------------------
+ # -- commands (GUI thread; none waits) ----------------------------------------------------
 
  def start(self) -> bool:
   if not self.can_start():
@@ -152,10 +183,14 @@ class PipelineRunner:
   return True
 
  def pause(self, reason: str) -> None:
-  self._post(lambda: self._apply("pause", lambda c: c.pause(reason)))
+  """Close the gate, on this thread: once this returns no worker starts (see the class)."""
+  self._target().pause(reason)
+  self.applied = ("pause", time.perf_counter())
 
  def resume(self) -> None:
-  self._post(lambda: self._apply("resume", lambda c: c.resume()))
+  """Open the gate, on this thread; the loop starts the next workers at its next turn."""
+  self._target().resume()
+  self.applied = ("resume", time.perf_counter())
 
  def cancel(self) -> None:
   self._post(self._cancel)
@@ -198,7 +233,7 @@ class PipelineRunner:
   except UsageError as exc:
    self._startup_error = str(exc)
    return
-  self.note = "; ".join(note.text for note in durable.notes())
+  self.where, self.opened = shown_path(durable.state), tuple(durable.notes())
   try:
    conductor = self._prepare(durable)
    self._shown, self._latest = conductor, conductor.snapshot()
@@ -237,6 +272,8 @@ class PipelineRunner:
    self.crash = f"{type(exc).__name__}: {exc}"
    final = conductor.snapshot()
   finally:
+   # `latest` first: from the moment `_running` is cleared the GUI draws it.
+   self._latest = conductor.published
    self._running = None
   self._latest = final
   self.ended = self._begun
@@ -244,17 +281,11 @@ class PipelineRunner:
   return final
 
  def _changed(self, conductor: ConductorEngine) -> None:
-  # A transition (on the loop). During a run the GUI pulls snapshots itself; between runs
-  # (a retry, an approval, a pause from another terminal) publish the next run's view.
+  # A transition (on the loop). During a run the GUI asks for snapshots itself; between
+  # runs (a retry, an approval, a pause from another terminal) publish the next run's view.
   if conductor is not self._running and conductor is self._next:
    self._shown, self._latest = conductor, conductor.snapshot()
   self._on_change()
-
- def _pull(self) -> None:
-  self._pull_posted = False
-  running = self._running
-  if running is not None:
-   self._latest = running.snapshot()  # exact: built on the loop
 
  def _poke(self) -> None:
   wake = self._wake
@@ -262,16 +293,11 @@ class PipelineRunner:
    wake.set()
 
  def _target(self) -> ConductorEngine:
-  # A command between a Start and its run's first step goes to the run about to begin.
-  target = self._running or self._next
-  assert target is not None
+  # Any thread. A pause racing the end of a run lands on that run (and is gone with it) or
+  # on the next one (which then starts paused, as after `conductor pause` between runs).
+  target = self._next
+  assert target is not None, "open() prepares one before the window opens"
   return target
-
- def _apply(self, name: str, command: Callable[[ConductorEngine], None]) -> None:
-  command(self._target())
-  # When the loop carried it out (perf_counter is one clock for all threads): the test
-  # hook reports click -> paused from it.
-  self.applied = (name, time.perf_counter())
 
  def _cancel(self) -> None:
   if self._running is not None:
