@@ -202,15 +202,22 @@ def _trial(
    row.fail("broken", f"`{what}`: {started} ticket(s) started though the pipeline was refused")
   if lab.state.exists():
    row.fail("broken", f"`{what}`: a refused pipeline wrote a state file")
-  flag.unlink()
-  what = f"clean run ({backend}) after {label}, the module fixed"
-  mark = lab.log.mark()
-  done = lab.finish(lab.start(what, lab.run_args(backend)), expect={0}, bound=30, mark=mark)
-  ledger.run(what, mark, lab.log.mark(), done.printed)
-  lab.leftovers(f"after `{what}`")
-  check_final(row, lab.snapshot(), pipe.deps, what)
-  check_log(row, lab.log.read(), pipe.deps, ledger)
-  return
+ else:
+  _check_first_run(lab, row, ledger, what=what, mark=mark, backend=backend, siblings=siblings)
+ flag.unlink()
+ what = f"clean re-run ({backend}) after {label}, the ticket fixed"
+ mark = lab.log.mark()
+ done = lab.finish(lab.start(what, lab.run_args(backend)), expect={0}, bound=30, mark=mark)
+ ledger.run(what, mark, lab.log.mark(), done.printed)
+ lab.leftovers(f"after `{what}`")
+ check_final(row, lab.snapshot(), pipe.deps, what)
+ check_log(row, lab.log.read(), pipe.deps, ledger)
+
+
+def _check_first_run(
+ lab: Lab, row: Row, ledger: Ledger, *, what: str, mark: int, backend: str, siblings: list[str]
+) -> None:
+ # The run with the bad ticket: it fails alone (exit 1); every sibling runs once, completes.
  done = lab.finish(
   lab.start(what, lab.run_args(backend, fresh=True)), expect={1}, bound=15, mark=mark
  )
@@ -242,12 +249,3 @@ def _trial(
    row.fail("broken", f"`{what}`: the bad ticket's error is not one line: {clip(error)!r}")
  elif first is None:
   row.fail("broken", f"`{what}`: no state after the run")
-
- flag.unlink()
- what = f"clean re-run ({backend}) after {label}, the ticket fixed"
- mark = lab.log.mark()
- done = lab.finish(lab.start(what, lab.run_args(backend)), expect={0}, bound=30, mark=mark)
- ledger.run(what, mark, lab.log.mark(), done.printed)
- lab.leftovers(f"after `{what}`")
- check_final(row, lab.snapshot(), pipe.deps, what)
- check_log(row, lab.log.read(), pipe.deps, ledger)
