@@ -3,7 +3,9 @@
 Three threads, none waiting on another during a frame:
 
 - the main thread belongs to GLFW: it draws `Dashboard` (_dashboard.py) from the latest
-  immutable `Snapshot` and the live `mma_status`, and posts button presses to the engine;
+  immutable `Snapshot` and the live `mma_status`, and trips the gate itself for Pause and Resume
+  (`ConductorEngine.pause()` is thread-safe and never waits) and posts the other buttons'
+  commands to the engine's loop;
 - the engine thread (`PipelineRunner`, _runs.py) runs one event loop for as long as the
   window is open: it owns the pipeline's durable state (as `conductor run`: a re-opened
   window resumes where the last one stopped, and `conductor pause|resume|status` reach it),
