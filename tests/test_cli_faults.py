@@ -12,7 +12,6 @@ import contextlib
 import fcntl
 import json
 import os
-import queue
 import re
 import select
 import shutil
@@ -27,13 +26,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from procs import conductor, one_line_error
+from procs import ENV, WAIT, Child, conductor, one_line_error, reap_children
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 
 BACKENDS = ["asyncio", "trio"]
-WAIT = 30.0  # seconds any single wait may take before the test fails
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
 
 # A first attempt that reports its pid on the FIFO `pids` and sleeps; a later one just ends.
 LONG = 'if [ "$CONDUCTOR_ATTEMPT" = 1 ]; then echo $$ > pids; exec sleep 600; fi'
@@ -51,81 +48,13 @@ def toml(*tickets: tuple[str, str], head: str = "") -> str:
  return text
 
 
-class Child:
- """A `conductor` subprocess whose stdout lines arrive on a queue, read by a thread."""
-
- def __init__(self, *args: str, cwd: Path) -> None:
-  self.proc = subprocess.Popen(
-   [sys.executable, "-m", "conductor", *args],
-   cwd=cwd,
-   stdout=subprocess.PIPE,
-   stderr=subprocess.PIPE,
-   text=True,
-   env=ENV,
-  )
-  self.lines: list[str] = []
-  self.stderr = ""
-  self._queue: queue.Queue[str | None] = queue.Queue()
-  self._reader = threading.Thread(target=self._read, daemon=True)
-  self._reader.start()
-  self._err_reader = threading.Thread(target=self._read_err, daemon=True)
-  self._err_reader.start()
-  _CHILDREN.append(self)
-
- def _read(self) -> None:
-  assert self.proc.stdout is not None
-  with self.proc.stdout as stdout:
-   for line in stdout:
-    self._queue.put(line.rstrip("\n"))
-  self._queue.put(None)
-
- def _read_err(self) -> None:
-  assert self.proc.stderr is not None
-  with self.proc.stderr as stderr:
-   self.stderr = stderr.read()
-
- def wait_for(self, pattern: str) -> str:
-  """The first line from now on matching `pattern` (a regex)."""
-  regex = re.compile(pattern)
-  while True:
-   try:
-    line = self._queue.get(timeout=WAIT)
-   except queue.Empty:
-    raise AssertionError(f"no line like {pattern!r} within {WAIT} s: {self.lines[-10:]}") from None
-   if line is None:
-    raise AssertionError(f"exited before a line like {pattern!r}: {self.lines[-10:]}")
-   self.lines.append(line)
-   if regex.search(line):
-    return line
-
- def finish(self) -> int:
-  code = self.proc.wait(timeout=WAIT)
-  while (line := self._queue.get(timeout=WAIT)) is not None:
-   self.lines.append(line)
-  self._err_reader.join(WAIT)
-  return code
-
- @property
- def output(self) -> str:
-  return "\n".join(self.lines)
-
- def reap(self) -> None:
-  if self.proc.poll() is None:
-   self.proc.kill()
-   self.proc.wait(WAIT)
-  self._reader.join(WAIT)
-  self._err_reader.join(WAIT)
-
-
-_CHILDREN: list[Child] = []
 _PIDS: list[int] = []  # ticket processes seen: killed after each test whatever happened
 
 
 @pytest.fixture(autouse=True)
 def _cleanup() -> Iterator[None]:
  yield
- while _CHILDREN:
-  _CHILDREN.pop().reap()
+ reap_children()
  while _PIDS:
   with contextlib.suppress(ProcessLookupError):
    os.kill(_PIDS.pop(), signal.SIGKILL)
@@ -224,7 +153,7 @@ def test_sigterm_and_sighup_cancel_the_shell_tickets_record_them_and_exit_128_pl
 ) -> None:
  (tmp_path / "p.toml").write_text(toml(("quick", LONG), ("stubborn", STUBBORN)))
  with pid_fifo(tmp_path) as fifo:
-  run = Child("run", "p.toml", "--backend", backend, cwd=tmp_path)
+  run = Child("run", "p.toml", "--backend", backend, cwd=tmp_path, split_stderr=True)
   pids = read_pids(fifo, 3)  # quick's shell; stubborn's shell and its sleep
   os.kill(run.proc.pid, signal.Signals[first])
   run.wait_for(f"{first}: cancelling the running workers")
@@ -252,11 +181,11 @@ def test_a_signal_while_the_state_is_being_opened_cancels_the_run_before_anythin
  )
  (tmp_path / "p.toml").write_text(toml(("t", survivor)))
  with pid_fifo(tmp_path) as fifo:
-  first = Child("run", "p.toml", "--backend", backend, cwd=tmp_path)
+  first = Child("run", "p.toml", "--backend", backend, cwd=tmp_path, split_stderr=True)
   old = read_pids(fifo, 2)
   os.kill(first.proc.pid, signal.SIGKILL)
   first.finish()
-  second = Child("run", "p.toml", "--backend", backend, cwd=tmp_path)
+  second = Child("run", "p.toml", "--backend", backend, cwd=tmp_path, split_stderr=True)
   assert read_lines(fifo, 1)[0] == "term"  # the new run is stopping the leftovers
   os.kill(second.proc.pid, signal.SIGHUP)
   code = second.finish()
@@ -544,7 +473,7 @@ def test_auto_queue_off_says_once_what_awaits_approval_and_approve_from_another_
  text = toml(("a", "true"), ("b", "true"), ("c", "true"), head=head)
  (tmp_path / "p.toml").write_text(text.replace('id = "b"', 'id = "b"\ndepends_on = ["a"]'))
  state = "p.state.db"
- run = Child("run", "p.toml", "--backend", backend, cwd=tmp_path)
+ run = Child("run", "p.toml", "--backend", backend, cwd=tmp_path, split_stderr=True)
  first = run.wait_for("awaiting approval")
  assert first.startswith("awaiting approval: a, c (approve with `conductor approve --state")
  status = conductor("status", "--state", state, cwd=tmp_path)
@@ -554,7 +483,7 @@ def test_auto_queue_off_says_once_what_awaits_approval_and_approve_from_another_
  approved = conductor("approve", "--state", state, "a", cwd=tmp_path)
  assert approved.returncode == 0, approved.stderr
  assert approved.stdout.startswith("approved a in p (running, pid")
- assert run.wait_for("awaiting approval").startswith("awaiting approval: b (approve with")
+ assert run.wait_for("awaiting approval", 2).startswith("awaiting approval: b (approve with")
 
  unknown = conductor("approve", "--state", state, "b", "ghost", cwd=tmp_path)
  one_line_error(unknown, "ghost")
@@ -592,7 +521,7 @@ def test_reasons_and_errors_are_printed_escaped_and_never_as_markup(
  (tmp_path / "p.toml").write_text(
   toml(("gate", GATE), ("bad", bad), head='[pipeline]\nname = "p"\n')
  )
- run = Child("run", "p.toml", cwd=tmp_path)
+ run = Child("run", "p.toml", cwd=tmp_path, split_stderr=True)
  read_pids(gate, 1)
  failed = run.wait_for("bad failed")
  assert "\x1b" not in failed and "boom [red]x[/] \\x1b[2J" in failed

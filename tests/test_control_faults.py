@@ -11,11 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import queue
-import re
 import resource
 import select
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -28,7 +25,7 @@ from typing import Any
 
 import anyio
 import pytest
-from procs import conductor, one_line_error
+from procs import Child, conductor, one_line_error, reap_children
 
 from conductor import control, locks
 from conductor._files import trusted_owners
@@ -54,70 +51,10 @@ HELD = (
 )
 
 
-class Child:
- """A `conductor` subprocess whose stdout lines arrive on a queue, read by a thread."""
-
- def __init__(self, *args: str, cwd: Path) -> None:
-  self.proc = subprocess.Popen(
-   [sys.executable, "-m", "conductor", *args],
-   cwd=cwd,
-   stdout=subprocess.PIPE,
-   stderr=subprocess.STDOUT,
-   text=True,
-   env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"},
-  )
-  self.lines: list[str] = []
-  self._queue: queue.Queue[str | None] = queue.Queue()
-  self._reader = threading.Thread(target=self._read, daemon=True)
-  self._reader.start()
-  _CHILDREN.append(self)
-
- def _read(self) -> None:
-  stdout = self.proc.stdout
-  assert stdout is not None
-  with stdout:
-   for line in stdout:
-    self._queue.put(line.rstrip("\n"))
-  self._queue.put(None)
-
- def wait_for(self, pattern: str, count: int = 1) -> str:
-  regex = re.compile(pattern)
-  seen = sum(1 for line in self.lines if regex.search(line))
-  deadline = time.monotonic() + WAIT  # for the whole wait: a storm of lines must not extend it
-  while seen < count:
-   try:
-    line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-   except queue.Empty:
-    raise AssertionError(f"no line like {pattern!r} within {WAIT} s: {self.lines[-10:]}") from None
-   if line is None:
-    raise AssertionError(f"exited before a line like {pattern!r}: {self.lines[-10:]}")
-   self.lines.append(line)
-   if regex.search(line):
-    seen += 1
-  return next(line for line in reversed(self.lines) if regex.search(line))
-
- def finish(self) -> int:
-  code = self.proc.wait(timeout=WAIT)
-  while (line := self._queue.get(timeout=WAIT)) is not None:
-   self.lines.append(line)
-  return code
-
- def reap(self) -> None:
-  if self.proc.poll() is None:
-   with contextlib.suppress(ProcessLookupError):
-    os.kill(self.proc.pid, signal.SIGKILL)
-   self.proc.wait(WAIT)
-  self._reader.join(WAIT)
-
-
-_CHILDREN: list[Child] = []
-
-
 @pytest.fixture(autouse=True)
 def _reap_children() -> Iterator[None]:
  yield
- while _CHILDREN:
-  _CHILDREN.pop().reap()
+ reap_children()
 
 
 def status(state: Path, cwd: Path) -> dict[str, object]:
@@ -144,7 +81,7 @@ class HeldRun:
   for tid in ids:
    text += f"[[tickets]]\nid = {tid!r}\nrun = {HELD!r}\n"
   (folder / "p.toml").write_text(text.replace("'", '"'))
-  self.child = Child("run", "p.toml", "--backend", backend, cwd=folder)
+  self.child = Child("run", "p.toml", "--backend", backend, cwd=folder, timeout=WAIT)
   self.child.wait_for("^control it from another terminal")
 
  def wait_started(self) -> None:
@@ -435,7 +372,7 @@ def test_40_parallel_status_calls_on_a_live_20000_ticket_run_all_succeed(
    f'[[tickets]]\nid = "t{i}"\ndepends_on = ["hold"]\nsleep = 0\n' for i in range(20_000)
   )
   (tmp_path / "big.toml").write_text(text)
-  run = Child("run", "big.toml", "--backend", backend, cwd=tmp_path)
+  run = Child("run", "big.toml", "--backend", backend, cwd=tmp_path, timeout=WAIT)
   run.wait_for(r" big: hold in_progress")
   clients = [
    subprocess.Popen(
@@ -528,7 +465,7 @@ def test_approve_queues_waiting_tickets_of_a_live_run_and_refuses_unknown_ids(
   '[[tickets]]\nid = "c"\nsleep = 0\n'
  )
  state = tmp_path / "p.state.db"
- run = Child("run", "p.toml", "--backend", backend, cwd=tmp_path)
+ run = Child("run", "p.toml", "--backend", backend, cwd=tmp_path, timeout=WAIT)
  run.wait_for("^control it from another terminal")
  assert request(state, "status")["report"]["awaiting_approval"] == ["a", "c"]
 

@@ -16,12 +16,10 @@ import contextlib
 import itertools
 import json
 import os
-import queue
 import random
 import re
 import signal
 import sqlite3
-import subprocess
 import sys
 import threading
 from collections import defaultdict
@@ -29,12 +27,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from procs import conductor, one_line_error
+from procs import WAIT, Child, conductor, one_line_error, reap_children
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 
 BACKENDS = ["asyncio", "trio"]
-WAIT = 30.0  # seconds any single wait may take before the test fails
 
 TICK = """
 import os, sys, time
@@ -60,93 +57,10 @@ def layered(seed: int) -> tuple[str, dict[str, tuple[str, ...]]]:
  return text.replace("'", '"'), deps
 
 
-class Child:
- """A `conductor` subprocess whose stdout lines arrive on a queue, read by a thread."""
-
- def __init__(self, *args: str, cwd: Path) -> None:
-  self.proc = subprocess.Popen(
-   [sys.executable, "-m", "conductor", *args],
-   cwd=cwd,
-   stdout=subprocess.PIPE,
-   stderr=subprocess.STDOUT,
-   text=True,
-   env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"},
-  )
-  self.lines: list[str] = []
-  self._queue: queue.Queue[str | None] = queue.Queue()
-  self._reader = threading.Thread(target=self._read, daemon=True)
-  self._reader.start()
-  _CHILDREN.append(self)
-
- def _read(self) -> None:
-  stdout = self.proc.stdout
-  assert stdout is not None
-  with stdout:
-   for line in stdout:
-    self._queue.put(line.rstrip("\n"))
-  self._queue.put(None)
-
- def reap(self) -> None:
-  """Kill it if it still runs (a failed test), and wait for it and its reader."""
-  if self.proc.poll() is None:
-   self.kill_hard()
-  self._reader.join(WAIT)
-
- def wait_for(self, pattern: str, count: int = 1) -> str:
-  """Return the `count`-th line matching `pattern` (counting lines seen before too)."""
-  regex = re.compile(pattern)
-  seen = sum(1 for line in self.lines if regex.search(line))
-  while seen < count:
-   try:
-    line = self._queue.get(timeout=WAIT)
-   except queue.Empty:
-    raise AssertionError(f"no line like {pattern!r} within {WAIT} s: {self.lines[-10:]}") from None
-   if line is None:
-    raise AssertionError(f"exited before a line like {pattern!r}: {self.lines[-10:]}")
-   self.lines.append(line)
-   if regex.search(line):
-    seen += 1
-  return next(line for line in reversed(self.lines) if regex.search(line))
-
- def finish(self) -> int:
-  code = self.proc.wait(timeout=WAIT)
-  while (line := self._queue.get(timeout=WAIT)) is not None:
-   self.lines.append(line)
-  return code
-
- def kill_hard(self) -> None:
-  """kill -9 the runner at this moment, and the ticket processes it had started (as the
-  machine dying would): freeze it first so that it cannot start another one meanwhile."""
-  pid = self.proc.pid
-  os.kill(pid, signal.SIGSTOP)
-  for child in children(pid):
-   with contextlib.suppress(ProcessLookupError):
-    os.killpg(child, signal.SIGKILL)  # each shell ticket leads its own process group
-  os.kill(pid, signal.SIGKILL)
-  self.proc.wait(timeout=WAIT)
-
-
-_CHILDREN: list[Child] = []
-
-
 @pytest.fixture(autouse=True)
 def _reap_children() -> Iterator[None]:
  yield
- while _CHILDREN:
-  _CHILDREN.pop().reap()
-
-
-def children(pid: int) -> list[int]:
- found = []
- for entry in Path("/proc").iterdir():
-  if entry.name.isdigit():
-   try:
-    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-   except OSError:
-    continue
-   if int(fields[1]) == pid:
-    found.append(int(entry.name))
- return found
+ reap_children()
 
 
 def read_state(state: Path) -> dict[str, tuple[str, int]]:
