@@ -996,7 +996,7 @@ def test_pause_closes_the_gate_on_the_gui_thread_while_the_engine_loop_is_blocke
 
 
 def test_fit_text_cuts_after_a_whole_word_and_ends_with_an_ellipsis() -> None:
- from conductor.gui._dashboard import fit_text
+ from conductor.gui._widgets import fit_text
 
  def fit(text: str, width: int) -> str:
   return fit_text(text, width, len)  # one unit per character
@@ -1014,8 +1014,9 @@ def test_fit_text_cuts_after_a_whole_word_and_ends_with_an_ellipsis() -> None:
 
 def test_filter_matches_id_description_and_command_and_narrows_by_status(tmp_path: Path) -> None:
  # The filter is plain Python over the snapshot: no window needed.
- from conductor.gui._dashboard import STATUS_FILTERS, Dashboard
+ from conductor.gui._dashboard import Dashboard
  from conductor.gui._runs import PipelineRunner
+ from conductor.gui._table import STATUS_FILTERS
  from conductor.pipeline import pipeline_from_dict
 
  pipeline = pipeline_from_dict(

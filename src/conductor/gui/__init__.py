@@ -2,7 +2,8 @@
 
 Three threads, none waiting on another during a frame:
 
-- the main thread belongs to GLFW: it draws `Dashboard` (_dashboard.py) from the latest
+- the main thread belongs to GLFW: it draws `Dashboard` (_dashboard.py; its parts in
+  _banner.py, _table.py and _side.py, what they share in _widgets.py) from the latest
   immutable `Snapshot` and the live `mma_status`, and trips the gate itself for Pause and Resume
   (`ConductorEngine.pause()` is thread-safe and never waits) and posts the other buttons'
   commands to the engine's loop;
