@@ -2,8 +2,9 @@
 
 `ConductorEngine` tells its journal what changed (a ticket, with its state after the change,
 or the pause) and where its steps and workers begin and end; the journal delivers a
-`Transition` to each listener and decides when listeners that batch must flush. `StateStore.attach` is the listener
-that makes this durable (its flush is a commit). The contract is written here, once.
+`Transition` to each listener and decides when listeners that batch must flush.
+`StateStore.attach` is the listener that makes this durable (its flush is a commit). The
+contract is written here, once.
 """
 
 from __future__ import annotations
