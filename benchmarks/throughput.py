@@ -1,11 +1,14 @@
-"""No-op tickets per second through ConductorEngine, next to the floor and a hand loop.
+"""No-op tickets per second through ConductorEngine, next to the floor and hand loops.
 
-Three ways to run N no-op units of work with at most W at once, on asyncio and trio:
+Four ways to run N no-op units of work with at most W at once, on asyncio and trio:
 
 - raw:      the floor. An anyio task group and a Semaphore(W): take a slot, `start_soon` a
             no-op task that frees it. No DAG, no pause, no bookkeeping.
 - graphlib: a hand-written DAG loop: `graphlib.TopologicalSorter` + the same semaphore and
             task group, woken by completions.
+- hand:     the same DAG loop written for the backend alone, no anyio: on asyncio a
+            `TaskGroup` + `asyncio.Semaphore` + `graphlib` with `create_task` per ticket; on
+            trio a nursery + `trio.Semaphore` + `graphlib` with `start_soon` per ticket.
 - conductor: `ExecutionEngine` + `ConductorEngine` (pausable scheduler, snapshots, status
             bookkeeping). Validation of the DAG is included in its time.
 
@@ -21,6 +24,7 @@ normal run is what the collector costs at each size.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import graphlib
 import json
@@ -33,6 +37,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
+import trio
 
 from conductor.dag_engine import ExecutionEngine, Ticket
 from conductor.multi_agent_conductor import ConductorEngine
@@ -73,11 +78,16 @@ async def raw(tickets: list[Ticket], workers: int) -> None:
    tg.start_soon(noop)
 
 
-async def with_graphlib(tickets: list[Ticket], workers: int) -> None:
+def _sorter(tickets: list[Ticket]) -> graphlib.TopologicalSorter[str]:
  sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter()
  for t in tickets:
   sorter.add(t.id, *t.depends_on)
  sorter.prepare()
+ return sorter
+
+
+async def with_graphlib(tickets: list[Ticket], workers: int) -> None:
+ sorter = _sorter(tickets)
  slots = anyio.Semaphore(workers, fast_acquire=True)
  wake = anyio.Event()
 
@@ -99,6 +109,59 @@ async def with_graphlib(tickets: list[Ticket], workers: int) -> None:
     tg.start_soon(work, node)
 
 
+async def hand_asyncio(tickets: list[Ticket], workers: int) -> None:
+ sorter = _sorter(tickets)
+ slots = asyncio.Semaphore(workers)
+ wake = asyncio.Event()
+
+ async def work(node: str) -> None:
+  sorter.done(node)
+  slots.release()
+  wake.set()
+
+ async with asyncio.TaskGroup() as tg:
+  while sorter.is_active():
+   ready = sorter.get_ready()
+   if not ready:
+    await wake.wait()
+    wake.clear()  # a set() it hides is harmless: get_ready() sees every done()
+    continue
+   for node in ready:
+    await slots.acquire()
+    tg.create_task(work(node))
+
+
+async def hand_trio(tickets: list[Ticket], workers: int) -> None:
+ sorter = _sorter(tickets)
+ slots = trio.Semaphore(workers)
+ wake = trio.Event()
+
+ async def work(node: str) -> None:
+  sorter.done(node)
+  slots.release()
+  wake.set()
+
+ async with trio.open_nursery() as nursery:
+  while sorter.is_active():
+   ready = sorter.get_ready()
+   if not ready:
+    await wake.wait()
+    wake = trio.Event()
+    continue
+   for node in ready:
+    await slots.acquire()
+    nursery.start_soon(work, node)
+
+
+async def hand(tickets: list[Ticket], workers: int) -> None:
+ try:
+  asyncio.get_running_loop()
+ except RuntimeError:  # not asyncio: anyio runs us on trio
+  await hand_trio(tickets, workers)
+ else:
+  await hand_asyncio(tickets, workers)
+
+
 async def with_conductor(tickets: list[Ticket], workers: int) -> None:
  async def noop(ticket: Ticket) -> None:
   pass
@@ -110,6 +173,7 @@ async def with_conductor(tickets: list[Ticket], workers: int) -> None:
 VARIANTS: dict[str, Callable[[list[Ticket], int], Awaitable[None]]] = {
  "raw": raw,
  "graphlib": with_graphlib,
+ "hand": hand,
  "conductor": with_conductor,
 }
 
@@ -158,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
   f"throughput of no-op tickets, {args.workers} workers, best of {args.repeat}{gc_note} · "
   f"{machine}\n"
  )
- header = f"{'backend':8} {'shape':7} {'tickets':>8} {'raw/s':>10} {'graphlib/s':>11} {'conductor/s':>12} {'vs raw':>7} {'growth':>7}"
+ header = f"{'backend':8} {'shape':7} {'tickets':>8} {'raw/s':>10} {'graphlib/s':>11} {'hand/s':>9} {'conductor/s':>12} {'vs raw':>7} {'vs hand':>8} {'growth':>7}"
  print(header)
  print("-" * len(header))
  results = []
@@ -175,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     rates = {v: n / t for v, t in times.items()}
     ratio = rates["conductor"] / rates["raw"]
+    to_hand = rates["conductor"] / rates["hand"]
     growth = times["conductor"] / previous if previous else None
     previous = times["conductor"]
     ok &= ratio >= 0.5 and (growth is None or growth <= 11)
@@ -186,12 +251,13 @@ def main(argv: list[str] | None = None) -> int:
       "seconds": times,
       "per_second": rates,
       "ratio_to_raw": ratio,
+      "ratio_to_hand": to_hand,
       "growth_10x": growth,
      }
     )
     print(
      f"{backend:8} {shape:7} {n:>8} {rates['raw']:>10,.0f} {rates['graphlib']:>11,.0f} "
-     f"{rates['conductor']:>12,.0f} {ratio:>6.0%} {'' if growth is None else f'{growth:.1f}x':>7}",
+     f"{rates['hand']:>9,.0f} {rates['conductor']:>12,.0f} {ratio:>6.0%} {to_hand:>7.0%} {'' if growth is None else f'{growth:.1f}x':>7}",
      flush=True,
     )
  print(

@@ -1,9 +1,11 @@
-"""`Scheduler`: a bounded, pausable spawner over an anyio task group."""
+"""`Scheduler`: a bounded, pausable spawner over a pool of long-lived worker tasks."""
 
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVarTuple, Unpack
@@ -15,6 +17,9 @@ from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 from ._gate import Gate
 
 PosArgs = TypeVarTuple("PosArgs")
+
+HANDOFF_CHECKPOINT = 16
+"""A pool task that runs this many handed-off workers in a row yields to the loop once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,14 +50,23 @@ class Scheduler:
    scheduler has exited they are harmless no-ops.
  - `paused`, `running`, `running_at_pause` and `spawned` may be read from any thread.
 
+ Workers run in a pool of at most `max_workers` long-lived tasks of the group (`_serve`),
+ started as needed: an admitted worker is handed to an idle task of the pool (one wake-up;
+ a spawn that finds the gate closed parks such a task at the gate), or, with
+ `try_spawn(handoff=True)`, runs next in the task of the worker finishing (no wake-up at
+ all), instead of starting a task of its own, which costs several times more. So workers
+ share their task's context variables and task name, one after another. A worker that is
+ cancelled, or whose group is, still gets to run if it was admitted: it sees the
+ cancellation at its first checkpoint, as a task started just before the cancel would.
+
  A worker that raises propagates through the task group and cancels its siblings, as in
  any anyio task group: catch inside the worker what should not stop the others. Once the
  group is cancelled (`cancel()`, or a worker raised), nothing is admitted any more, ever:
  `try_spawn` refuses and `spawn` raises, so a worker that starts more work while it is being
  cancelled cannot restart its siblings in a loop.
 
- About 310 lines, most of them the contracts above and below: admission, parking and
- draining share one lock and one slot semaphore, so they stay one class.
+ About 580 lines, most of them the contracts above and below: admission, parking, the
+ pool and draining share one lock and one slot semaphore, so they stay one class.
  """
 
  def __init__(self, max_workers: int = 4, *, paused: bool = False) -> None:
@@ -73,6 +87,12 @@ class Scheduler:
   self._drained: Event | None = None  # set when `_running` empties; made on demand
   self._parked = 0  # spawns waiting at the gate
   self._entered = False
+  # The pool (see `_hand` and `_serve`). Every job holds a slot, so there are never more
+  # jobs than tasks to run them.
+  self._tasks = 0  # pool tasks started and not ended
+  self._idle: list[_Idle] = []  # pool tasks waiting for a job, the latest last
+  self._queue: deque[_Job] = deque()  # jobs handed over while no task was idle
+  self._closing = False  # the `async with` body is done: idle tasks end once all are idle
 
  # -- the life cycle -------------------------------------------------------------------
 
@@ -94,11 +114,22 @@ class Scheduler:
  ) -> bool | None:
   tg = self._tg
   assert tg is not None
+  self._closing = True
+  self._dismiss_if_idle()
   try:
    # Workers still finishing may spawn more (while not paused) until the group is done.
    return await tg.__aexit__(exc_type, exc, tb)
   finally:
    self._tg = None
+   # Jobs nobody could run (see _leave; not expected): admitted, never run. Their slots
+   # and `running` entries go.
+   while self._queue:
+    job = self._queue.popleft()
+    if job.key is not None:
+     self._release(job.key)
+    else:
+     assert self._slots is not None
+     self._slots.release()
 
  def cancel(self) -> None:
   """Cancel every running worker and parked spawn. Call from the scheduler's loop."""
@@ -151,6 +182,23 @@ class Scheduler:
   """Names of the workers that were in flight when the current (or last) pause began."""
   return self._running_at_pause
 
+ @property
+ def full(self) -> bool:
+  """Every slot is taken (by workers admitted or spawns parked). On the scheduler's loop."""
+  slots = self._slots
+  return slots is not None and slots.value == 0
+
+ @property
+ def handed_off(self) -> bool:
+  """The calling worker has handed its slot to a successor in this step (see `try_spawn`).
+
+  On the scheduler's loop, from a worker; False anywhere else.
+  """
+  serving = _serving.get(None)
+  return (
+   serving is not None and serving.busy and serving.scheduler is self and serving.next is not None
+  )
+
  def statistics(self) -> SchedulerStatistics:
   with self._lock:
    return SchedulerStatistics(
@@ -166,14 +214,14 @@ class Scheduler:
   name: str | None = None,
   on_admit: Callable[[], object] | None = None,
  ) -> None:
-  """Wait for a free slot and an open gate, then start `fn(*args)` in the task group.
+  """Wait for a free slot and an open gate, then start `fn(*args)` in the pool.
 
   Returns as soon as the worker is admitted (not when it finishes). Cancelling a parked
   spawn starts nothing and gives its slot back.
 
   `on_admit()`, if given, runs in the step that admits the worker, before `fn` runs: the
-  caller's own step when the worker is admitted at once, or the worker's own task's step
-  when a `resume()` admits it (see `_park_then_run`). So a caller can mark its work started
+  caller's own step when the worker is admitted at once, or the pool task's own step
+  when a `resume()` admits it (see `_admit_parked`). So a caller can mark its work started
   exactly once, whoever admitted it. It must not await and should not raise: if it does,
   the admission is undone (`fn` never runs, the slot is freed) and `spawn` raises it.
   """
@@ -188,11 +236,11 @@ class Scheduler:
   if key is not None:
    self._launch(tg, fn, args, key, name, on_admit=on_admit)
    return
-  # Closed. Start the worker's own task now, parked at the gate: resume() then wakes the
-  # worker itself, which admits itself and runs `fn` in the same step. (Parking this spawner
-  # instead would cost a second task start after every resume: 1.6x the wake-up floor.)
+  # Closed. Hand the job to a task of the pool now, which waits at the gate: resume() then
+  # wakes that task, which admits the worker and runs `fn` in the same step. (Parking this
+  # spawner instead would cost a second wake-up after every resume: 1.6x the floor.)
   parked = _ParkedSpawn()
-  tg.start_soon(self._park_then_run, fn, args, name, on_admit, parked, name=name)
+  self._hand(tg, _Job(fn, args, name, None, on_admit=on_admit, parked=parked))
   try:
    await parked.admitted.wait()
   except BaseException:
@@ -202,14 +250,11 @@ class Scheduler:
   if parked.error is not None:
    raise parked.error
 
- async def _park_then_run(
-  self,
-  fn: Callable[..., Awaitable[Any]],
-  args: tuple[Any, ...],
-  name: str,
-  on_admit: Callable[[], object] | None,
-  parked: _ParkedSpawn,
- ) -> None:
+ async def _admit_parked(self, job: _Job, serving: _Serving | None) -> None:
+  # A pool task holding a spawn that found the gate closed (see spawn): wait at the gate,
+  # admit the worker, run it. The spawner raises what on_admit raised.
+  parked = job.parked
+  assert parked is not None
   key: int | None = None
   try:
    with parked.scope:
@@ -221,7 +266,7 @@ class Scheduler:
       # whose group was cancelled meanwhile (an open gate does not checkpoint).
       if parked.scope.cancel_called or self.cancelled:
        break
-      key = self._admit(name)
+      key = self._admit(job.name)
     finally:
      self._parked -= 1
   finally:
@@ -230,16 +275,16 @@ class Scheduler:
     self._slots.release()
   if key is None:
    return
-  if on_admit is not None:
+  if job.on_admit is not None:
    try:
-    on_admit()
+    job.on_admit()
    except BaseException as exc:  # handed to the spawner, which raises it (see spawn)
     self._release(key)
     parked.error = exc
     parked.admitted.set()
     return
   parked.admitted.set()
-  await self._run(fn, args, key)
+  await self._run(job.fn, job.args, key, serving)
 
  def try_spawn(
   self,
@@ -247,6 +292,7 @@ class Scheduler:
   *args: *PosArgs,
   name: str | None = None,
   on_admit: Callable[[], object] | None = None,
+  handoff: bool = False,
  ) -> bool:
   """Start `fn(*args)` now if a slot is free and the gate is open; never waits.
 
@@ -254,23 +300,40 @@ class Scheduler:
   here, before this returns True), minus the waiting: a driver that learns of new work
   inside a finishing worker can start it without a task switch. Call from the scheduler's
   loop.
+
+  `handoff=True` is a promise from a worker of this scheduler that it returns right after
+  this call, with no await in between. Then the new worker takes over the caller's slot
+  (so it needs no free one) and runs next in the caller's own task, with no wake-up at all.
+  Only the first such call of a worker's step hands off; later ones, and calls from
+  anywhere else, are plain `try_spawn`s. For that one step the caller and its successor
+  are both admitted (`running` may name `max_workers + 1`), but they run one after the
+  other. A worker that awaits after all delays its successor until it returns.
   """
-  slots = self._slots
-  if slots is not None and (slots.value == 0 or self.paused):  # cheap refusals first:
-   return False  # raising WouldBlock is not (and this is the common refusal)
-  tg, slots = self._live("try_spawn")
+  tg, slots = self._tg, self._slots
+  if tg is None or slots is None:
+   tg, slots = self._live("try_spawn")
+  if not self._gate.is_open:  # cheap refusals first: raising WouldBlock is not
+   return False
+  serving = _serving.get(None) if handoff else None
+  if serving is not None and not (serving.busy and serving.scheduler is self and not serving.next):
+   serving = None
+  if serving is None and slots.value == 0:  # the common refusal
+   return False
   if tg.cancel_scope.cancel_called:  # the invariant: never start into a cancelled group
    return False
-  try:
-   slots.acquire_nowait()
-  except WouldBlock:
-   return False
-  name = _name_of(fn, name)
+  if serving is None:
+   try:
+    slots.acquire_nowait()
+   except WouldBlock:
+    return False
+  if name is None:
+   name = _name_of(fn, name)
   key = self._admit(name)
   if key is None:
-   slots.release()
+   if serving is None:
+    slots.release()
    return False
-  self._launch(tg, fn, args, key, name, on_admit=on_admit)
+  self._launch(tg, fn, args, key, name, on_admit=on_admit, successor_of=serving)
   return True
 
  def _live(self, method: str) -> tuple[TaskGroup, Semaphore]:
@@ -304,29 +367,143 @@ class Scheduler:
   name: str,
   *,
   on_admit: Callable[[], object] | None,
+  successor_of: _Serving | None = None,
  ) -> None:
   # Start an admitted worker from the admitting step; `on_admit` first (see spawn).
+  # `successor_of`: the pool task whose worker hands off to this one (see try_spawn).
   if on_admit is not None:
    try:
     on_admit()
    except BaseException:
-    self._release(key)
+    self._release(key, slot=successor_of is None)
     raise
-  tg.start_soon(self._run, fn, args, key, name=name)
+  job = _Job(fn, args, name, key)
+  if successor_of is not None:
+   successor_of.next = job  # runs in that task once its worker returns, on its slot
+  else:
+   self._hand(tg, job)
 
- async def _run(self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], key: int) -> None:
+ # -- the pool: the scheduler's own loop ------------------------------------------------
+
+ def _hand(self, tg: TaskGroup, job: _Job) -> None:
+  # Give a job to the latest idle task (one wake-up), else to a new task while the pool is
+  # not full, else to the queue, which a busy task empties before it idles: every job
+  # holds a slot, so a full pool with no idle task has a task that will take it.
+  if self._idle:
+   idle = self._idle.pop()
+   idle.job = job
+   idle.event.set()
+  elif self._tasks < self._max_workers:
+   self._tasks += 1
+   tg.start_soon(self._serve, job, name=f"{type(self).__name__} worker {self._tasks}")
+  else:
+   self._queue.append(job)
+
+ async def _serve(self, job: _Job | None) -> None:
+  # One task of the pool: run jobs until dismissed (the scheduler closing with every task
+  # idle) or cancelled.
+  serving = _Serving(self)
+  _serving.set(serving)  # this task's own context: what try_spawn(handoff=True) finds
+  in_a_row = 0  # handed-off jobs run since the loop last turned
+  try:
+   while job is not None:
+    serving.busy = True
+    try:
+     if job.key is None:
+      await self._admit_parked(job, serving)
+     else:  # `_run`, inlined: one coroutine less to pass through on every resumption
+      try:
+       await job.fn(*job.args)
+      finally:
+       # A successor it handed off to (try_spawn) has taken over its slot.
+       self._release(job.key, slot=serving.next is None)
+    finally:
+     serving.busy = False
+    job, serving.next = serving.next, None
+    if job is not None:
+     in_a_row += 1
+     if in_a_row < HANDOFF_CHECKPOINT:
+      continue
+     # Workers that never await would hold the loop for a whole chain: let it turn. The
+     # job waits in the queue meanwhile (any task may take it).
+     self._queue.append(job)
+     await checkpoint()
+    in_a_row = 0
+    if self._queue:
+     job = self._queue.popleft()
+     continue
+    idle = serving.idle = _Idle()
+    self._idle.append(idle)
+    self._dismiss_if_idle()
+    await idle.event.wait()
+    job, serving.idle = idle.job, None
+  except BaseException:
+   self._leave(serving)
+   raise
+  finally:
+   self._tasks -= 1
+
+ async def _do(self, job: _Job) -> None:
+  # A job outside the pool (see _leave).
+  if job.key is None:
+   await self._admit_parked(job, None)
+  else:
+   await self._run(job.fn, job.args, job.key)
+
+ def _leave(self, serving: _Serving) -> None:
+  # A pool task ends by an exception (cancelled, or a worker raised): the jobs it holds,
+  # and the queue's if it was the last task, each get a task of their own, as if started
+  # before the cancel: a worker so sees the cancellation at its first checkpoint (and its
+  # caller can record it interrupted) instead of silently never running.
+  tg = self._tg
+  held = [serving.next] if serving.next is not None else []
+  serving.next = None
+  idle = serving.idle
+  if idle is not None:
+   if not idle.event.is_set():  # still listed as idle (whoever sets it unlists it)
+    self._idle.remove(idle)
+   elif idle.job is not None:
+    held.append(idle.job)
+  if self._tasks == 1:
+   held.extend(self._queue)
+   self._queue.clear()
+  if tg is None:  # cannot happen while a task of the group runs; belt and braces
+   self._queue.extend(held)
+   return
+  for job in held:
+   tg.start_soon(self._do, job, name=job.name)
+
+ def _dismiss_if_idle(self) -> None:
+  # Once the scheduler is closing and no task is busy, nothing can hand out a job any more
+  # (only workers may spawn then): end the pool, so that the task group can finish.
+  if self._closing and len(self._idle) == self._tasks:
+   idle, self._idle = self._idle, []
+   for task in idle:
+    task.event.set()  # with no job: it ends
+
+ async def _run(
+  self,
+  fn: Callable[..., Awaitable[Any]],
+  args: tuple[Any, ...],
+  key: int,
+  serving: _Serving | None = None,
+ ) -> None:
+  # `serving`: the pool task this runs in, if any.
   try:
    await fn(*args)
   finally:
-   self._release(key)
+   # A successor it handed off to (try_spawn) has taken over its slot.
+   self._release(key, slot=serving is None or serving.next is None)
 
- def _release(self, key: int) -> None:
-  # An admitted worker is done (or never ran): free its slot, and wake wait_drained().
+ def _release(self, key: int, *, slot: bool = True) -> None:
+  # An admitted worker is done (or never ran): free its slot (unless it was handed over),
+  # and wake wait_drained().
   with self._lock:
    del self._running[key]
    idle = not self._running
-  assert self._slots is not None
-  self._slots.release()
+  if slot:
+   assert self._slots is not None
+   self._slots.release()
   if idle and self._drained is not None:
    self._drained.set()
    self._drained = None
@@ -344,8 +521,55 @@ class Scheduler:
   await checkpoint()
 
 
+class _Job:
+ """A worker handed to the pool: admitted (`key`), or still to wait at the gate (`parked`)."""
+
+ __slots__ = ("args", "fn", "key", "name", "on_admit", "parked")
+
+ def __init__(
+  self,
+  fn: Callable[..., Awaitable[Any]],
+  args: tuple[Any, ...],
+  name: str,
+  key: int | None,
+  *,
+  on_admit: Callable[[], object] | None = None,
+  parked: _ParkedSpawn | None = None,
+ ) -> None:
+  self.fn, self.args, self.name, self.key = fn, args, name, key
+  self.on_admit, self.parked = on_admit, parked  # only while not admitted yet
+
+
+class _Serving:
+ """What a pool task holds, in its own context: the successor a worker handed it, or the
+ place it idles at."""
+
+ __slots__ = ("busy", "idle", "next", "scheduler")
+
+ def __init__(self, scheduler: Scheduler) -> None:
+  self.scheduler = scheduler
+  # A handoff is taken only while a worker runs here (the context may outlive that, in
+  # tasks a worker started elsewhere), and only one (the task runs it next).
+  self.busy = False
+  self.next: _Job | None = None  # admitted; runs in this task right after the current job
+  self.idle: _Idle | None = None  # while the task idles
+
+
+_serving: ContextVar[_Serving] = ContextVar("_serving")
+
+
+class _Idle:
+ """An idle task of the pool: set `job` (None ends the task), then `event`."""
+
+ __slots__ = ("event", "job")
+
+ def __init__(self) -> None:
+  self.event = Event()
+  self.job: _Job | None = None
+
+
 class _ParkedSpawn:
- """A spawn whose worker's own task waits at the gate (see `Scheduler.spawn`)."""
+ """A spawn whose pool task waits at the gate for it (see `Scheduler.spawn`)."""
 
  __slots__ = ("admitted", "error", "scope")
 

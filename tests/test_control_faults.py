@@ -9,6 +9,7 @@ ticket start twice. Every wait is on a line, a process exit or a socket answer, 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import resource
@@ -26,6 +27,7 @@ from typing import Any
 import anyio
 import pytest
 from procs import Child, conductor, one_line_error, reap_children
+from rich.console import Console, RenderableType
 
 from conductor import control, locks
 from conductor._files import trusted_owners
@@ -34,20 +36,24 @@ from conductor.dag_engine import ExecutionEngine, Ticket
 from conductor.locks import FileLock, handover_lock_path, owner_lock_path
 from conductor.multi_agent_conductor import ConductorEngine
 from conductor.pipeline import load_pipeline
+from conductor.report import live_report
 from conductor.server import _Answers
 from conductor.session import open_run
 from conductor.store import StateError
+from conductor.views import render_status
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "SO_PEERCRED"), reason="needs Linux")
 
 BACKENDS = ["asyncio", "trio"]
 WAIT = 60.0  # seconds any single wait may take before the test fails
 
-# A ticket that logs its start, says so on the FIFO `started`, then blocks until the test
-# closes the FIFO `hold`.
+# A ticket that logs its start, opens the FIFO `hold`, says so on the FIFO `started`, then
+# blocks until the test closes `hold`. It opens `hold` before it says so: opened after the
+# test had closed it (a slow shell on a loaded machine), the open would wait for a writer
+# forever.
 HELD = (
- "echo $CONDUCTOR_TICKET $CONDUCTOR_ATTEMPT >> runs.log; echo $CONDUCTOR_TICKET > started; "
- "cat hold > /dev/null"
+ "echo $CONDUCTOR_TICKET $CONDUCTOR_ATTEMPT >> runs.log; exec 3< hold; "
+ "echo $CONDUCTOR_TICKET > started; cat <&3 > /dev/null"
 )
 
 
@@ -715,3 +721,97 @@ def test_lockers_racing_the_removal_of_the_lock_file_still_take_turns(tmp_path: 
  assert not any(thread.is_alive() for thread in threads)
  assert taken == 4 * 300 and not overlaps, overlaps[:3]
  assert not path.exists()
+
+
+# -- status at scale: a summary for plain `conductor status`, the report kept per ticket -------
+
+
+@pytest.mark.anyio
+async def test_a_status_summary_shows_what_the_full_report_shows_and_the_report_is_exact(
+ tmp_path: Path,
+) -> None:
+ # 40 tickets: t05 fails and blocks t06, t10 holds (running) and t20..t39 wait for it, the
+ # rest complete. The full report is assembled from per-ticket text the run keeps up to date;
+ # it must equal `live_report` of a snapshot with rows, and the summary (plain `status`)
+ # must render exactly as the full report does while listing only the notable tickets.
+ lines = ['[pipeline]\nname = "p"\nmax_workers = 4\n']
+ for i in range(40):
+  after = ' depends_on = ["t05"]' if i == 6 else ' depends_on = ["t10"]' if i >= 20 else ""
+  lines.append(f'[[tickets]]\nid = "t{i:02d}"\nsleep = 0\n{after.strip()}\n')
+ (tmp_path / "p.toml").write_text("".join(lines))
+ pipeline = load_pipeline(tmp_path / "p.toml")
+ durable = open_run(tmp_path / "p.state.db", pipeline)
+ go, settled = anyio.Event(), anyio.Event()
+ finished = 0
+
+ async def worker(ticket: Ticket) -> None:
+  nonlocal finished
+  try:
+   if ticket.id == "t10":
+    await go.wait()
+   elif ticket.id == "t05":
+    raise RuntimeError("t05 broke")
+  finally:
+   finished += 1
+   if finished == 18:  # 17 completed and t05 (t10 still running)
+    settled.set()
+
+ engine = ConductorEngine(ExecutionEngine(pipeline.tickets), worker, name="p", max_workers=4)
+ durable.store.attach(engine)
+ got: dict[str, Any] = {}
+
+ async def body() -> None:
+  async with anyio.create_task_group() as tg:
+   tg.start_soon(engine.run)
+   with anyio.fail_after(WAIT):
+    await settled.wait()
+    # Twice: the second report re-encodes only what changed (nothing here).
+    for _ in range(2):
+     got["full"] = await anyio.to_thread.run_sync(request, durable.state, "status")
+    got["summary"] = await anyio.to_thread.run_sync(
+     functools.partial(request, durable.state, "status", summary=True)
+    )
+    got["history"] = await anyio.to_thread.run_sync(
+     functools.partial(request, durable.state, "status", history=True)
+    )
+    got["expected"] = live_report(engine.snapshot(), durable.state, os.getpid())
+   go.set()
+
+ try:
+  await durable.drive(engine, body)
+ finally:
+  durable.close()
+ full, summary, expected = got["full"]["report"], got["summary"]["report"], got["expected"]
+ assert full["counts"] == {
+  "todo": 20,
+  "in_progress": 1,
+  "completed": 17,
+  "failed": 1,
+  "blocked": 1,
+  "total": 40,
+ }
+ for item, want in zip(full["tickets"], expected["tickets"], strict=True):
+  # The run converts monotonic times to wall times once; live_report at each call.
+  assert (item["updated_at"] is None) == (want["updated_at"] is None), item
+  if want["updated_at"] is not None:
+   assert abs(item["updated_at"] - want["updated_at"]) < 1.0
+   item["updated_at"] = want["updated_at"]
+ assert full == expected
+ with_history = got["history"]["report"]
+ assert any(e["ticket"] == "t05" and e["status"] == "failed" for e in with_history["history"])
+ assert [(t["id"], t["status"]) for t in with_history["tickets"]] == [
+  (t["id"], t["status"]) for t in full["tickets"]
+ ]
+ assert [t["id"] for t in summary["tickets"]] == ["t05", "t06", "t10"]
+ assert summary["summary"] == {"notable": 3, "pending": 20, "awaiting_approval": 0}
+ assert len(summary["pending"]) < len(full["pending"]) == 20
+ shown = render_status(got["full"])
+ assert text_of(render_status(got["summary"])) == text_of(shown)
+ assert "pending (20): t20, t21" in text_of(shown) and "(+8)" in text_of(shown)
+
+
+def text_of(renderable: RenderableType) -> str:
+ console = Console(width=200, color_system=None)
+ with console.capture() as captured:
+  console.print(renderable)
+ return captured.get()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
@@ -18,6 +19,7 @@ from conductor.dag_engine import (
  Status,
  Ticket,
  UnknownDependencyError,
+ gc_paused,
 )
 
 
@@ -779,3 +781,33 @@ def test_every_ticket_runs_exactly_once_after_its_dependencies_when_nothing_fail
  assert sorted(started) == list(range(len(deps)))
  assert engine.is_done
  assert engine.is_settled
+
+
+def test_building_holds_off_the_garbage_collector_and_leaves_it_as_it_was() -> None:
+ seen: list[bool] = []
+
+ class Watched(Ticket):
+  __slots__ = ()
+
+  @property
+  def depends_on(self) -> tuple[str, ...]:  # type: ignore[override]
+   seen.append(gc.isenabled())
+   return ()
+
+  @depends_on.setter
+  def depends_on(self, value: tuple[str, ...]) -> None:
+   pass
+
+ assert gc.isenabled()
+ ExecutionEngine([Watched("a")])
+ assert seen and not any(seen) and gc.isenabled()
+ with pytest.raises(DuplicateTicketError):
+  ExecutionEngine([Ticket("a"), Ticket("a")])
+ assert gc.isenabled()
+ gc.disable()
+ try:
+  with gc_paused(), gc_paused():  # nested, and off before: it stays off
+   pass
+  assert not gc.isenabled()
+ finally:
+  gc.enable()

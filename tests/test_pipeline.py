@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import gc
+import hashlib
+import json
 import sys
 import textwrap
+import tomllib
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from conductor.dag_engine import Status, Ticket
+import conductor.pipeline as pipeline_module
+from conductor.dag_engine import Status, Ticket, gc_paused
 from conductor.pipeline import (
  Pipeline,
  PipelineFileError,
@@ -215,6 +221,128 @@ def test_a_toml_syntax_error_gives_its_line_and_column(tmp_path: Path) -> None:
  assert str(error).startswith(f"{tmp_path / 'pipe.toml'}:3:")
  assert "TOML syntax error" in str(error) and "fix the syntax" in str(error)
  assert "(at line" not in str(error)
+
+
+TOML_MISTAKES = [
+ '[[tickets]]\nid = "a"\nrun = "true\n',  # an unclosed string
+ '[[tickets]]\nid = "a"\nid = "b"\nsleep = 0\n',  # a key twice
+ '[[tickets]]\nid = "a"\ndepends_on = ["b",\nsleep = 0\n',  # an unclosed array
+ "[[tickets]]\nid = \n",  # no value
+ "[pipeline]\n[pipeline]\n",  # a table twice
+]
+
+
+@pytest.mark.parametrize("text", TOML_MISTAKES)
+def test_a_toml_syntax_error_reads_the_same_with_and_without_the_fast_parser(
+ tmp_path: Path, text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+ # tomllib words every syntax error, whichever parser read the file first.
+ fast = error_for(tmp_path, text)
+ monkeypatch.setattr(pipeline_module, "_rtoml", None)
+ slow = error_for(tmp_path, text)
+ assert (str(fast), fast.line) == (str(slow), slow.line)
+ with pytest.raises(tomllib.TOMLDecodeError):
+  tomllib.loads(text)
+
+
+def test_a_value_only_tomllib_reads_still_loads(tmp_path: Path) -> None:
+ # rtoml refuses a float that overflows to infinity; tomllib reads it, and then the
+ # pipeline check words the mistake, as it always did.
+ error = error_for(tmp_path, '[[tickets]]\nid = "a"\nsleep = 1e400\n')
+ assert str(error).endswith("ticket 'a': 'sleep' must be a number of seconds >= 0, found float inf")
+
+
+def test_loading_holds_off_the_garbage_collector_and_turns_it_back_on(tmp_path: Path) -> None:
+ seen: list[bool] = []
+ real = pipeline_module._parse_toml
+
+ def parse(text: str, given: Path) -> dict[str, object]:
+  seen.append(gc.isenabled())
+  return real(text, given)
+
+ with pytest.MonkeyPatch.context() as patch:
+  patch.setattr(pipeline_module, "_parse_toml", parse)
+  assert gc.isenabled()
+  load_pipeline(write(tmp_path, '[[tickets]]\nid = "a"\nsleep = 0\n'))
+ assert seen == [False] and gc.isenabled()
+ with pytest.raises(PipelineFileError), gc_paused():  # on again after an error, too
+  load_pipeline(write(tmp_path, "[[tickets]]\nid = \n"))
+ assert gc.isenabled()
+
+
+def _many(n: int, *, at: int = -1, extra: str = "") -> str:
+ # n sleep tickets, each depending on the one before; `extra` goes into ticket `at`.
+ parts = ['[pipeline]\nname = "many"  # a comment\n']
+ for i in range(n):
+  deps = f'["t{i - 1}"]' if i else "[]"
+  parts.append(
+   f'[[tickets]]  # no. {i}\nid = "t{i}"\ndepends_on = {deps}\nsleep = 0\n'
+   + (extra + "\n" if i == at else "")
+  )
+ return "\n".join(parts)
+
+
+def _outcome(path: Path) -> object:
+ try:
+  pipeline = load_pipeline(path)
+ except PipelineFileError as exc:
+  return (str(exc), exc.line, exc.ticket)
+ return (pipeline.name, [(t.id, t.depends_on, t.work, t.retries) for t in pipeline.tickets])
+
+
+@pytest.mark.parametrize(
+ "text",
+ [
+  _many(25),
+  _many(25, at=3, extra="retries = -1"),  # a mistake in the first slice ...
+  _many(25, at=20, extra="retries = -1"),  # ... in a later one
+  _many(25, at=3, extra="retries = -1") + "\n[oops\n",  # ... and a syntax error after it
+  _many(25, at=21, extra="x = 1\nx = 2"),  # a syntax error in a later slice
+  _many(25, at=21, extra="sleep2 = 1e400"),  # a value only tomllib reads
+  _many(25) + "\n[pipeline]\nmax_workers = 3\n",  # a table after the tickets
+  _many(25) + "\n[pipeline.more]\nx = 1\n",
+  _many(25, at=0, extra='description = """\n[[tickets]]\nid = "fake"\n"""'),
+  'tickets = [{id = "x", sleep = 0}]\n' + _many(25),
+  "[[tickets]]\n" * 25,
+  _many(25, at=9, extra="retries = -1").replace("\n", "\r\n"),
+ ],
+)
+def test_a_big_file_read_in_slices_loads_as_it_does_whole(
+ tmp_path: Path, text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+ path = write(tmp_path, text)
+ monkeypatch.setattr(pipeline_module, "_rtoml", None)
+ whole = _outcome(path)
+ monkeypatch.undo()
+ monkeypatch.setattr(pipeline_module, "_WHOLE_FAST", 0)  # every file is big
+ monkeypatch.setattr(pipeline_module, "_SLICE", 4)  # tickets a slice
+ sliced = _outcome(path)
+ assert sliced == whole
+
+
+def test_a_big_file_is_parsed_a_slice_at_a_time(
+ tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+ # The tables of one slice are turned into tickets before the next slice is parsed.
+ assert pipeline_module._rtoml is not None
+ monkeypatch.setattr(pipeline_module, "_WHOLE_FAST", 0)
+ monkeypatch.setattr(pipeline_module, "_SLICE", 4)
+ parsed: list[int] = []
+ built: list[int] = []
+ real_loads, real_ticket = pipeline_module._rtoml.loads, pipeline_module._ticket
+
+ def loads(text: str) -> dict[str, Any]:
+  parsed.append(len(built))
+  return real_loads(text)
+
+ def ticket(check: Any, index: int, *args: Any) -> Ticket:
+  built.append(index)
+  return real_ticket(check, index, *args)
+
+ monkeypatch.setattr(pipeline_module._rtoml, "loads", loads)
+ monkeypatch.setattr(pipeline_module, "_ticket", ticket)
+ assert len(load_pipeline(write(tmp_path, _many(10))).tickets) == 10
+ assert parsed == [0, 0, 4, 8]  # the head, then a slice each 4 tickets
 
 
 def test_a_file_without_tickets_says_how_to_add_one(tmp_path: Path) -> None:
@@ -484,3 +612,35 @@ def test_sleep_and_fail_both_count_in_the_fingerprint() -> None:
  assert fingerprint(Ticket("a", work=SleepWork(1))) != fingerprint(
   Ticket("a", work=SleepWork(1, fail=True))
  )
+
+
+@pytest.mark.parametrize(
+ "ticket",
+ [
+  Ticket("build", ("configure",), work=SleepWork(1, fail=True), retries=2),
+  Ticket("a", work=SleepWork(0)),
+  Ticket("a", work=SleepWork(0.1 + 0.2)),
+  Ticket("a", work=SleepWork(1e300)),
+  Ticket(
+   'é"\\ \u2028 \U0001f600', ("ü", 'x"y', "\\"), work=ShellWork("echo 'ä' \"$x\"", Path("."))
+  ),
+  Ticket("a", ("b", "b"), work=CallWork("steps:run", Path("."))),
+  Ticket("a", work=ShellWork("make", Path("."), {"Z": "1", "A": "é"})),
+  Ticket("a", work=SleepWork(float("inf"))),
+  Ticket("a", work=SleepWork(True)),  # type: ignore[arg-type]
+  Ticket("a", work=None, retries=10**30),
+  Ticket("a", work=CallWork("m:f"), retries=True),
+ ],
+)
+def test_the_fast_fingerprint_is_the_canonical_json_one(ticket: Ticket) -> None:
+ # pipeline._canonical_fast writes the common work kinds directly; the digest must be the
+ # one of the canonical JSON (sorted keys, no spaces, unescaped UTF-8), which saved states hold.
+ definition = {
+  "v": 1,
+  "id": ticket.id,
+  "depends_on": list(ticket.depends_on),
+  "work": pipeline_module._work_definition(ticket.work),
+  "retries": ticket.retries,
+ }
+ blob = json.dumps(definition, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+ assert fingerprint(ticket) == hashlib.sha256(blob.encode("utf-8")).hexdigest()

@@ -7,6 +7,7 @@ import sys
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
+from functools import partial
 
 import anyio
 import pytest
@@ -356,6 +357,101 @@ async def test_an_on_admit_that_raises_starts_nothing_frees_the_slot_and_reaches
    assert s.running == ()
    await s.spawn(worker, "next")  # would hang if the slot had leaked
  assert ran == ["next"]
+
+
+async def test_workers_run_in_a_pool_of_at_most_max_workers_tasks() -> None:
+ tasks: set[int] = set()
+
+ async def worker() -> None:
+  tasks.add(anyio.get_current_task().id)
+  await anyio.lowlevel.checkpoint()
+
+ with fail_after(5):
+  async with Scheduler(max_workers=2) as s:
+   for _ in range(50):
+    await s.spawn(worker)
+   await s.wait_drained()
+   for _ in range(50):
+    while not s.try_spawn(worker):
+     await s.wait_drained()
+ assert 1 <= len(tasks) <= 2  # no task of its own per worker: the pool's
+ assert s.spawned == 100
+
+
+async def test_a_handoff_runs_next_in_the_finishing_workers_task_before_anything_else() -> None:
+ events: list[tuple[str, int]] = []
+
+ async def second() -> None:
+  events.append(("second", anyio.get_current_task().id))
+
+ async def other() -> None:
+  events.append(("other", anyio.get_current_task().id))
+
+ async def first(s: Scheduler) -> None:
+  events.append(("first", anyio.get_current_task().id))
+  on_admit = partial(events.append, ("admitted", 0))
+  assert s.try_spawn(second, name="second", on_admit=on_admit, handoff=True)
+  assert s.try_spawn(other, name="other")  # to another task of the pool
+  assert s.running == ("first", "second", "other")  # admitted at once
+
+ with fail_after(5):
+  async with Scheduler(max_workers=4) as s:
+   await s.spawn(first, s, name="first")
+   await s.wait_drained()
+ assert [what for what, _ in events] == ["first", "admitted", "second", "other"]
+ assert events[0][1] == events[2][1]
+
+
+async def test_a_handoff_from_outside_the_pool_starts_the_worker_as_usual() -> None:
+ ran = anyio.Event()
+
+ async def worker() -> None:
+  ran.set()
+
+ with fail_after(5):
+  async with Scheduler(max_workers=1) as s:
+   assert s.try_spawn(worker, handoff=True)  # not a worker: nobody to hand off to
+   await ran.wait()
+
+
+async def test_a_worker_handed_off_as_the_group_is_cancelled_still_runs_and_sees_the_cancel() -> (
+ None
+):
+ outcome: list[str] = []
+
+ async def second() -> None:
+  try:
+   await anyio.lowlevel.checkpoint()
+  except anyio.get_cancelled_exc_class():
+   outcome.append("second cancelled")
+   raise
+  outcome.append("second ran to the end")
+
+ async def first(s: Scheduler) -> None:
+  assert s.try_spawn(second, handoff=True)
+  s.cancel()
+  await anyio.lowlevel.checkpoint()  # breaks the handoff's promise: cancelled here
+
+ with fail_after(5):
+  async with Scheduler(max_workers=2) as s:
+   await s.spawn(first, s)
+ assert outcome == ["second cancelled"]  # admitted, so it ran, and it was told
+ assert s.running == ()
+
+
+async def test_the_pool_ends_with_the_scheduler_even_when_workers_spawn_while_it_closes() -> None:
+ ran: list[int] = []
+
+ async def worker(s: Scheduler, i: int) -> None:
+  ran.append(i)
+  await anyio.lowlevel.checkpoint()
+  if i < 20:
+   await s.spawn(worker, s, i + 1)
+
+ with fail_after(5):
+  async with Scheduler(max_workers=2) as s:
+   await s.spawn(worker, s, 0)
+ assert ran == list(range(21))  # the chain went on after the body, then the pool ended
 
 
 # -- ThreadBridge ---------------------------------------------------------------------------

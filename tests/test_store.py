@@ -19,11 +19,12 @@ import anyio
 import anyio.lowlevel
 import pytest
 
+from conductor import store as store_module
 from conductor.dag_engine import ExecutionEngine, Status, Ticket
 from conductor.multi_agent_conductor import ConductorEngine, Snapshot, Transition
 from conductor.pipeline import Pipeline, pipeline_from_dict
 from conductor.server import StateLockedError
-from conductor.session import DurableRun, open_run
+from conductor.session import DurableRun, open_run, open_session
 from conductor.store import (
  APPLICATION_ID,
  PipelineChangedError,
@@ -105,6 +106,43 @@ async def test_a_new_state_carries_the_marker_and_records_a_whole_run(tmp_path: 
   # The closed store brought the tickets table itself up to date.
   table = dict(store._conn.execute("SELECT id, status FROM tickets").fetchall())
   assert set(table.values()) == {"completed"}
+
+
+@pytest.mark.parametrize("statement", ["_COMPACT_UPDATE", "_COMPACT_REPLACE"])
+async def test_closing_brings_the_tickets_table_to_what_the_history_says(
+ tmp_path: Path, statement: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+ # Both forms of the compaction (UPDATE ... FROM where SQLite has it) leave the table
+ # equal to the always-current `ticket_state` view: statuses, errors, exit codes, times.
+ monkeypatch.setattr(store_module, "_COMPACT", getattr(store_module, statement))
+ path = tmp_path / "p.state.db"
+ columns = "id, position, fingerprint, status, attempts, error, exit_code, updated_at"
+ with StateStore.open(path) as store:
+  tickets = diamond()
+  store.restore("p", tickets)
+
+  async def worker(ticket: Ticket) -> WorkResult:
+   if ticket.id == "b":
+    raise WorkFailed("b broke", exit_code=3)
+   return WorkResult(output="", exit_code=7 if ticket.id == "e" else 0)
+
+  await run_with_store(store, tickets, worker)
+  view = store._conn.execute(f"SELECT {columns} FROM ticket_state ORDER BY id").fetchall()
+ conn = sqlite3.connect(path)
+ try:
+  table = conn.execute(f"SELECT {columns} FROM tickets ORDER BY id").fetchall()
+  synced = conn.execute("SELECT value FROM meta WHERE key = 'synced_seq'").fetchone()[0]
+  last = conn.execute("SELECT max(seq) FROM history").fetchone()[0]
+ finally:
+  conn.close()
+ assert table == view and int(synced) == last
+ assert {row[0]: row[3:7] for row in table} == {
+  "a": ("completed", 1, None, 0),
+  "b": ("failed", 1, "b broke", 3),
+  "c": ("completed", 1, None, 0),
+  "d": ("blocked", 0, "dependency 'b' failed; retry 'b' to unblock", None),
+  "e": ("completed", 1, None, 7),
+ }
 
 
 async def test_a_ticket_starts_only_after_its_dependencies_completion_is_committed(
@@ -598,3 +636,42 @@ async def test_open_run_refuses_a_second_claim_and_a_released_claim_recovers(
   first.close()
  second = open_run(tmp_path / "p.state.db", pipeline([{"id": "a", "sleep": 0}]))
  second.close()
+
+
+async def _noop(ticket: Ticket) -> None:
+ pass
+
+
+async def test_a_fresh_session_runs_first_on_the_engine_it_checked(tmp_path: Path) -> None:
+ p = pipeline([{"id": "a", "sleep": 0}, {"id": "b", "sleep": 0, "depends_on": ["a"]}])
+ durable = open_session(p, state=tmp_path / "p.state.db")
+ try:
+  checked = durable.checked
+  assert checked is not None and durable.restored.fresh
+  first = durable.conductor(worker=_noop)
+  assert first.engine is checked and durable.checked is None
+  with anyio.fail_after(5):
+   assert (await first.run()).counts.completed == 2
+  again = durable.conductor(worker=_noop)  # each later run builds its own
+  assert again.engine is not checked and again.engine.is_done
+ finally:
+  durable.close()
+
+
+async def test_a_session_rebuilds_the_engine_when_its_tickets_had_moved_on(tmp_path: Path) -> None:
+ # The same Pipeline object run to the end, then run --fresh: its tickets were completed
+ # when checked, so that check's engine does not describe the fresh state.
+ p = pipeline([{"id": "a", "sleep": 0}, {"id": "b", "sleep": 0, "depends_on": ["a"]}])
+ durable = open_session(p, state=tmp_path / "p.state.db")
+ try:
+  with anyio.fail_after(5):
+   await durable.conductor(worker=_noop).run()
+ finally:
+  durable.close()
+ durable = open_session(p, state=tmp_path / "p.state.db", fresh=True)
+ try:
+  assert durable.restored.fresh and durable.checked is None
+  engine = durable.conductor(worker=_noop).engine
+  assert engine.counts()[Status.TODO] == 2 and not engine.is_done
+ finally:
+  durable.close()

@@ -4,12 +4,14 @@ transition or a report, so these tests need no run and no terminal."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
 from rich.console import Console, RenderableType
 
 from conductor import ConductorEngine, ExecutionEngine, MmaStatus, Snapshot, Status, Ticket
+from conductor.snapshots import SnapshotCache, ticket_json
 from conductor.transitions import Change, Transition
 from conductor.views import (
  KEY_HINT,
@@ -117,3 +119,112 @@ def test_status_shows_the_state_path_relative_to_where_it_is_asked(
  }
  shown = text(render_status({"live": False, "report": report}))
  assert "state p.state.db" in shown and str(tmp_path) not in shown
+
+
+# -- what `conductor status` reads, kept per ticket (snapshots.SnapshotCache) -----------------
+
+
+@pytest.mark.parametrize(
+ ("tid", "error", "exit_code", "at"),
+ [
+  ("plain", None, None, None),
+  ('quo"te\\ é ✓\n\x1b[31m', "line one\nline\ttwo \u2028 \U0001f600", -15, 1700000000.123456789),
+  ("x", "", 0, 0.1),
+ ],
+)
+def test_a_tickets_status_item_is_exactly_what_json_dumps_writes(
+ tid: str, error: str | None, exit_code: int | None, at: float | None
+) -> None:
+ ticket = Ticket(tid, status=Status.FAILED, attempts=3, error=error)
+ want = {
+  "id": tid,
+  "status": "failed",
+  "attempts": 3,
+  "error": error,
+  "exit_code": exit_code,
+  "updated_at": at,
+ }
+ assert ticket_json(ticket, exit_code, at) == json.dumps(want)
+
+
+def test_pending_and_notable_follow_each_change_in_ticket_order_after_a_retry() -> None:
+ # The cache updates them per changed ticket instead of rescanning: a ticket that goes back
+ # to todo (a retry) must land in its place again, and leave the notable ones when done.
+ tickets = [Ticket(f"t{i}") for i in range(6)]
+ engine = ExecutionEngine(tickets)
+ cache = SnapshotCache(engine)
+
+ def pending() -> tuple[str, ...]:
+  return cache.build(
+   rows=False,
+   name="p",
+   status=MmaStatus.EXECUTING,
+   paused=False,
+   pause_reason=None,
+   paused_at=None,
+   running_at_pause=(),
+   finishing=(),
+   ready=(),
+   elapsed=0.0,
+   spawned=0,
+   max_workers=1,
+   error=None,
+   stopping=False,
+  ).pending
+
+ def run(tid: str, *, fail: bool = False) -> None:
+  ticket = engine.tickets[tid]
+  engine.tick()  # hands out what is ready, `tid` among them
+  engine.start(tid)
+  cache.started(ticket)
+  assert tid not in pending()
+  cache.finished(ticket, 1 if fail else 0, "")
+  if fail:
+   engine.fail(tid, "boom")
+  else:
+   engine.complete(tid)
+
+ run("t0")
+ run("t1", fail=True)
+ run("t2")
+ assert pending() == tuple(engine.pending()) == ("t3", "t4", "t5")
+ assert [json.loads(item)["id"] for item in cache.notable(10)[0]] == ["t1"]
+ engine.retry("t1")
+ cache.changed(engine.tickets["t1"])
+ assert pending() == tuple(engine.pending()) == ("t1", "t3", "t4", "t5")
+ run("t1")
+ assert pending() == tuple(engine.pending())
+ listed, count = cache.notable(10)
+ assert count == 1 and json.loads(listed[0])["attempts"] == 2  # retried: still notable
+ assert [json.loads(item)["status"] for item in cache.status_items()] == [
+  "completed",
+  "completed",
+  "completed",
+  "todo",
+  "todo",
+  "todo",
+ ]
+
+
+def test_a_status_summary_renders_the_lists_it_cut_short_with_their_full_lengths() -> None:
+ report = {
+  "pipeline": "p",
+  "mma_status": "executing",
+  "live": True,
+  "pid": 7,
+  "state": "p.state.db",
+  "counts": {"completed": 0, "total": 100, "in_progress": 1, "todo": 98, "failed": 1, "blocked": 0},
+  "paused": False,
+  "running": ["a"],
+  "interrupted": [],
+  "pending": [f"p{i}" for i in range(12)],
+  "awaiting_approval": [],
+  "tickets": [
+   {"id": "a", "status": "in_progress", "attempts": 1, "exit_code": None, "error": None},
+   {"id": "b", "status": "failed", "attempts": 1, "exit_code": 1, "error": "boom"},
+  ],
+  "summary": {"notable": 40, "pending": 98, "awaiting_approval": 0},
+ }
+ shown = text(render_status({"live": True, "report": report}))
+ assert "pending (98): p0, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11 (+86)" in shown
+ assert "98 of 100 tickets not listed (38 more notable, the rest" in shown

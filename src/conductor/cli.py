@@ -100,16 +100,22 @@ def _ask_run(
  reason: str | None = None,
  history: bool = False,
  tickets: Sequence[str] = (),
+ summary: bool = False,
 ) -> dict[str, Any]:
  try:
-  return request(state, op, reason=reason, history=history, tickets=tickets)
+  return request(state, op, reason=reason, history=history, tickets=tickets, summary=summary)
  except StateError as exc:
   raise UsageError(str(exc)) from None
 
 
 def _control(args: argparse.Namespace, op: str, reason: str | None = None) -> dict[str, Any]:
  history = bool(getattr(args, "history", False))
- return _ask_run(_state_for(args, op), op, reason=reason, history=history)
+ # Plain `status` shows counts and the notable tickets: a live run answers just that
+ # (O(tickets shown), not O(tickets): `report.live_summary`).
+ summary = op == "status" and not (
+  getattr(args, "json", False) or getattr(args, "all", False) or history
+ )
+ return _ask_run(_state_for(args, op), op, reason=reason, history=history, summary=summary)
 
 
 def _where(answer: dict[str, Any]) -> str:

@@ -124,6 +124,7 @@ def request(
  reason: str | None = None,
  history: bool = False,
  tickets: Iterable[str] = (),
+ summary: bool = False,
 ) -> dict[str, Any]:
  """Send `op` (one of `OPS`: "pause", "resume", "status", "approve") for `state`; return
  the answer, `{"ok": True, "live": bool, "report": {...}}`.
@@ -137,6 +138,11 @@ def request(
  user-facing problem: no state, a foreign or damaged file, a reason over `MAX_REASON`
  characters, unknown ticket ids, an owner that does not answer in time or is not who it
  should be.
+
+ `summary` (status without history): a live run may answer with what plain `conductor
+ status` shows, O(tickets shown) rather than O(tickets) (`report.live_summary`: the same
+ keys, the long lists cut short, and a `summary` key); a state no run holds, and a run
+ of an older conductor, answer in full.
  """
  if op not in OPS:
   raise ValueError(f"unknown request {op!r}; known: {', '.join(OPS)}")
@@ -155,6 +161,8 @@ def request(
  message: dict[str, Any] = {"op": op, "reason": reason, "history": history}
  if op == "approve":
   message["tickets"] = ids
+ if summary and op == "status" and not history:
+  message["summary"] = True
  data = encode(message)
  if len(data) > MAX_REQUEST:
   raise StateError(

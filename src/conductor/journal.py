@@ -63,6 +63,13 @@ class Journal:
   if flush is not None:
    self._flushes.append(flush)
 
+ @property
+ def batches(self) -> bool:
+  """Some listener flushes. Then a worker should start a loop turn after the step that
+  started it, not within it, so that the first worker of a round flushes for the whole
+  round (rule 1) instead of each flushing for itself."""
+  return bool(self._flushes)
+
  # -- what happened: each builds a Transition only when someone listens (the hot path) ---
 
  def started(self, ticket: Ticket) -> None:

@@ -8,9 +8,10 @@ is where the write-ahead rule lives; `snapshots.SnapshotCache` builds the `Snaps
 `scheduler.ThreadBridge` carries commands in from other threads and snapshots out.
 
 Where pause happens: `ConductorEngine.pause()` calls `Scheduler.pause()`, which closes the
-scheduler's gate under its admission lock. The run loop (`_drive`) hands every ready ticket
-to `Scheduler.spawn`, which parks at that gate. Nothing here polls: the loop wakes on a
-completion, on a free slot, or on the gate opening.
+scheduler's gate under its admission lock. Ready tickets start through `Scheduler.try_spawn`,
+from the run loop (`_drive`) and from each finishing worker (`_work`, which hands its slot
+to the next ticket); while paused the run loop parks the next ticket in `Scheduler.spawn`,
+at that gate. Nothing here polls: the loop wakes on a completion or on the gate opening.
 
 Where a ticket's status changes: in `dag_engine.ExecutionEngine`, called from the driver
 here (`_start`, `_work`, `_failed`, the retry command), which emits one `Transition` for
@@ -247,6 +248,12 @@ class ConductorEngine:
   return phase
 
  @property
+ def table(self) -> SnapshotCache:
+  """The run's live per-ticket view (`snapshots.SnapshotCache`): what a status report is
+  assembled from. Read it on the loop only."""
+  return self._table
+
+ @property
  def paused(self) -> bool:
   return self._pause.paused
 
@@ -360,11 +367,13 @@ class ConductorEngine:
   while not self._stopping:
    self._pump(sched)
    self._journal.step_end()
-   if ready:
-    # No free slot, or paused: wait for admission. The ticket leaves the queue first so
-    # that a worker finishing meanwhile (which pumps too) cannot start it a second time.
-    # It starts in the step that admits it (`on_admit`): this one when a slot comes
-    # free, the worker's own when a resume admits it.
+   if ready and not sched.full:
+    # A free slot but a closed gate: wait for admission there, where a resume admits the
+    # worker in one wake-up. The ticket leaves the queue first so that a worker finishing
+    # meanwhile (which pumps too) cannot start it a second time. It starts in the step
+    # that admits it (`on_admit`): the worker's own when a resume admits it. (With no
+    # free slot the workers running pass theirs on as they finish (`_work`), or wake this
+    # loop when they cannot.)
     self._parked = ticket = ready.popleft()
     try:
      await sched.spawn(
@@ -376,28 +385,35 @@ class ConductorEngine:
       ready.appendleft(ticket)
      raise
     continue
-   if not self._table.running and engine.is_settled and not engine.awaiting_approval():
+   if (
+    not ready and not self._table.running and engine.is_settled and not engine.awaiting_approval()
+   ):
     if not self._linger:
      return
     self._phase = MmaStatus.DONE if engine.is_done else self._end_phase()
    self._wake = wake = Event()
    await wake.wait()
 
- def _pump(self, sched: Scheduler) -> None:
+ def _pump(self, sched: Scheduler, *, handoff: bool = False) -> None:
   # Start every ready ticket that can start right now, in order, without waiting: each in
   # the step that released it (no await in between), so that a store commits the
-  # completion and this start together before the worker runs.
+  # completion and this start together before the worker runs. `handoff`: called by a
+  # finishing worker, whose task then runs the first of them (Scheduler.try_spawn).
   if self._stopping:  # even if someone resumes meanwhile
    return
   ready = self._ready
   ready.extend(self.engine.tick())
+  work, start = self._work, self._start_first
   while ready:
    ticket = ready[0]
-   if not sched.try_spawn(
-    self._work, ticket, name=ticket.id, on_admit=partial(self._start, ticket)
-   ):
+   if not sched.try_spawn(work, ticket, name=ticket.id, on_admit=start, handoff=handoff):
     return
-   ready.popleft()
+
+ def _start_first(self) -> None:
+  # `_pump`'s on_admit: the first ready ticket was admitted. It leaves the queue only once
+  # started, so that a `_start` that raises leaves it there.
+  self._start(self._ready[0])
+  self._ready.popleft()
 
  def _notify(self) -> None:
   wake, self._wake = self._wake, None
@@ -450,16 +466,24 @@ class ConductorEngine:
    sched = self._pause.sched
    # Being cancelled, this starts nothing: Scheduler never admits into a cancelled group
    # (what ended the restart storm); the tickets it hands out go back at the run's end.
-   if sched is not None:
-    self._pump(sched)  # start the dependents this may have released, right here
+   handed_off = False
+   if sched is not None:  # start the dependents this may have released, right here
+    # This returns right after, as a handoff asks: the first ticket started takes over
+    # this worker's slot and runs next in its task. No handoff with a journal that
+    # batches: that worker would run within this step, so a round would flush once a
+    # ticket, not once.
+    self._pump(sched, handoff=not self._journal.batches)
+    handed_off = sched.handed_off
    # Wake the run loop only if it has something to do: tickets that could not start here
-   # (no slot, or paused), or a run that may be over. Not waking it otherwise saves a task
-   # switch per ticket on a chain.
-   if self._ready or self.engine.is_settled:
+   # and the slot this frees (not when it was handed off: the tickets wait for the next
+   # worker to finish), or a run that may be over. Not waking it otherwise saves a task
+   # switch per ticket.
+   ready = bool(self._ready) and not handed_off
+   if ready or self.engine.is_settled:
     self._notify()
-   # If the run loop waits in Scheduler.spawn for the slot this frees, its worker starts
-   # at once and flushes (the journal's handoff).
-   self._journal.step_end(handoff=self._parked is not None and not self._pause.paused)
+   # If the run loop is about to take the slot this frees (woken, or waiting in
+   # Scheduler.spawn), its worker starts at once and flushes (the journal's handoff).
+   self._journal.step_end(handoff=(ready or self._parked is not None) and not self._pause.paused)
 
  def _failed(self, ticket: Ticket, error: str, exit_code: int | None, output: str) -> None:
   self._table.finished(ticket, exit_code, output)

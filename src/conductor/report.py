@@ -2,11 +2,14 @@
 
 Two sources, one shape (the same keys): `status_report` reads a state no run holds, from the
 store; `live_report` describes a live run from its immutable snapshot alone, so a worker
-thread builds it while the run's loop goes on (the control server does: `conductor.server`).
+thread builds it while the run's loop goes on. The control server (`conductor.server`)
+assembles the same report from `live_head` and each ticket's `snapshots.ticket_json`, and
+answers plain `conductor status` with `live_summary`: the same keys, long lists cut short.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -14,9 +17,16 @@ from typing import Any
 
 from .dag_engine import Status
 from .multi_agent_conductor import Snapshot
+from .snapshots import SUMMARY_IDS
 from .store import HistoryEntry, PauseState, StateStore
 
-__all__ = ["live_report", "status_report"]
+__all__ = [
+ "history_items",
+ "live_head",
+ "live_report",
+ "live_summary",
+ "status_report",
+]
 
 
 def status_report(store: StateStore, *, history: bool = False) -> dict[str, Any]:
@@ -61,7 +71,7 @@ def status_report(store: StateStore, *, history: bool = False) -> dict[str, Any]
   ],
  }
  if history:
-  report["history"] = _history(store.history())
+  report["history"] = history_items(store.history())
  return report
 
 
@@ -72,7 +82,6 @@ def live_report(
  thread builds it while the loop runs on. `updated_at` is the wall time of the ticket's
  latest start or end in this run; None if this run has not touched it yet."""
  wall = time.time() - time.monotonic()  # TicketRow times are time.monotonic()
- counts = snap.counts
  tickets = []
  for row in snap.rows:
   at = row.finished_at if row.finished_at is not None else row.started_at
@@ -86,7 +95,18 @@ def live_report(
     "updated_at": None if at is None else at + wall,
    }
   )
- report: dict[str, Any] = {
+ report = live_head(snap, state, pid)
+ report["tickets"] = tickets
+ if history is not None:
+  report["history"] = history_items(history)
+ return report
+
+
+def live_head(snap: Snapshot, state: Path, pid: int, ids: int | None = None) -> dict[str, Any]:
+ """The keys of `live_report` but `tickets` and `history`, in order: O(pending), or with
+ `ids`, `pending` and `awaiting_approval` cut to their first `ids` and O(ids)."""
+ counts = snap.counts
+ return {
   "state": str(state),
   "pipeline": snap.name,
   "live": True,
@@ -99,8 +119,8 @@ def live_report(
   "running_at_pause": list(snap.running_at_pause),
   "finishing": list(snap.finishing),
   "interrupted": [],
-  "pending": list(snap.pending),
-  "awaiting_approval": list(snap.awaiting_approval),
+  "pending": list(snap.pending[:ids]),
+  "awaiting_approval": list(snap.awaiting_approval[:ids]),
   "counts": {
    "todo": counts.todo,
    "in_progress": counts.in_progress,
@@ -109,14 +129,36 @@ def live_report(
    "blocked": counts.blocked,
    "total": counts.total,
   },
-  "tickets": tickets,
  }
- if history is not None:
-  report["history"] = _history(history)
+
+
+def live_summary(
+ snap: Snapshot,
+ state: Path,
+ pid: int,
+ *,
+ listed: Sequence[str],
+ notable: int,
+) -> dict[str, Any]:
+ """What plain `conductor status` shows of a live run (`views.render_status`): the keys of
+ `live_report`, but `tickets` lists only `listed` (encoded by `snapshots.ticket_json`:
+ every ticket of a pipeline of at most `snapshots.SUMMARY_ROWS`, else the first notable
+ ones, `snapshots.is_notable`), and `pending` and `awaiting_approval` only their first
+ `snapshots.SUMMARY_IDS`. The extra key `summary` has the full lengths: `{"notable": ...,
+ "pending": ..., "awaiting_approval": ...}` (`notable` counts every ticket when all are
+ listed). O(listed + SUMMARY_IDS)."""
+ report = live_head(snap, state, pid, SUMMARY_IDS)
+ report["tickets"] = [json.loads(item) for item in listed]
+ report["summary"] = {
+  "notable": notable,
+  "pending": len(snap.pending),
+  "awaiting_approval": len(snap.awaiting_approval),
+ }
  return report
 
 
-def _history(entries: Iterable[HistoryEntry]) -> list[dict[str, Any]]:
+def history_items(entries: Iterable[HistoryEntry]) -> list[dict[str, Any]]:
+ """The report's `history`: the transitions, oldest first, as JSON-ready dicts."""
  return [
   {
    "seq": h.seq,

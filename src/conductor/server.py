@@ -7,9 +7,13 @@ and its guarantee are in `conductor.control`). `_Answers` answers one run's requ
 A request is answered on the loop, at once: `pause` closes the scheduler's gate
 (`ConductorEngine.pause`, linearizable admission) and commits the flag before it replies, so
 when `conductor pause` returns no worker starts any more and the pause survives a kill. A
-status report is built on a worker thread from an immutable snapshot (`conductor.report`),
-so the loop is held up only for taking the snapshot. Nothing a client sends can stop the
-server or the run: every connection is handled in a task of its own, bounded in time, and
+status report is assembled on a worker thread from immutable data taken on the loop
+(`conductor.report`): a snapshot without rows, and each ticket's item of the report already
+encoded, which the run keeps up to date per changed ticket (`snapshots.SnapshotCache`). So
+the loop is held up for the tickets changed since the last report and a list copy, never
+for every ticket (the first report encodes them all, a slice per loop turn). A summary
+(plain `conductor status`) is answered on the loop, O(tickets shown). Nothing a client
+sends can stop the server or the run: every connection is handled in a task of its own, bounded in time, and
 whatever it raises is caught there.
 """
 
@@ -17,14 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import json
 import os
 import socket
 import stat
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +49,9 @@ from .control import (
 )
 from .locks import FileLock, handover_lock_path, owner_lock_path, read_owner, symlink_refusal
 from .multi_agent_conductor import ConductorEngine, Snapshot
-from .report import live_report
-from .store import HistoryEntry, StateError, StateStore
+from .report import history_items, live_head, live_summary
+from .snapshots import SUMMARY_ROWS, SnapshotCache
+from .store import StateError, StateStore
 
 __all__ = ["StateLockedError", "StateOwner"]
 
@@ -56,7 +60,12 @@ _MAX_CONNECTIONS = 256  # connections served at once; more wait in the listen ba
 # is back: wait for one of our own connections to end, or this long (asyncio's
 # ACCEPT_RETRY_DELAY), rather than spin on a listener that stays readable.
 _ACCEPT_RETRY = 1.0
-_SLICE = 256  # list items a worker thread encodes in one go (~0.3 ms holding the GIL)
+# A full status report is assembled a slice per loop turn, each slice well under 1 ms:
+_SLICE = 4096  # list items encoded in one go (json.dumps of 4096 ids: ~0.4 ms)
+_JOIN = 4096  # encoded tickets joined in one go (~0.5 MB: ~0.3 ms)
+# Tickets encoded in one go (`SnapshotCache.fill_entries`): ~1 ms. Only the first report
+# encodes every ticket; later ones, those changed since.
+_FILL = 2000
 
 
 class StateLockedError(StateError):
@@ -252,9 +261,10 @@ class StateOwner:
 class _Answers:
  """The answers to one run's control requests, from its engine and store, on its loop.
 
- Status reports are built on a worker thread, one at a time (`_reporter`); the last one is
- kept, keyed by what its snapshot shows (`_cached`, used only by that one thread), so that
- many clients asking at once cost one report.
+ A full status report is assembled on the loop, a slice per turn (`_pieces`), one at a
+ time (`_status_lock`); the last one is kept, keyed by what its snapshot shows (`_cached`),
+ so that many clients asking at once cost one report. One with its history (O(history)
+ dicts from the store) is assembled on a worker thread, one at a time (`_reporter`).
  """
 
  def __init__(self, state: Path, conductor: ConductorEngine, store: StateStore) -> None:
@@ -262,13 +272,17 @@ class _Answers:
   self._conductor = conductor
   self._store = store
   self._reporter = anyio.CapacityLimiter(1)
-  self._cached: tuple[tuple[object, ...], bytes] | None = None
+  self._cached: tuple[tuple[object, ...], list[bytes]] | None = None
   # Status requests that arrive while a report is being built share the next one (see
   # `_status`): a burst of N requests costs two reports, not N. Loop-side state.
   self._status_lock = anyio.Lock()
   self._status_arrived = 0  # status requests received so far, numbered from 1
   self._status_served = 0  # the last report answers every request up to this number
-  self._status_data = b""
+  self._status_data: list[bytes] = []
+
+ @property
+ def _table(self) -> SnapshotCache:
+  return self._conductor.table
 
  async def handle(self, stream: SocketStream) -> None:
   """Read one request from `stream` and answer it. Raises only for a bug (after
@@ -297,27 +311,24 @@ class _Answers:
   if isinstance(message, str):
    await _send(stream, {"ok": False, "error": message})
    return
-  if message["op"] == "status" and not message.get("history"):
-   await _send_bytes(stream, await self._status())
-   return
   try:
-   reply = self._answer(message)
+   if message["op"] != "status":
+    reply = [encode(self._answer(message))]
+   elif message.get("history"):
+    reply = await self._status_with_history()
+   elif message.get("summary"):
+    reply = [encode(self._summary())]
+   else:
+    reply = await self._status()
   except _Refused as exc:
    await _send(stream, {"ok": False, "error": str(exc)})
    return
   except Exception as exc:  # a bug: answer what we can, then log it
    await _send(stream, {"ok": False, "error": "the run could not answer (see its stderr)"})
    raise exc from None
-  if callable(reply):  # a status with its history: its own report
-   # The report lists every ticket: built and encoded on a thread from the immutable
-   # snapshot taken on the loop, which meanwhile goes on starting workers. One thread at a
-   # time: they would only take turns at the GIL, and the loop would wait in that queue.
-   data = await anyio.to_thread.run_sync(reply, limiter=self._reporter)
-  else:
-   data = encode(reply)
-  await _send_bytes(stream, data)
+  await _send_chunks(stream, reply)
 
- async def _status(self) -> bytes:
+ async def _status(self) -> list[bytes]:
   # Each report is built from a snapshot taken after every request it answers arrived, so
   # none gets an answer older than its question. While one is being built, the requests
   # arriving queue on the (fair) lock; the first of them builds the next report for all.
@@ -325,25 +336,62 @@ class _Answers:
   number = self._status_arrived
   async with self._status_lock:
    if self._status_served < number:
-    served = self._status_arrived
-    snap = self._conductor.snapshot()  # exact on the loop: ~4 ms at 20,000 tickets
-    report = functools.partial(self._report, snap, None)
-    self._status_data = await anyio.to_thread.run_sync(report, limiter=self._reporter)
+    snap, items = await self._take()
+    served = self._status_arrived  # all of them arrived before `_take` returned
+    key = _cache_key(snap)
+    if self._cached is None or self._cached[0] != key:
+     await anyio.lowlevel.checkpoint()  # `_take` held the loop for a few list copies
+     head = live_head(snap, self._state, os.getpid())
+     await anyio.lowlevel.checkpoint()
+     parts = []
+     for part in _pieces(head, items, None):
+      parts.append(part)
+      await anyio.lowlevel.checkpoint()  # the run goes on between slices
+     self._cached = (key, parts)
+    self._status_data = self._cached[1]
     self._status_served = served
    return self._status_data
 
- def _answer(self, message: dict[str, Any]) -> dict[str, Any] | Callable[[], bytes]:
+ async def _status_with_history(self) -> list[bytes]:
+  snap, items = await self._take()
+  # --history reads the store (O(history)) on the loop: the store is the loop's alone.
+  history = self._store.history()
+  head = live_head(snap, self._state, os.getpid())
+
+  def report() -> list[bytes]:  # on a worker thread: history_items is one go, O(history)
+   parts = []
+   for part in _pieces(head, items, history_items(history)):
+    parts.append(part)
+    time.sleep(0)  # drops the GIL: the loop takes it now if it waits for it
+   return parts
+
+  return await anyio.to_thread.run_sync(report, limiter=self._reporter)
+
+ async def _take(self) -> tuple[Snapshot, list[str]]:
+  # What a full report shows, exact at one moment on the loop (after the last await).
+  table = self._table
+  while not table.fill_entries(_FILL):
+   await anyio.lowlevel.checkpoint()
+  snap = self._conductor.snapshot(rows=False)  # O(1) but for a copy of `pending`
+  return snap, table.status_items()  # the changed since the last fill, and a list copy
+
+ def _summary(self) -> dict[str, Any]:
+  # On the loop: small, O(tickets shown), and exact.
+  snap = self._conductor.snapshot(rows=False)
+  table = self._table
+  if snap.counts.total <= SUMMARY_ROWS:
+   listed = table.status_items()
+   notable = len(listed)
+  else:
+   listed, notable = table.notable(SUMMARY_ROWS)
+  report = live_summary(snap, self._state, os.getpid(), listed=listed, notable=notable)
+  return {"ok": True, "report": report}
+
+ def _answer(self, message: dict[str, Any]) -> dict[str, Any]:
   # On the loop, synchronously: a pause has taken effect (gate closed, flag committed)
   # before the reply is even built.
   conductor = self._conductor
   op = message["op"]
-  if op == "status":
-   # Exact on the loop. O(tickets) even with its rows cached: ~4 ms at 20,000 tickets,
-   # the only part of a status request that holds the loop up.
-   snap = conductor.snapshot()
-   # --history reads the store (O(history)) on the loop: the store is the loop's alone.
-   events = self._store.history() if message.get("history") else None
-   return functools.partial(self._report, snap, events)
   if op == "approve":
    return {"ok": True, "report": _approve(conductor, message["tickets"])}
   if op == "pause":
@@ -365,21 +413,10 @@ class _Answers:
    },
   }
 
- def _report(self, snap: Snapshot, history: Sequence[HistoryEntry] | None) -> bytes:
-  # On a worker thread, one at a time (see the class docstring).
-  key = _cache_key(snap)
-  if history is None and self._cached is not None and self._cached[0] == key:
-   return self._cached[1]
-  report = live_report(snap, self._state, os.getpid(), history)
-  data = _encode_yielding({"ok": True, "report": report})
-  if history is None:
-   self._cached = (key, data)
-  return data
-
 
 def _cache_key(snap: Snapshot) -> tuple[object, ...]:
  # `version` counts every change a snapshot shows but the phase (a lingering run settling)
- return (snap.version, snap.status, snap.paused, len(snap.rows))
+ return (snap.version, snap.status, snap.paused)
 
 
 def _approve(conductor: ConductorEngine, ids: list[str]) -> dict[str, Any]:
@@ -444,38 +481,47 @@ def _parse(line: bytes) -> dict[str, Any] | str:
  return message
 
 
-def _encode_yielding(reply: dict[str, Any]) -> bytes:
- """`encode` for a large reply, on a worker thread: `json.dumps` holds the GIL for a whole
- call (tens of ms for 20,000 tickets), which would stall the loop as surely as encoding
- there. Long lists are encoded in slices, letting the loop in between."""
- return _dumps_yielding(reply).encode() + b"\n"
+def _pieces(
+ head: dict[str, Any], items: Sequence[str], history: list[dict[str, Any]] | None
+) -> Iterator[bytes]:
+ """The answer `{"ok": true, "report": {**head, "tickets": [...], "history": ...}}` (history
+ only if given), encoded as `encode` would, in slices of at most `_SLICE` list items or
+ `_JOIN` tickets: a caller yields to the loop between them (`json.dumps` holds the GIL for
+ a whole call, tens of ms for 100,000 ids). `items` are the tickets already encoded."""
+ yield b'{"ok": true, "report": {'
+ for key, value in head.items():
+  yield f"{json.dumps(key)}: ".encode()
+  yield from _list_pieces(value) if isinstance(value, list) else (json.dumps(value).encode(),)
+  yield b", "
+ yield b'"tickets": ['
+ for i in range(0, len(items), _JOIN):
+  yield ((", " if i else "") + ", ".join(items[i : i + _JOIN])).encode()
+ yield b"]"
+ if history is not None:
+  yield b', "history": '
+  yield from _list_pieces(history)
+ yield b"}}\n"
 
 
-def _dumps_yielding(value: object) -> str:
- if isinstance(value, dict):
-  return (
-   "{" + ", ".join(f"{json.dumps(str(k))}: {_dumps_yielding(v)}" for k, v in value.items()) + "}"
-  )
- if isinstance(value, list) and len(value) > _SLICE:
-  parts = []
-  for i in range(0, len(value), _SLICE):
-   parts.append(json.dumps(value[i : i + _SLICE])[1:-1])
-   time.sleep(0)  # drops the GIL: the loop takes it now if it waits for it
-  return "[" + ", ".join(parts) + "]"
- return json.dumps(value)
+def _list_pieces(value: list[Any]) -> Iterator[bytes]:
+ yield b"["
+ for i in range(0, len(value), _SLICE):
+  yield ((", " if i else "") + json.dumps(value[i : i + _SLICE])[1:-1]).encode()
+ yield b"]"
 
 
 async def _send(stream: SocketStream, reply: dict[str, Any]) -> None:
- await _send_bytes(stream, encode(reply))
+ await _send_chunks(stream, [encode(reply)])
 
 
-async def _send_bytes(stream: SocketStream, data: bytes) -> None:
+async def _send_chunks(stream: SocketStream, chunks: Sequence[bytes]) -> None:
  # A client that went away, or does not read its answer in time, is simply dropped.
  with (
   anyio.move_on_after(CONTROL_TIMEOUT),
   contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError),
  ):
-  await stream.send(data)
+  for chunk in chunks:
+   await stream.send(chunk)
 
 
 def _peer_uid(stream: SocketStream) -> int | None:

@@ -14,7 +14,8 @@ this order (`open_session`):
    attempt never overlaps its re-run (`leftovers`);
 5. the built-in demo, found finished, starts over (it is for watching).
 
-Then `DurableRun.conductor()` builds the `ConductorEngine` from the restored statuses, with
+Then `DurableRun.conductor()` builds the `ConductorEngine` from the restored statuses (on a
+fresh state, the first one reuses the DAG engine step 1 built: `DurableRun.checked`), with
 the pause as stored (reason and since when), and attaches the store to it (every transition
 recorded, write-ahead: see `journal`); `DurableRun.drive()` serves the control socket around
 a run; `DurableRun.close()` commits and releases the claim. `DurableRun.notes()` says what
@@ -26,14 +27,14 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
 import anyio
 
 from ._text import listed, plural, printable, shown_path
-from .dag_engine import ExecutionEngine, PipelineError
+from .dag_engine import ExecutionEngine, PipelineError, Status
 from .exits import UsageError
 from .leftovers import STATE_VARIABLE, Leftover, find_leftovers, stop_leftovers
 from .multi_agent_conductor import ConductorEngine
@@ -112,6 +113,10 @@ class DurableRun:
  stopped: tuple[Leftover, ...] = ()
  unstoppable: tuple[Leftover, ...] = ()
  restarted_demo: bool = False  # the demo was found finished and starts over
+ # The engine `check_pipeline` built, kept only while it matches the tickets (every one
+ # todo, never started, before and after the restore: a fresh state): the first
+ # `conductor()` takes it instead of building the same O(tickets) graph again.
+ checked: ExecutionEngine | None = field(default=None, repr=False)
 
  @property
  def worker(self) -> Worker:
@@ -128,8 +133,9 @@ class DurableRun:
   transition. Call it again for each run."""
   pipeline = self.pipeline
   pause = self.store.pause_state()
+  engine, self.checked = self.checked, None
   conductor = ConductorEngine(
-   ExecutionEngine(pipeline.tickets, auto_queue=pipeline.auto_queue),
+   engine or ExecutionEngine(pipeline.tickets, auto_queue=pipeline.auto_queue),
    worker or self.worker,
    max_workers=max_workers or pipeline.max_workers,
    name=pipeline.name,
@@ -250,7 +256,10 @@ def open_session(
  Raises `UsageError` (one line, exit 2) for a pipeline that cannot run or a state that
  cannot be used; nothing is written then. The caller must `close()` the result.
  """
- check_pipeline(pipeline)
+ engine = check_pipeline(pipeline)
+ pristine = engine.counts()[Status.TODO] == len(pipeline.tickets) and not any(
+  t.attempts for t in pipeline.tickets
+ )
  try:
   durable = open_run(state_path(pipeline, state), pipeline, fresh=fresh)
   if durable.restored.done and not fresh and pipeline.path is None:
@@ -263,4 +272,6 @@ def open_session(
    durable.restarted_demo = True
  except StateError as exc:
   raise UsageError(str(exc)) from None
+ if pristine and durable.restored.fresh:  # the restore left every ticket as it was checked
+  durable.checked = engine
  return durable

@@ -54,6 +54,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import itertools
 import json
 import os
 import shutil
@@ -631,6 +632,23 @@ _INSERT_HISTORY = (
  "INSERT INTO history (at, ticket, event, status, attempt, detail, error, exit_code, pid) VALUES "
 )
 _TICKET_COLUMNS = "id, position, fingerprint, status, attempts, error, exit_code, updated_at"
+# Bring the `tickets` rows of the tickets the history has news of up to date (what the
+# `ticket_state` view says of them). In place with UPDATE ... FROM where SQLite has it
+# (3.33): a third faster than replacing the rows, which takes 0.6 s after 100,000 tickets.
+_LAST_ENTRIES = (
+ "(SELECT ticket, max(seq) AS seq FROM history WHERE seq > ? AND ticket IS NOT NULL "
+ "GROUP BY ticket) AS last"
+)
+_COMPACT_UPDATE = (
+ "UPDATE tickets SET status = h.status, attempts = h.attempt, error = h.error, "
+ f"exit_code = h.exit_code, updated_at = h.at FROM {_LAST_ENTRIES} "
+ "JOIN history AS h ON h.seq = last.seq WHERE tickets.id = last.ticket"
+)
+_COMPACT_REPLACE = (
+ f"INSERT OR REPLACE INTO tickets ({_TICKET_COLUMNS}) SELECT {_TICKET_COLUMNS} "
+ "FROM ticket_state WHERE id IN (SELECT ticket FROM history WHERE seq > ? AND ticket IS NOT NULL)"
+)
+_COMPACT = _COMPACT_UPDATE if sqlite3.sqlite_version_info >= (3, 33) else _COMPACT_REPLACE
 
 
 class StateStore:
@@ -819,9 +837,9 @@ class StateStore:
   blocked ones become todo (the engine re-blocks what still must be). Then the `tickets`
   table is brought up to date with the history. O(tickets + history since the last run).
   """
-  stored = {row.id: row for row in self.tickets()}
   now = time.time()
-  if fresh or not stored:
+  stored = {} if fresh else {row.id: row for row in self.tickets()}  # fresh: nothing to read
+  if not stored:
    self._write_fresh(name, tickets, now)
    return Restored(True, (), (), 0, len(tickets), self.pause_state())
 
@@ -904,11 +922,14 @@ class StateStore:
    self._conn.execute(
     "UPDATE pause SET paused = 0, reason = NULL, since = NULL, running_at_pause = '[]'"
    )
+   # A fresh state: fresh run state too. The rows are made in C (zip), 100,000 of them.
    self._conn.executemany(
-    "INSERT INTO tickets VALUES (?, ?, ?, ?, ?, NULL, NULL, ?)",
-    (
-     (t.id, i, fingerprint(t), Status.TODO, 0, now)
-     for i, t in enumerate(tickets)  # a fresh state: fresh run state too
+    f"INSERT INTO tickets VALUES (?, ?, ?, '{Status.TODO}', 0, NULL, NULL, ?)",
+    zip(
+     [t.id for t in tickets],
+     itertools.count(),
+     map(fingerprint, tickets),
+     itertools.repeat(now),
     ),
    )
    self._conn.execute(
@@ -1037,12 +1058,7 @@ class StateStore:
   last = self._conn.execute("SELECT max(seq) FROM history").fetchone()[0] or 0
   if last <= synced:
    return
-  self._conn.execute(
-   f"INSERT OR REPLACE INTO tickets ({_TICKET_COLUMNS}) SELECT {_TICKET_COLUMNS} "
-   "FROM ticket_state WHERE id IN "
-   "(SELECT ticket FROM history WHERE seq > ? AND ticket IS NOT NULL)",
-   (synced,),
-  )
+  self._conn.execute(_COMPACT, (synced,))
   self._conn.execute("UPDATE meta SET value = ? WHERE key = 'synced_seq'", (str(last),))
 
  def _begin(self) -> None:

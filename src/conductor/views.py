@@ -28,8 +28,8 @@ from rich.table import Table
 from rich.text import Text
 
 from ._text import clock, listed, plural, printable, shell_path, shown_path
-from .dag_engine import ExecutionEngine, Status
-from .snapshots import MmaStatus, Snapshot
+from .dag_engine import ExecutionEngine
+from .snapshots import SUMMARY_IDS, SUMMARY_ROWS, MmaStatus, Snapshot, is_notable
 from .transitions import Change, Transition
 
 __all__ = [
@@ -215,7 +215,7 @@ def _stamp(at: float | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
  return time.strftime(fmt, time.localtime(at)) if at else "-"
 
 
-STATUS_ROWS = 30
+STATUS_ROWS = SUMMARY_ROWS
 """Above this many tickets, `conductor status` lists only the notable ones (see render_status)."""
 
 
@@ -225,9 +225,12 @@ def render_status(answer: dict[str, Any], *, every_ticket: bool = False) -> Rend
  The ticket table lists every ticket of a small pipeline. Of a larger one, unless
  `every_ticket`, it lists the notable ones (running, failed, blocked, retried, with an
  error), at most `STATUS_ROWS` of them, and says what it left out; the counts above it
- cover everything.
+ cover everything. A live run's summary (`report.live_summary`, asked with
+ `control.request(summary=True)`) holds only what this shows; its `summary` key has the full
+ lengths of the lists it cut short.
  """
  report = answer["report"]
+ full = report.get("summary") or {}
  counts = report["counts"]
  status = MmaStatus(report["mma_status"])
  state = str(report["state"])
@@ -263,23 +266,36 @@ def render_status(answer: dict[str, Any], *, every_ticket: bool = False) -> Rend
  if waiting:
   how = approve_command(state, waiting)
   parts.append(
-   Text(f"awaiting approval ({len(waiting)}): {listed(waiting, 12)} · approve with `{how}`", "cyan")
+   Text(
+    f"awaiting approval ({full.get('awaiting_approval', len(waiting))}): "
+    f"{_first(waiting, full.get('awaiting_approval'))} · approve with `{how}`",
+    "cyan",
+   )
   )
  pending = report["pending"]
  if pending:
-  parts.append(Text(f"pending ({len(pending)}): {listed(pending, 12)}"))
+  n_pending = full.get("pending", len(pending))
+  parts.append(Text(f"pending ({n_pending}): {_first(pending, n_pending)}"))
  table = Table(box=None, padding=(0, 2), header_style="bold")
  for column in ("ticket", "status", "attempts", "exit", "last error"):
   table.add_column(column)
  rows = report["tickets"]
  note = None
- if not every_ticket and len(rows) > STATUS_ROWS:
+ total = counts["total"]
+ if "summary" in report and len(rows) < total:  # the run sent the notable ones only
+  notable_count = full["notable"]
+  rows = rows[:STATUS_ROWS]
+ elif not every_ticket and len(rows) > STATUS_ROWS:
   notable = [r for r in rows if _notable(r)]
+  notable_count = len(notable)
   rows = notable[:STATUS_ROWS]
-  left = len(report["tickets"]) - len(rows)
-  more = f"{len(notable) - len(rows)} more notable, " if len(notable) > len(rows) else ""
+ else:
+  notable_count = -1
+ if notable_count >= 0:
+  left = total - len(rows)
+  more = f"{notable_count - len(rows)} more notable, " if notable_count > len(rows) else ""
   note = Text(
-   f"{left} of {plural(len(report['tickets']), 'ticket')} not listed ({more}the rest "
+   f"{left} of {plural(total, 'ticket')} not listed ({more}the rest "
    "completed or not started); --all lists every ticket",
    "dim",
   )
@@ -300,10 +316,16 @@ def render_status(answer: dict[str, Any], *, every_ticket: bool = False) -> Rend
 
 
 def _notable(row: dict[str, Any]) -> bool:
- status = row["status"]
- if status in (Status.COMPLETED, Status.TODO):  # done once, or never run: the counts say it
-  return row["attempts"] > 1 or bool(row["error"])
- return True
+ return is_notable(row["status"], row["attempts"], row["error"])
+
+
+def _first(ids: Sequence[str], total: int | None, limit: int = SUMMARY_IDS) -> str:
+ """`listed(ids, limit)`, where `ids` may be the first of `total` (a summary's lists)."""
+ text = listed(ids, limit)
+ shown = min(len(ids), limit)
+ if total is not None and total > len(ids) and total > shown:
+  text = listed(ids[:shown], shown) + f" (+{total - shown})"
+ return text
 
 
 def history_lines(history: Sequence[dict[str, Any]]) -> list[str]:
