@@ -65,7 +65,7 @@ class Scheduler:
  `try_spawn` refuses and `spawn` raises, so a worker that starts more work while it is being
  cancelled cannot restart its siblings in a loop.
 
- About 580 lines, most of them the contracts above and below: admission, parking, the
+ About 490 lines, most of them the contracts above and below: admission, parking, the
  pool and draining share one lock and one slot semaphore, so they stay one class.
  """
 

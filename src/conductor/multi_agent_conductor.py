@@ -141,7 +141,7 @@ class ConductorEngine:
  turn, bounded). Commands given before `run()` apply, in order, as it begins. Everything
  else (the DAG engine, listeners) runs on the loop.
 
- About 400 lines (270 of code) for its two jobs, which act on one run state (the
+ About 440 lines for its two jobs, which act on one run state (the
  scheduler, the queue, the phase): splitting them would hand that state between two
  classes. Its other parts are units of their own (see the module docstring).
  """
