@@ -108,8 +108,8 @@ async def test_a_folder_that_does_not_exist_fails_the_ticket_with_its_name(
 
 
 async def test_a_huge_output_on_both_streams_is_bounded_to_its_tail(tmp_path: Path) -> None:
- # 2 MB on each stream at once: reading only one of them would deadlock on a full pipe.
- command = "head -c 2000000 /dev/zero | tr '\\0' a; echo OUT-END; head -c 2000000 /dev/zero | tr '\\0' b >&2; echo ERR-END >&2"
+ # 5 MB on each stream at once (more than OUTPUT_LIMIT): reading only one of them would deadlock on a full pipe.
+ command = "head -c 5000000 /dev/zero | tr '\\0' a; echo OUT-END; head -c 5000000 /dev/zero | tr '\\0' b >&2; echo ERR-END >&2"
  with anyio.fail_after(30):
   result = await run_work(shell(command, tmp_path))
  out, separator, err = result.output.partition("OUT-END\n")

@@ -78,6 +78,9 @@ class Ticket:
  attempts: int = 0  # how many times the ticket has been started
  error: str | None = None  # last failure, or why it is blocked
  blocked_by: str | None = None  # id of the failed ticket that blocks this one
+ # While an attempt runs: the whole outputs of the dependencies its work reads
+ # (`WorkSpec.inputs`), by id; set by the driver as the attempt starts, None otherwise.
+ inputs: Mapping[str, str] | None = None
 
 
 # ---------------------------------------------------------------------------------------------

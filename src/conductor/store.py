@@ -1020,7 +1020,7 @@ class StateStore:
   # The listener: ConductorEngine calls it on the loop for every transition. Hot path.
   if self.failure is not None:
    return
-  tid, change, at, status, attempt, detail, error, exit_code, _ = t
+  tid, change, at, status, attempt, detail, error, exit_code = t[:8]
   if tid is None:
    try:
     self._record_pipeline_event(t)

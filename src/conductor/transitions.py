@@ -12,6 +12,7 @@ import enum
 from typing import NamedTuple
 
 from .dag_engine import Status
+from .workers import Usage
 
 __all__ = ["Change", "Transition"]
 
@@ -49,3 +50,11 @@ class Transition(NamedTuple):
  error: str | None = None  # the ticket's last error after it (kept until it starts again)
  exit_code: int | None = None  # of the attempt that just ended (completed, failed, retrying)
  running_at_pause: tuple[str, ...] = ()  # PAUSED: the workers in flight as the gate closed
+ # The attempt that just ended (completed, failed, retrying): its whole output (None: nothing
+ # to keep) and the tokens it spent (agent tickets).
+ output: str | None = None
+ usage: Usage | None = None
+ # PAUSED: when the pipeline resumes by itself (time.time(); None: only a person resumes it),
+ # and whether a person paused it (a person's pause is never ended by an automatic resume).
+ auto_resume_at: float | None = None
+ by_person: bool = True

@@ -4,9 +4,10 @@ A ticket's `work` field holds a *work spec*, a small frozen value that says what
 
 - `ShellWork`: a shell command (`/bin/sh -c`), run in its own process group;
 - `CallWork`: a Python function named `"package.module:function"`, sync or async;
-- `SleepWork`: a simulated job (the built-in demo uses it).
+- `SleepWork`: a simulated job (the built-in demo uses it);
+- any other `WorkSpec` that implements `run` (`agents.AgentWork`: a model call).
 
-`run_work` is the default worker and understands all three. Any other async callable taking a
+`run_work` is the default worker and understands all of them. Any other async callable taking a
 `Ticket` can be plugged in instead (see `Worker`). The engine never looks inside `work`: to
 show it, it asks a `WorkSpec` for its `describe()` and shows anything else by its type's name
 (`describe_work`).
@@ -38,8 +39,10 @@ from anyio.abc import ByteReceiveStream, Process
 
 from .dag_engine import Ticket
 
-OUTPUT_LIMIT = 64 * 1024
-"""Bytes kept from the END of each of a shell command's stdout and stderr."""
+OUTPUT_LIMIT = 4 * 1024 * 1024
+"""Bytes kept of each of a shell command's stdout and stderr: all of it up to this size
+(kept whole in the state), else the last this many, after a line saying how much was
+dropped. It bounds a runner's memory whatever a command prints."""
 
 TERM_GRACE = 2.0
 """Seconds a cancelled shell command's process group gets between SIGTERM and SIGKILL."""
@@ -66,6 +69,24 @@ class WorkSpec:
  def describe(self) -> str:
   """What it runs, in a few words on one line, for tables and logs."""
   return type(self).__name__
+
+ @property
+ def inputs(self) -> tuple[str, ...]:
+  """Ids of the dependencies whose whole output this work reads (an agent's `{{ID}}`).
+
+  The engine keeps those outputs and hands them to the attempt in `Ticket.inputs`.
+  """
+  return ()
+
+ async def run(self, ticket: Ticket, /) -> WorkResult:
+  """Run one attempt (what `run_work` calls for a spec it has no case of its own for).
+
+  A spec that knows how to run itself overrides this; see `Worker` for the contract.
+  """
+  raise TypeError(
+   f"ticket {ticket.id!r}: run_work cannot run work of type {type(self).__name__}; "
+   "implement WorkSpec.run, or pass a custom worker"
+  )
 
 
 def describe_work(work: object) -> str:
@@ -119,11 +140,25 @@ class SleepWork(WorkSpec):
 
 
 @dataclass(frozen=True, slots=True)
+class Usage:
+ """Tokens a model call spent, from its reply's `usage`."""
+
+ prompt_tokens: int = 0
+ completion_tokens: int = 0
+
+ @property
+ def total(self) -> int:
+  return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
 class WorkResult:
- """What a successful attempt produced: its (tail of) output and, for commands, exit code."""
+ """What a successful attempt produced: its output, for commands the exit code, for model
+ calls the tokens spent (`usage`, which counts towards the pipeline's token budget)."""
 
  output: str = ""
  exit_code: int | None = None
+ usage: Usage | None = None
 
 
 class WorkFailed(Exception):
@@ -139,6 +174,37 @@ class WorkFailed(Exception):
   self.error = error
   self.exit_code = exit_code
   self.output = output
+
+
+class PausePipeline(Exception):
+ """Raised by a worker: pause the WHOLE pipeline, and put this ticket back to wait.
+
+ The attempt does not count as a failure and spends none of the ticket's `retries`; the
+ workers in flight finish; nothing new starts. `reason` is what the banner, `status` and the
+ log show. With `resume_after` (seconds), the pipeline resumes by itself after that long,
+ unless a person paused it meanwhile (a person's pause always wins: only a person resumes
+ it); without, it waits for a person's resume. `usage`: tokens the attempt spent anyway.
+ """
+
+ def __init__(
+  self, reason: str, resume_after: float | None = None, *, usage: Usage | None = None
+ ) -> None:
+  super().__init__(reason)
+  if resume_after is not None and not (resume_after >= 0 and math.isfinite(resume_after)):
+   raise ValueError(f"resume_after must be a finite number of seconds >= 0, got {resume_after!r}")
+  self.reason = reason
+  self.resume_after = resume_after
+  self.usage = usage
+
+
+class WorkInterrupted(Exception):
+ """Raised by a worker: the attempt was lost through no fault of the ticket (the machine
+ running it went away). Not a failure: the ticket goes back to todo, shown as interrupted,
+ and runs again as a new attempt, without spending a retry. `reason` is logged."""
+
+ def __init__(self, reason: str) -> None:
+  super().__init__(reason)
+  self.reason = reason
 
 
 class Worker(Protocol):
@@ -198,6 +264,8 @@ async def run_work(ticket: Ticket, *, env: Mapping[str, str] | None = None) -> W
   if work.fail:
    raise WorkFailed("simulated failure")
   return WorkResult(output=f"slept {work.seconds:g}s")
+ if isinstance(work, WorkSpec):
+  return await work.run(ticket)
  raise TypeError(
   f"ticket {ticket.id!r}: run_work cannot run work of type {type(work).__name__}; "
   "use ShellWork, CallWork or SleepWork, or pass a custom worker"
@@ -573,9 +641,12 @@ __all__ = [
  "TERM_GRACE",
  "CallTargetError",
  "CallWork",
+ "PausePipeline",
  "ShellWork",
  "SleepWork",
+ "Usage",
  "WorkFailed",
+ "WorkInterrupted",
  "WorkResult",
  "WorkSpec",
  "Worker",
