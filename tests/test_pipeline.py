@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 import conductor.pipeline as pipeline_module
+from conductor.agents import AgentConfig, AgentWork
 from conductor.dag_engine import Status, Ticket, gc_paused
 from conductor.pipeline import (
  Pipeline,
@@ -159,7 +160,7 @@ def test_a_file_starting_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
  assert load_pipeline(path).tickets[0].id == "a"
 
 
-@pytest.mark.parametrize("name", ["build.toml", "flaky.toml"])
+@pytest.mark.parametrize("name", ["build.toml", "flaky.toml", "agents.toml"])
 def test_the_example_pipelines_load(name: str, module: Module) -> None:
  # Loading build.toml imports examples/build_steps.py: forgotten again after the test
  # (`module` puts sys.path back and keeps bytecode out of the repository).
@@ -282,12 +283,32 @@ def _many(n: int, *, at: int = -1, extra: str = "") -> str:
  return "\n".join(parts)
 
 
+_AGENT_TABLE = '[pipeline.agent]\nbase_url = "http://h/v1"\nmodel = "m"\n'
+
+
+def _prompts(n: int, *, bad: int = -1) -> str:
+ # n prompt tickets, each reading the one before; ticket `bad` reads one it does not depend on.
+ parts = []
+ for i in range(1, n + 1):
+  ref = f"t{i - 2}" if i == bad else f"t{i - 1}"
+  parts.append(
+   f'[[tickets]]\nid = "t{i}"\ndepends_on = ["t{i - 1}"]\nprompt = "on {{{{{ref}}}}}"\n'
+  )
+ return '[[tickets]]\nid = "t0"\nprompt = "start"\n' + "\n".join(parts)
+
+
 def _outcome(path: Path) -> object:
  try:
   pipeline = load_pipeline(path)
  except PipelineFileError as exc:
   return (str(exc), exc.line, exc.ticket)
- return (pipeline.name, [(t.id, t.depends_on, t.work, t.retries) for t in pipeline.tickets])
+ return (
+  pipeline.name,
+  pipeline.agent,
+  pipeline.token_budget,
+  pipeline.dask,
+  [(t.id, t.depends_on, t.work, t.retries) for t in pipeline.tickets],
+ )
 
 
 @pytest.mark.parametrize(
@@ -305,6 +326,10 @@ def _outcome(path: Path) -> object:
   'tickets = [{id = "x", sleep = 0}]\n' + _many(25),
   "[[tickets]]\n" * 25,
   _many(25, at=9, extra="retries = -1").replace("\n", "\r\n"),
+  '[pipeline]\ntoken_budget = 9\ndask = "local:2"\n' + _AGENT_TABLE + _prompts(25),
+  _AGENT_TABLE + _prompts(25, bad=22),  # a reference outside depends_on in a later slice
+  _prompts(25) + _AGENT_TABLE,  # the agent table after the tickets
+  _prompts(25),  # no agent table at all
  ],
 )
 def test_a_big_file_read_in_slices_loads_as_it_does_whole(
@@ -335,9 +360,9 @@ def test_a_big_file_is_parsed_a_slice_at_a_time(
   parsed.append(len(built))
   return real_loads(text)
 
- def ticket(check: Any, index: int, *args: Any) -> Ticket:
+ def ticket(check: Any, index: int, *args: Any, **kwargs: Any) -> Ticket:
   built.append(index)
-  return real_ticket(check, index, *args)
+  return real_ticket(check, index, *args, **kwargs)
 
  monkeypatch.setattr(pipeline_module._rtoml, "loads", loads)
  monkeypatch.setattr(pipeline_module, "_ticket", ticket)
@@ -365,7 +390,8 @@ def test_tickets_written_as_a_single_table_are_rejected(tmp_path: Path) -> None:
 def test_an_unknown_pipeline_key_lists_the_allowed_ones(tmp_path: Path) -> None:
  error = error_for(tmp_path, "[pipeline]\nworkers = 2\n" + TICKET)
  assert str(error).endswith(
-  ": [pipeline]: unknown key 'workers' in [pipeline]; allowed keys: name, max_workers, auto_queue"
+  ": [pipeline]: unknown key 'workers' in [pipeline]; allowed keys: name, max_workers, auto_queue, "
+  "token_budget, dask, agent"
  )
 
 
@@ -407,7 +433,8 @@ def test_an_unknown_ticket_key_names_the_ticket_and_the_allowed_keys(tmp_path: P
  error = error_for(tmp_path, TICKET + "timeout = 5\ndepends = []\n")
  assert str(error) == (
   f"{tmp_path / 'pipe.toml'}: ticket 'a': unknown keys 'timeout', 'depends' in a ticket; "
-  "allowed keys: id, depends_on, description, run, call, sleep, fail, retries"
+  "allowed keys: id, depends_on, description, run, call, sleep, prompt, fail, system, model, "
+  "retries"
  )
  assert error.ticket == "a"
 
@@ -416,14 +443,16 @@ def test_a_ticket_without_work_says_which_keys_give_it_work(tmp_path: Path) -> N
  error = error_for(tmp_path, '[[tickets]]\nid = "idle"\n')
  assert str(error).endswith(
   ": ticket 'idle': has no work; add one of "
-  'run = "<shell command>", call = "module:function" or sleep = <seconds>'
+  'run = "<shell command>", call = "module:function", sleep = <seconds> '
+  'or prompt = "<text for the model>"'
  )
 
 
 def test_a_ticket_with_two_kinds_of_work_is_rejected(tmp_path: Path) -> None:
  error = error_for(tmp_path, '[[tickets]]\nid = "both"\nrun = "true"\nsleep = 1\n')
  assert str(error).endswith(
-  ": ticket 'both': has run and sleep; keep exactly one of run, call, sleep (one kind of work)"
+  ": ticket 'both': has run and sleep; keep exactly one of run, call, sleep, prompt (one kind "
+  "of work)"
  )
  assert error.ticket == "both"
 
@@ -564,6 +593,292 @@ def test_a_dict_imports_nothing_unless_asked(tmp_path: Path, module: Module) -> 
  )
 
 
+# -- agent tickets ----------------------------------------------------------------------------
+
+AGENT = """
+[pipeline]
+token_budget = 1000
+dask = "tcp://10.0.0.5:8786"
+
+[pipeline.agent]
+base_url = "http://localhost:11434/v1"
+model = "qwen2.5-coder:1.5b"
+api_key_env = "OPENAI_API_KEY"
+timeout = 30
+
+[[tickets]]
+id = "plan"
+prompt = "Plan it"
+system = "Be brief"
+
+[[tickets]]
+id = "review"
+depends_on = ["plan"]
+prompt = "Review {{ plan }} and {{plan}}"
+model = "big-model"
+"""
+
+
+def test_an_agent_pipeline_loads_its_endpoint_budget_dask_and_prompts(tmp_path: Path) -> None:
+ pipeline = load_pipeline(write(tmp_path, AGENT))
+ agent = AgentConfig("http://localhost:11434/v1", "qwen2.5-coder:1.5b", "OPENAI_API_KEY", 30.0)
+ assert (pipeline.agent, pipeline.token_budget, pipeline.dask) == (
+  agent,
+  1000,
+  "tcp://10.0.0.5:8786",
+ )
+ plan, review = pipeline.tickets
+ assert plan.work == AgentWork("Plan it", agent, system="Be brief")
+ assert review.work == AgentWork("Review {{ plan }} and {{plan}}", agent, model="big-model")
+ assert review.work.inputs == ("plan",)
+
+
+def test_without_the_new_keys_there_is_no_agent_budget_or_dask(tmp_path: Path) -> None:
+ pipeline = load_pipeline(write(tmp_path, TICKET))
+ assert (pipeline.agent, pipeline.token_budget, pipeline.dask) == (None, None, None)
+
+
+def test_the_agent_table_s_optional_keys_have_their_defaults(tmp_path: Path) -> None:
+ text = '[pipeline.agent]\nbase_url = "https://api.example.com/v1"\n' + TICKET
+ assert load_pipeline(write(tmp_path, text)).agent == AgentConfig("https://api.example.com/v1")
+
+
+def test_a_prompt_ticket_may_name_its_own_model_instead_of_the_table(tmp_path: Path) -> None:
+ text = '[pipeline.agent]\nbase_url = "http://h:1/v1"\n[[tickets]]\nid = "a"\nprompt = "hi"\nmodel = "m"\n'
+ work = load_pipeline(write(tmp_path, text)).tickets[0].work
+ assert work == AgentWork("hi", AgentConfig("http://h:1/v1"), model="m")
+
+
+def test_an_agent_table_without_base_url_is_fine_until_a_ticket_has_a_prompt(
+ tmp_path: Path,
+) -> None:
+ table = '[pipeline.agent]\nmodel = "m"\n'
+ assert load_pipeline(write(tmp_path, table + TICKET)).agent is None
+ error = error_for(tmp_path, table + '[[tickets]]\nid = "p"\nprompt = "hi"\n')
+ assert str(error).endswith(
+  ": ticket 'p': has a prompt but [pipeline.agent] has no base_url; add base_url = "
+  '"http://localhost:11434/v1" (your endpoint\'s URL) to [pipeline.agent]'
+ )
+ assert error.ticket == "p"
+
+
+@pytest.mark.parametrize(
+ "text",
+ [
+  "{plan}",  # single braces
+  "{{ two words }}",  # not an id
+  "{{}} and {{ }}",  # empty
+  "{ {plan} }",
+  "{{plan}",
+ ],
+)
+def test_malformed_braces_are_sent_as_written_not_refused(tmp_path: Path, text: str) -> None:
+ body = f'[pipeline.agent]\nbase_url = "http://h/v1"\nmodel = "m"\n[[tickets]]\nid = "a"\nprompt = {json.dumps(text)}\n'
+ work = load_pipeline(write(tmp_path, body)).tickets[0].work
+ assert isinstance(work, AgentWork) and work.prompt == text and work.inputs == ()
+
+
+def test_a_prompt_ticket_without_an_agent_table_says_what_to_add(tmp_path: Path) -> None:
+ error = error_for(tmp_path, '[[tickets]]\nid = "plan"\nprompt = "hi"\n')
+ assert str(error) == (
+  f"{tmp_path / 'pipe.toml'}: ticket 'plan': has a prompt but the file has no [pipeline.agent] "
+  'table; add [pipeline.agent] with base_url = "http://localhost:11434/v1" and '
+  'model = "qwen2.5-coder:1.5b"'
+ )
+ assert error.ticket == "plan"
+
+
+def test_a_prompt_ticket_without_a_model_anywhere_is_refused_with_the_fix(tmp_path: Path) -> None:
+ text = '[pipeline.agent]\nbase_url = "http://h/v1"\n[[tickets]]\nid = "plan"\nprompt = "hi"\n'
+ error = error_for(tmp_path, text)
+ assert str(error).endswith(
+  ": ticket 'plan': has no model; add model = \"<name>\" to [pipeline.agent] (for every "
+  "prompt ticket) or to this ticket"
+ )
+
+
+@pytest.mark.parametrize(
+ ("lines", "where", "ref"),
+ [
+  ('prompt = "Use {{plan}}"', "prompt", "plan"),
+  ('prompt = "Use {{  plan  }}"', "prompt", "plan"),
+  ('depends_on = ["plan"]\nprompt = "{{plan}} {{ spec }}"', "prompt", "spec"),
+  ('prompt = "hi"\nsystem = "You know {{ notes }}"', "system", "notes"),
+ ],
+)
+def test_a_reference_outside_depends_on_names_file_ticket_reference_and_fix(
+ tmp_path: Path, lines: str, where: str, ref: str
+) -> None:
+ head = '[pipeline.agent]\nbase_url = "http://h/v1"\nmodel = "m"\n'
+ error = error_for(tmp_path, f'{head}[[tickets]]\nid = "review"\n{lines}\n')
+ assert str(error) == (
+  f"{tmp_path / 'pipe.toml'}: ticket 'review': '{{{{{ref}}}}}' in its {where} reads the output "
+  f"of '{ref}', which is not among its depends_on; add '{ref}' to depends_on"
+ )
+ assert error.ticket == "review"
+
+
+@pytest.mark.parametrize(
+ ("lines", "expected"),
+ [
+  (
+   "prompt = ''",
+   "'prompt' must be a non-empty string (the text sent to the model), found string \"\"",
+  ),
+  (
+   "prompt = 3",
+   "'prompt' must be a non-empty string (the text sent to the model), found integer 3",
+  ),
+  ("prompt = 'hi'\nsystem = 1", "'system' must be a string (the system message), found integer 1"),
+  (
+   "prompt = 'hi'\nmodel = ' '",
+   "'model' must be a non-empty string (the model's name at the endpoint), found string \" \"",
+  ),
+  ("prompt = 'hi'\nmodel = 2", "'model' must be a non-empty string"),
+  ("run = 'true'\nsystem = 'x'", "'system' only applies to prompt tickets; remove it"),
+  ("sleep = 1\nmodel = 'm'", "'model' only applies to prompt tickets; remove it"),
+  ("call = 'm:f'\nmodel = 'm'", "'model' only applies to prompt tickets; remove it"),
+  (
+   "run = 'true'\nprompt = 'hi'",
+   "has run and prompt; keep exactly one of run, call, sleep, prompt",
+  ),
+  ("prompt = 'hi'\nfail = true", "'fail' only applies to sleep tickets; remove it"),
+ ],
+)
+def test_a_wrong_prompt_ticket_names_the_ticket_the_key_and_the_fix(
+ tmp_path: Path, lines: str, expected: str
+) -> None:
+ head = '[pipeline.agent]\nbase_url = "http://h/v1"\nmodel = "m"\n'
+ error = error_for(tmp_path, f'{head}[[tickets]]\nid = "t1"\n{lines}\n')
+ assert str(error).startswith(f"{tmp_path / 'pipe.toml'}: ticket 't1': {expected}")
+ assert error.ticket == "t1"
+
+
+@pytest.mark.parametrize(
+ ("lines", "expected"),
+ [
+  (
+   "token_budget = 0",
+   "[pipeline]: 'token_budget' must be an integer >= 1 (tokens), found integer 0",
+  ),
+  (
+   "token_budget = 1.5",
+   "[pipeline]: 'token_budget' must be an integer >= 1 (tokens), found float 1.5",
+  ),
+  ("token_budget = true", "found boolean true"),
+  ("token_budget = '9'", 'found string "9"'),
+  (
+   'dask = "tcp://host"',
+   '[pipeline]: \'dask\' must be "tcp://HOST:PORT" (a running Dask scheduler) or "local:N" (a local cluster of N >= 1 workers), found string "tcp://host"',
+  ),
+  ('dask = "tcp://host:0"', 'found string "tcp://host:0"'),
+  ('dask = "tcp://host:65536"', 'found string "tcp://host:65536"'),
+  ('dask = "tcp://:8786"', 'found string "tcp://:8786"'),
+  ('dask = "localhost:8786"', 'found string "localhost:8786"'),
+  ('dask = "local:0"', 'found string "local:0"'),
+  ('dask = "local:two"', 'found string "local:two"'),
+  ('dask = "local:\u0664"', 'found string "local:\u0664"'),  # an Arabic-Indic four
+  ("dask = 4", "found integer 4"),
+  ("agent = 3", "[pipeline]: 'agent' must be a table ([pipeline.agent]), found integer 3"),
+  (
+   "[pipeline.agent]\nurl = 'x'",
+   "[pipeline.agent]: unknown key 'url' in [pipeline.agent]; allowed keys: base_url, model, api_key_env, timeout",
+  ),
+  (
+   "[pipeline.agent]\nbase_url = 'localhost:11434'",
+   '[pipeline.agent]: \'base_url\' must be an http:// or https:// URL such as "http://localhost:11434/v1", found string "localhost:11434"',
+  ),
+  ("[pipeline.agent]\nbase_url = 'ftp://h/v1'", "'base_url' must be an http:// or https:// URL"),
+  ("[pipeline.agent]\nbase_url = 'http://'", "'base_url' must be an http:// or https:// URL"),
+  (
+   "[pipeline.agent]\nbase_url = 'http://h:99999/v1'",
+   "'base_url' must be an http:// or https:// URL",
+  ),
+  ("[pipeline.agent]\nbase_url = 'http://h /v1'", "'base_url' must be an http:// or https:// URL"),
+  ("[pipeline.agent]\nbase_url = 5", "found integer 5"),
+  (
+   "[pipeline.agent]\nmodel = ''",
+   "[pipeline.agent]: 'model' must be a non-empty string (the model's name at the endpoint), found string \"\"",
+  ),
+  (
+   "[pipeline.agent]\napi_key_env = 5",
+   "[pipeline.agent]: 'api_key_env' must be the name of an environment variable (api_key_env = \"OPENAI_API_KEY\"), found integer 5",
+  ),
+  (
+   "[pipeline.agent]\napi_key_env = 'MY KEY'",
+   "[pipeline.agent]: 'api_key_env' must be the NAME of an environment variable (letters, digits and _, not starting with a digit), not a key: e.g. api_key_env = \"OPENAI_API_KEY\"",
+  ),
+  (
+   "[pipeline.agent]\napi_key_env = '1KEY'",
+   "'api_key_env' must be the NAME of an environment variable",
+  ),
+  (
+   "[pipeline.agent]\ntimeout = 0",
+   "[pipeline.agent]: 'timeout' must be a number of seconds > 0, found integer 0",
+  ),
+  ("[pipeline.agent]\ntimeout = -1.5", "found float -1.5"),
+  ("[pipeline.agent]\ntimeout = nan", "found float nan"),
+  ("[pipeline.agent]\ntimeout = true", "found boolean true"),
+  ("[pipeline.agent]\ntimeout = '30'", 'found string "30"'),
+ ],
+)
+def test_a_wrong_agent_budget_or_dask_setting_names_the_table_the_key_and_the_fix(
+ tmp_path: Path, lines: str, expected: str
+) -> None:
+ error = error_for(tmp_path, f"[pipeline]\n{lines}\n" + TICKET)
+ table = "[pipeline.agent]" if "[pipeline.agent]" in lines else "[pipeline]"
+ assert str(error).startswith(f"{tmp_path / 'pipe.toml'}: {table}: ")
+ assert expected in str(error)
+ assert error.ticket is None
+
+
+@pytest.mark.parametrize("key", ["sk-proj-abc123DEF", "sk_live_abc123", "hf_abcDEF123", "gsk_abc"])
+def test_a_key_written_where_its_variable_s_name_belongs_is_refused_without_showing_it(
+ tmp_path: Path, key: str
+) -> None:
+ error = error_for(tmp_path, f"[pipeline.agent]\napi_key_env = '{key}'\n" + TICKET)
+ assert str(error) == (
+  f"{tmp_path / 'pipe.toml'}: [pipeline.agent]: 'api_key_env' holds what looks like a key; "
+  'never write a key into the file: write api_key_env = "OPENAI_API_KEY" and set that '
+  "variable to the key where conductor runs"
+ )
+ assert key not in str(error) and key[3:] not in str(error)
+
+
+@pytest.mark.parametrize(
+ "address",
+ ["tcp://127.0.0.1:8786", "tcp://sched.example.com:1", "tcp://[::1]:8786", "local:1", "local:12"],
+)
+def test_a_dask_address_in_either_form_loads(tmp_path: Path, address: str) -> None:
+ text = f'[pipeline]\ndask = "{address}"\n' + TICKET
+ assert load_pipeline(write(tmp_path, text)).dask == address
+
+
+def test_an_agent_file_reads_the_same_with_and_without_the_fast_parser(
+ tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+ good_path = write(tmp_path, AGENT, "good.toml")
+ bad_path = write(tmp_path, AGENT.replace('depends_on = ["plan"]\n', ""), "bad.toml")
+ fast = [_outcome(good_path), _outcome(bad_path)]
+ monkeypatch.setattr(pipeline_module, "_rtoml", None)
+ assert [_outcome(good_path), _outcome(bad_path)] == fast
+ assert isinstance(fast[1], tuple) and "add 'plan' to depends_on" in str(fast[1][0])
+
+
+def test_the_agent_example_asks_a_local_ollama_plan_implement_review() -> None:
+ pipeline = load_pipeline(EXAMPLES / "agents.toml")
+ assert pipeline.agent is not None
+ assert pipeline.agent.base_url == "http://localhost:11434/v1"
+ assert pipeline.agent.api_key_env is None and pipeline.token_budget is not None
+ assert [(t.id, t.depends_on) for t in pipeline.tickets] == [
+  ("plan", ()),
+  ("implement", ("plan",)),
+  ("review", ("plan", "implement")),
+ ]
+ works = [t.work for t in pipeline.tickets if isinstance(t.work, AgentWork)]
+ assert [w.inputs for w in works] == [(), ("plan",), ("plan", "implement")]
+
+
 # -- fingerprints -----------------------------------------------------------------------------
 
 
@@ -630,6 +945,10 @@ def test_sleep_and_fail_both_count_in_the_fingerprint() -> None:
   Ticket("a", work=SleepWork(True)),  # type: ignore[arg-type]
   Ticket("a", work=None, retries=10**30),
   Ticket("a", work=CallWork("m:f"), retries=True),
+  Ticket("r", ("p",), work=AgentWork('é "{{p}}"\n\u2028', AgentConfig("http://h/v1", "m"))),
+  Ticket("r", work=AgentWork("x", AgentConfig("http://h/v1"), system="s", model="n")),
+  Ticket("r", work=AgentWork("x", AgentConfig("http://h/v1"))),
+  Ticket("r", work=AgentWork("x", AgentConfig("http://h/v1", 3), system=4)),  # type: ignore[arg-type]
  ],
 )
 def test_the_fast_fingerprint_is_the_canonical_json_one(ticket: Ticket) -> None:
@@ -644,3 +963,41 @@ def test_the_fast_fingerprint_is_the_canonical_json_one(ticket: Ticket) -> None:
  }
  blob = json.dumps(definition, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
  assert fingerprint(ticket) == hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+AGENT_HERE = AgentConfig("http://localhost:11434/v1", "m", None, 600.0)
+
+
+@pytest.mark.parametrize(
+ "elsewhere",
+ [
+  AgentConfig("https://api.openai.com/v1", "m", "OPENAI_API_KEY", 30.0),
+  AgentConfig("http://localhost:8000/v1", None),  # ... with the model named by the ticket
+ ],
+)
+def test_a_prompt_ticket_s_fingerprint_ignores_where_it_is_sent(elsewhere: AgentConfig) -> None:
+ # Pointing a pipeline at another provider is not an edit: its saved replies stay valid.
+ here = Ticket("r", ("p",), work=AgentWork("Review {{p}}", AGENT_HERE, system="s"))
+ there = Ticket("r", ("p",), work=AgentWork("Review {{p}}", elsewhere, system="s", model="m"))
+ assert fingerprint(here) == fingerprint(there)
+ assert pipeline_module._canonical_fast(here) is not None  # the fast path covers them
+
+
+@pytest.mark.parametrize(
+ "changed",
+ [
+  AgentWork("Review {{p}} again", AGENT_HERE, system="s"),
+  AgentWork("Review {{p}}", AGENT_HERE, system="t"),
+  AgentWork("Review {{p}}", AGENT_HERE),  # no system message at all
+  AgentWork("Review {{p}}", AGENT_HERE, system="s", model="other"),
+  AgentWork("Review {{p}}", AgentConfig("http://localhost:11434/v1", "other"), system="s"),
+ ],
+)
+def test_a_prompt_ticket_s_fingerprint_changes_with_what_is_asked_and_of_which_model(
+ changed: AgentWork,
+) -> None:
+ base = Ticket("r", ("p",), work=AgentWork("Review {{p}}", AGENT_HERE, system="s"))
+ assert fingerprint(Ticket("r", ("p",), work=changed)) != fingerprint(base)
+ assert fingerprint(Ticket("r", ("p",), work=changed)) != fingerprint(
+  Ticket("r", ("p",), work=SleepWork(1))
+ )

@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from procs import conductor
+from procs import conductor, one_line_error
 
 from conductor.dag_engine import (
  CycleError,
@@ -235,3 +235,52 @@ def test_whatever_a_module_raises_at_import_is_one_escaped_line(
  assert message.startswith(f"{path}: ticket 'a': call target '{name}:step': importing module")
  assert expected in message and "second line" not in message, message
  assert name not in sys.modules
+
+
+# -- agent tickets ------------------------------------------------------------------------------
+
+AGENT_HEAD = '[pipeline.agent]\nbase_url = "http://localhost:11434/v1"\nmodel = "m"\n'
+
+
+@pytest.mark.parametrize("bad", UNPRINTABLE[3:], ids=[repr(c) for c in UNPRINTABLE[3:]])
+def test_an_unprintable_reference_is_shown_escaped(tmp_path: Path, bad: str) -> None:
+ # A `{{ID}}` holds no whitespace, so of these only the ones that are not spaces make a
+ # reference; either way the line stays one printable line.
+ path = tmp_path / "p.toml"
+ prompt = toml_string(f"use {{{{x{bad}y}}}}")
+ path.write_text(f'{AGENT_HEAD}[[tickets]]\nid = "a"\nprompt = {prompt}\n')
+ try:
+  load_pipeline(path)
+ except PipelineFileError as exc:
+  message = one_line(exc)
+  assert f"'{{{{x{repr(bad)[1:-1]}y}}}}' in its prompt" in message, message
+ else:
+  assert bad.isspace()  # not a reference, so nothing to refuse
+
+
+def test_a_key_pasted_into_api_key_env_never_reaches_the_terminal(tmp_path: Path) -> None:
+ key = "sk-proj-" + uuid.uuid4().hex
+ (tmp_path / "p.toml").write_text(
+  f'[pipeline.agent]\nbase_url = "https://api.openai.com/v1"\nmodel = "m"\napi_key_env = "{key}"\n'
+  '[[tickets]]\nid = "a"\nprompt = "hi"\n'
+ )
+ result = conductor("validate", "p.toml", cwd=tmp_path)
+ line = one_line_error(result, "p.toml", "api_key_env", "looks like a key")
+ assert key not in result.stdout + result.stderr and key[8:] not in line
+
+
+def test_a_reference_outside_depends_on_fails_validate_with_exit_2(tmp_path: Path) -> None:
+ (tmp_path / "p.toml").write_text(
+  f'{AGENT_HEAD}[[tickets]]\nid = "plan"\nprompt = "x"\n'
+  '[[tickets]]\nid = "code"\nprompt = "Write {{ plan }}"\n'
+ )
+ one_line_error(
+  conductor("validate", "p.toml", cwd=tmp_path), "p.toml", "'code'", "add 'plan' to depends_on"
+ )
+
+
+def test_the_agent_example_passes_validate() -> None:
+ example = Path(__file__).resolve().parent.parent / "examples" / "agents.toml"
+ result = conductor("validate", str(example))
+ assert result.returncode == 0, result.stderr
+ assert "3 tickets" in result.stdout

@@ -1,11 +1,19 @@
 """Pipeline files: TOML in, validated `Pipeline` of fresh `Ticket`s out, or one clear error.
 
-The format (every key but `id` and one of `run` / `call` / `sleep` is optional)::
+The format (every key but `id` and one of `run` / `call` / `sleep` / `prompt` is optional)::
 
  [pipeline]
  name = "build"          # default: the file name without .toml
  max_workers = 4         # workers at once, >= 1
  auto_queue = true       # false: a ready ticket waits to be queued by hand
+ token_budget = 200000   # prompt + completion tokens before the run pauses itself, >= 1
+ dask = "local:4"        # run tickets on Dask: "tcp://HOST:PORT" or "local:N"; --dask wins
+
+ [pipeline.agent]        # where prompt tickets go: any OpenAI-compatible endpoint
+ base_url = "http://localhost:11434/v1"   # http(s); required once a ticket has a prompt
+ model = "qwen2.5-coder:1.5b"             # default model of prompt tickets
+ api_key_env = "OPENAI_API_KEY"           # the NAME of the variable holding the key
+ timeout = 600                            # seconds for one request, > 0
 
  [[tickets]]
  id = "compile"
@@ -14,12 +22,18 @@ The format (every key but `id` and one of `run` / `call` / `sleep` is optional):
  run = "make -j4"        # a shell command, run in the pipeline file's folder
  # call = "steps:compile"  a Python function "module:function", imported from that folder
  # sleep = 1.5             a simulated job; `fail = true` makes it fail
+ # prompt = "Review: {{ configure }}"   sent to the model; {{ID}} is ID's whole output
+ # system = "..."          prompt tickets only: the system message
+ # model = "..."           prompt tickets only: overrides [pipeline.agent] model
  retries = 2             # automatic retries after a failure
 
 This module checks the FILE: syntax, keys, types, one kind of work per ticket, and that every
-`call` target can be called. Checking the GRAPH (unknown dependencies, duplicate ids, cycles)
-is `dag_engine.ExecutionEngine`'s job. TOML is read by rtoml when it is installed (a big file
-a slice at a time), else by tomllib, with tomllib's results and messages either way (see
+`call` target can be called. For prompt tickets: that there is a `[pipeline.agent]` with a
+base_url, a model for each, a variable's name (never a key) in `api_key_env`, and that every
+`{{ID}}` names one of the ticket's `depends_on` (`_agent_work` says what counts as one).
+Checking the GRAPH (unknown dependencies, duplicate ids, cycles) is
+`dag_engine.ExecutionEngine`'s job. TOML is read by rtoml when it is installed (a big file a
+slice at a time), else by tomllib, with tomllib's results and messages either way (see
 `_sliced`).
 
 Call targets are resolved when a FILE is loaded: `load_pipeline` imports each target's module
@@ -34,6 +48,7 @@ imports nothing unless asked (`resolve_calls=True`): built-in and test pipelines
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import itertools
@@ -41,12 +56,14 @@ import json
 import math
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 from ._text import printable, shown_path
+from .agents import AgentConfig, AgentWork, template_refs
 from .dag_engine import Ticket, gc_paused
 from .workers import (
  CallTargetError,
@@ -63,11 +80,28 @@ try:
 except ImportError:  # optional: tomllib does the same, slower
  _rtoml = None  # type: ignore[assignment]
 
-_PIPELINE_KEYS = ("name", "max_workers", "auto_queue")
+_PIPELINE_KEYS = ("name", "max_workers", "auto_queue", "token_budget", "dask", "agent")
+_AGENT_KEYS = ("base_url", "model", "api_key_env", "timeout")
 _TOP_KEYS = ("pipeline", "tickets")
-_TICKET_KEYS = ("id", "depends_on", "description", "run", "call", "sleep", "fail", "retries")
-_WORK_KEYS = ("run", "call", "sleep")
-_WORK_HINT = 'run = "<shell command>", call = "module:function" or sleep = <seconds>'
+_TICKET_KEYS = (
+ "id",
+ "depends_on",
+ "description",
+ "run",
+ "call",
+ "sleep",
+ "prompt",
+ "fail",
+ "system",
+ "model",
+ "retries",
+)
+_WORK_KEYS = ("run", "call", "sleep", "prompt")
+_WORK_HINT = (
+ 'run = "<shell command>", call = "module:function", sleep = <seconds> '
+ 'or prompt = "<text for the model>"'
+)
+_AGENT_EXAMPLE = 'base_url = "http://localhost:11434/v1" and model = "qwen2.5-coder:1.5b"'
 # Limits that keep a wrong or hostile file from exhausting memory or flooding a message: a
 # 100,000-ticket pipeline is about 8 MB; an id is shown in every log line and listing, and
 # travels in a shell ticket's environment.
@@ -88,6 +122,9 @@ class Pipeline:
  max_workers: int
  auto_queue: bool
  tickets: tuple[Ticket, ...]
+ agent: AgentConfig | None = None  # `[pipeline.agent]`; None without one (or without base_url)
+ token_budget: int | None = None  # tokens the run may spend before it pauses itself
+ dask: str | None = None  # "tcp://HOST:PORT" or "local:N" (`--dask` wins over it)
 
 
 class PipelineFileError(ValueError):
@@ -389,6 +426,16 @@ def _build(
    f"'auto_queue' must be a boolean (true or false), found {_toml_type(auto_queue)}",
    label="[pipeline]",
   )
+ token_budget = section.get("token_budget")
+ if token_budget is not None and (not _is_int(token_budget) or token_budget < 1):
+  check.fail(
+   f"'token_budget' must be an integer >= 1 (tokens), found {_toml_type(token_budget)}",
+   label="[pipeline]",
+  )
+ dask = section.get("dask")
+ if dask is not None:
+  _check_dask(check, dask)
+ agent = _agent_table(check, section["agent"]) if "agent" in section else None
 
  raw_tickets = data.get("tickets") if tickets is None else tickets
  if raw_tickets is None or (isinstance(raw_tickets, list) and not raw_tickets):
@@ -397,7 +444,8 @@ def _build(
   check.fail(f"'tickets' must be an array of tables ([[tickets]]), found {_toml_type(raw_tickets)}")
  folder = path.parent if path is not None else Path.cwd()
  built = tuple(
-  _ticket(check, index, raw, folder, path is not None) for index, raw in enumerate(raw_tickets)
+  _ticket(check, index, raw, folder, path is not None, agent=agent)
+  for index, raw in enumerate(raw_tickets)
  )
  if resolve_calls:  # after the whole file is checked: a typo is reported before any import
   _resolve_calls(check, built)
@@ -407,6 +455,116 @@ def _build(
   max_workers=max_workers,
   auto_queue=auto_queue,
   tickets=built,
+  agent=agent.config if agent is not None else None,
+  token_budget=token_budget,
+  dask=dask,
+ )
+
+
+@dataclass(frozen=True, slots=True)
+class _AgentTable:
+ """`[pipeline.agent]` as checked. `config` is None when it has no base_url: only a prompt
+ ticket needs one, so that is refused at the first prompt ticket (`_agent_work`)."""
+
+ config: AgentConfig | None
+
+
+_AGENT_LABEL = "[pipeline.agent]"
+# An environment variable's name as a POSIX shell takes it; and the beginnings of keys that
+# providers hand out (OpenAI, Anthropic "sk-", Hugging Face, Groq, xAI, Perplexity), so a key
+# pasted where its variable's name belongs is refused without ever being shown.
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_KEY_PREFIXES = ("sk-", "sk_", "hf_", "gsk_", "xai-", "pplx-")
+
+
+def _agent_table(check: _Checker, table: object) -> _AgentTable:
+ label = _AGENT_LABEL
+ if not isinstance(table, Mapping):
+  check.fail(
+   f"'agent' must be a table ([pipeline.agent]), found {_toml_type(table)}", label="[pipeline]"
+  )
+ check.unknown_keys(table, _AGENT_KEYS, label, label=label)
+ base_url = table.get("base_url")
+ if base_url is not None and not _is_http_url(base_url):
+  check.fail(
+   "'base_url' must be an http:// or https:// URL such as \"http://localhost:11434/v1\", "
+   f"found {_toml_type(base_url)}",
+   label=label,
+  )
+ model = table.get("model")
+ if model is not None and not _is_name(model):
+  check.fail(
+   f"'model' must be a non-empty string (the model's name at the endpoint), found {_toml_type(model)}",
+   label=label,
+  )
+ key_env = table.get("api_key_env")
+ if key_env is not None:
+  # Never shows the value: it may be the key itself.
+  if not isinstance(key_env, str):
+   check.fail(
+    "'api_key_env' must be the name of an environment variable "
+    f'(api_key_env = "OPENAI_API_KEY"), found {_toml_type(key_env)}',
+    label=label,
+   )
+  if key_env.startswith(_KEY_PREFIXES):
+   check.fail(
+    "'api_key_env' holds what looks like a key; never write a key into the file: write "
+    'api_key_env = "OPENAI_API_KEY" and set that variable to the key where conductor runs',
+    label=label,
+   )
+  if not _ENV_NAME.fullmatch(key_env):
+   check.fail(
+    "'api_key_env' must be the NAME of an environment variable (letters, digits and _, not "
+    'starting with a digit), not a key: e.g. api_key_env = "OPENAI_API_KEY"',
+    label=label,
+   )
+ timeout = table.get("timeout")
+ if timeout is not None and (
+  isinstance(timeout, bool)
+  or not isinstance(timeout, int | float)
+  or not math.isfinite(timeout)
+  or timeout <= 0
+ ):
+  check.fail(f"'timeout' must be a number of seconds > 0, found {_toml_type(timeout)}", label=label)
+ if base_url is None:
+  return _AgentTable(None)
+ config = AgentConfig(base_url=base_url, model=model, api_key_env=key_env)
+ if timeout is not None:
+  config = dataclasses.replace(config, timeout=float(timeout))
+ return _AgentTable(config)
+
+
+def _is_http_url(value: object) -> bool:
+ if not isinstance(value, str) or not value.isprintable() or any(c.isspace() for c in value):
+  return False
+ try:
+  url = urllib.parse.urlsplit(value)
+  url.port  # noqa: B018 (raises ValueError for a port that is not a number in range)
+ except ValueError:
+  return False
+ return url.scheme in ("http", "https") and bool(url.hostname)
+
+
+def _is_name(value: object) -> bool:
+ return isinstance(value, str) and bool(value.strip()) and value.isprintable()
+
+
+_DASK_TCP = re.compile(r"tcp://(?:\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]@]+):([0-9]{1,5})")
+_DASK_LOCAL = re.compile(r"local:([0-9]{1,6})")
+
+
+def _check_dask(check: _Checker, value: object) -> None:
+ if isinstance(value, str):
+  tcp = _DASK_TCP.fullmatch(value)
+  if tcp is not None and 1 <= int(tcp[1]) <= 65535:
+   return
+  local = _DASK_LOCAL.fullmatch(value)
+  if local is not None and int(local[1]) >= 1:
+   return
+ check.fail(
+  '\'dask\' must be "tcp://HOST:PORT" (a running Dask scheduler) or "local:N" (a local '
+  f"cluster of N >= 1 workers), found {_toml_type(value)}",
+  label="[pipeline]",
  )
 
 
@@ -445,7 +603,13 @@ _NO_DEPS: list[str] = []  # read, never changed
 
 
 def _ticket(
- check: _Checker, index: int, raw: object, folder: Path, importable_folder: bool
+ check: _Checker,
+ index: int,
+ raw: object,
+ folder: Path,
+ importable_folder: bool,
+ *,
+ agent: _AgentTable | None,
 ) -> Ticket:
  # Runs once per ticket: the checks of the good case come first and cost little.
  if type(raw) is not dict and not isinstance(raw, Mapping):
@@ -490,13 +654,17 @@ def _ticket(
   check.fail(f"has no work; add one of {_WORK_HINT}", tid)
  if len(kinds) > 1:
   check.fail(
-   f"has {' and '.join(kinds)}; keep exactly one of run, call, sleep (one kind of work)", tid
+   f"has {' and '.join(kinds)}; keep exactly one of run, call, sleep, prompt (one kind of work)",
+   tid,
   )
- if "fail" in raw and kinds[0] != "sleep":
+ kind = kinds[0]
+ if "fail" in raw and kind != "sleep":
   check.fail("'fail' only applies to sleep tickets; remove it", tid)
+ if kind != "prompt" and ("system" in raw or "model" in raw):
+  key = "system" if "system" in raw else "model"
+  check.fail(f"'{key}' only applies to prompt tickets; remove it", tid)
 
  work: object
- kind = kinds[0]
  value = raw[kind]
  if kind == "run":
   if not isinstance(value, str) or not value.strip():
@@ -510,6 +678,8 @@ def _ticket(
   except ValueError as exc:
    check.fail(printable(str(exc)), tid)
   work = CallWork(target=value, search_path=folder if importable_folder else None)
+ elif kind == "prompt":
+  work = _agent_work(check, tid, raw, deps, agent)
  else:
   if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
    check.fail(f"'sleep' must be a number of seconds >= 0, found {_toml_type(value)}", tid)
@@ -527,6 +697,61 @@ def _ticket(
   work=work,
   retries=retries,
  )
+
+
+def _agent_work(
+ check: _Checker,
+ tid: str,
+ raw: Mapping[str, Any],
+ deps: list[str],
+ agent: _AgentTable | None,
+) -> AgentWork:
+ prompt = raw["prompt"]
+ if not isinstance(prompt, str) or not prompt.strip():
+  check.fail(
+   f"'prompt' must be a non-empty string (the text sent to the model), found {_toml_type(prompt)}",
+   tid,
+  )
+ system = raw.get("system")
+ if system is not None and not isinstance(system, str):
+  check.fail(f"'system' must be a string (the system message), found {_toml_type(system)}", tid)
+ model = raw.get("model")
+ if model is not None and not _is_name(model):
+  check.fail(
+   f"'model' must be a non-empty string (the model's name at the endpoint), found {_toml_type(model)}",
+   tid,
+  )
+ # A reference reads a dependency's output, which exists only once that dependency completed:
+ # so it must be a dependency. What `template_refs` does not match (`{plan}`, `{{two words}}`,
+ # an id with spaces or braces) is no reference and is sent as written.
+ for where, text in (("prompt", prompt), ("system", system or "")):
+  for ref in template_refs(text):
+   if ref not in deps:
+    shown = _shown(ref)
+    check.fail(
+     f"'{{{{{shown}}}}}' in its {where} reads the output of '{shown}', which is not among its "
+     f"depends_on; add '{shown}' to depends_on",
+     tid,
+    )
+ if agent is None:
+  check.fail(
+   f"has a prompt but the file has no [pipeline.agent] table; add [pipeline.agent] with "
+   f"{_AGENT_EXAMPLE}",
+   tid,
+  )
+ if agent.config is None:
+  check.fail(
+   'has a prompt but [pipeline.agent] has no base_url; add base_url = "http://localhost:11434/v1" '
+   "(your endpoint's URL) to [pipeline.agent]",
+   tid,
+  )
+ if model is None and agent.config.model is None:
+  check.fail(
+   'has no model; add model = "<name>" to [pipeline.agent] (for every prompt ticket) or to '
+   "this ticket",
+   tid,
+  )
+ return AgentWork(prompt=prompt, agent=agent.config, system=system, model=model)
 
 
 def _resolve_calls(check: _Checker, tickets: tuple[Ticket, ...]) -> None:
@@ -569,7 +794,8 @@ def fingerprint(ticket: Ticket) -> str:
  Equal for equal definitions across processes, machines and Python versions; different when
  any of those change, so a saved state can tell that its pipeline file was edited. It ignores
  run state (status, attempts, ...), the description (cosmetic) and where the pipeline lives
- (`cwd` and `search_path`: moving the folder does not change the work). Custom work specs
+ (`cwd` and `search_path`: moving the folder does not change the work), nor, for a prompt
+ ticket, the endpoint it is sent to (see `_work_definition`). Custom work specs
  are hashed from their dataclass fields, else from `repr`, so they are stable only if that is.
  """
  blob = _canonical_fast(ticket)
@@ -608,6 +834,14 @@ def _canonical_fast(ticket: Ticket) -> str | None:
   spec = f'{{"command":{_quote(work.command)},"env":null,"kind":"run"}}'
  elif type(work) is CallWork and type(work.target) is str:
   spec = f'{{"kind":"call","target":{_quote(work.target)}}}'
+ elif type(work) is AgentWork and type(work.prompt) is str and type(work.agent) is AgentConfig:
+  model, system = _effective_model(work), work.system
+  if not (model is None or type(model) is str) or not (system is None or type(system) is str):
+   return None
+  spec = (
+   f'{{"kind":"prompt","model":{_quote_or_null(model)},"prompt":{_quote(work.prompt)},'
+   f'"system":{_quote_or_null(system)}}}'
+  )
  else:
   return None
  try:
@@ -618,9 +852,27 @@ def _canonical_fast(ticket: Ticket) -> str | None:
  return f'{{"depends_on":[{deps}],"id":{tid},"retries":{retries},"v":1,"work":{spec}}}'
 
 
+def _quote_or_null(text: str | None) -> str:
+ return "null" if text is None else _quote(text)
+
+
+def _effective_model(work: AgentWork) -> str | None:
+ return work.model if work.model is not None else work.agent.model
+
+
 def _work_definition(work: object) -> object:
  if work is None:
   return None
+ if isinstance(work, AgentWork):
+  # What is asked and of which model, not where: base_url, api_key_env and timeout are left
+  # out, so pointing the same pipeline at another provider (or key) is not an edited ticket
+  # and the replies already saved are kept. A different effective model is another question.
+  return {
+   "kind": "prompt",
+   "prompt": work.prompt,
+   "system": work.system,
+   "model": _effective_model(work),
+  }
  if isinstance(work, ShellWork):
   env = dict(sorted(work.env.items())) if work.env is not None else None
   return {"kind": "run", "command": work.command, "env": env}
