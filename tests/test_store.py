@@ -12,7 +12,9 @@ import random
 import shutil
 import sqlite3
 import tempfile
+import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
@@ -21,8 +23,9 @@ import pytest
 
 from conductor import store as store_module
 from conductor.dag_engine import ExecutionEngine, Status, Ticket
-from conductor.multi_agent_conductor import ConductorEngine, Snapshot, Transition
-from conductor.pipeline import Pipeline, pipeline_from_dict
+from conductor.exits import UsageError
+from conductor.multi_agent_conductor import ConductorEngine, Snapshot, TokenBudgetSpent, Transition
+from conductor.pipeline import Pipeline, fingerprint, pipeline_from_dict
 from conductor.server import StateLockedError
 from conductor.session import DurableRun, open_run, open_session
 from conductor.store import (
@@ -34,7 +37,7 @@ from conductor.store import (
  check_state_file,
 )
 from conductor.transitions import Change
-from conductor.workers import WorkFailed, WorkResult
+from conductor.workers import PausePipeline, Usage, WorkFailed, WorkResult
 
 pytestmark = pytest.mark.anyio
 
@@ -675,3 +678,502 @@ async def test_a_session_rebuilds_the_engine_when_its_tickets_had_moved_on(tmp_p
   assert engine.counts()[Status.TODO] == 2 and not engine.is_done
  finally:
   durable.close()
+
+
+# -- #12: outputs, tokens, automatic pauses, the budget, format 1 -----------------------------
+
+
+def outputs_in(image: Path) -> dict[str, tuple[int, int | None, str | None]]:
+ """The `outputs` rows of a crash image (or a closed state): ticket -> (attempt, tokens,
+ output) of each ticket's latest row."""
+ conn = sqlite3.connect(image)
+ try:
+  rows = conn.execute(
+   "SELECT ticket, attempt, prompt_tokens + completion_tokens, output FROM outputs "
+   "ORDER BY ticket, attempt"
+  ).fetchall()
+ finally:
+  conn.close()
+ return {tid: (attempt, tokens, output) for tid, attempt, tokens, output in rows}
+
+
+BIG = "".join(f"line {i}: {'x' * 60}\n" for i in range(2000))  # 140 KB, several pages
+
+
+async def test_an_output_and_its_usage_are_committed_with_the_completion_that_made_them(
+ tmp_path: Path,
+) -> None:
+ path = tmp_path / "p.state.db"
+ tickets = [Ticket("a"), Ticket("b", ("a",)), Ticket("plain", ("b",))]
+ seen_in_image: dict[str, object] = {}
+
+ async def worker(ticket: Ticket) -> WorkResult | None:
+  if ticket.id == "a":
+   return WorkResult(BIG, usage=Usage(prompt_tokens=30, completion_tokens=12))
+  if ticket.id == "b":
+   return WorkResult("", usage=Usage(1, 2))  # spent tokens, printed nothing
+  return None  # a plain ticket: no output, no usage, no row
+
+ def watch(t: Transition) -> None:
+  # Watchers see committed transitions only: the completion's row must be in the file too.
+  if t.change is Change.COMPLETED and t.ticket == "a":
+   with tempfile.TemporaryDirectory() as folder:
+    seen_in_image.update(outputs_in(crash_image(path, Path(folder))))
+
+ with StateStore.open(path) as store:
+  store.restore("p", tickets)
+  store.watch(watch)
+  snap = await run_with_store(store, tickets, worker)
+  assert snap.counts.completed == 3
+  assert seen_in_image == {"a": (1, 42, BIG)}
+  assert store.output("a") == BIG and store.output("b") is None
+  assert store.output("plain") is None and store.output("nope") is None
+  assert store.outputs(["a", "b", "plain", "nope"]) == {"a": BIG}
+  assert store.tokens_used() == 45
+  assert {row.id: row.tokens for row in store.tickets()} == {"a": 42, "b": 3, "plain": None}
+ assert outputs_in(path) == {"a": (1, 42, BIG), "b": (1, 3, None)}  # nothing for "plain"
+ with StateStore.open(path, create=False) as store:
+  restored = store.restore("p", tickets)
+  assert restored.tokens_used == 45 and store.output("a") == BIG
+
+
+async def test_only_the_latest_finished_attempt_keeps_its_output(tmp_path: Path) -> None:
+ # Attempt 1 fails printing something, attempt 2 completes printing nothing: the ticket's
+ # output is attempt 2's (none), never the failed attempt's. Usage counts for every attempt.
+ path = tmp_path / "p.state.db"
+ tickets = [Ticket("a", retries=2)]
+
+ async def worker(ticket: Ticket) -> WorkResult:
+  if ticket.attempts == 1:
+   raise WorkFailed("broke", output="first attempt's words")
+  if ticket.attempts == 2:
+   raise WorkFailed("broke again", output="second attempt's words")
+  return WorkResult("", usage=Usage(5, 5))
+
+ ended: list[tuple[Change, str | None]] = []  # as each attempt ended: the ticket's output
+ with StateStore.open(path) as store:
+  store.restore("p", tickets)
+  store.watch(lambda t: ended.append((t.change, store.output("a"))))
+  snap = await run_with_store(store, tickets, worker)
+  assert snap.counts.completed == 1
+  assert store.output("a") is None
+  assert store.tokens_used() == 10
+ assert [e for e in ended if e[0] is not Change.STARTED] == [
+  (Change.RETRYING, "first attempt's words"),
+  (Change.RETRYING, "second attempt's words"),
+  (Change.COMPLETED, None),
+ ]
+ conn = sqlite3.connect(path)
+ try:
+  kept = conn.execute("SELECT attempt FROM outputs WHERE output IS NOT NULL").fetchall()
+ finally:
+  conn.close()
+ assert kept == []  # older attempts' copies are not kept
+
+
+async def test_an_automatic_pause_keeps_its_resume_time_until_a_person_takes_it_over(
+ tmp_path: Path,
+) -> None:
+ path = tmp_path / "p.state.db"
+ tickets = [Ticket("a"), Ticket("b")]
+ pauses: list[tuple[bool, float | None]] = []
+ paused = anyio.Event()
+ before = time.time()
+
+ async def worker(ticket: Ticket) -> None:
+  if ticket.id == "a":
+   raise PausePipeline("provider rate limit", resume_after=3600)
+
+ def watch(t: Transition) -> None:
+  if t.change is Change.PAUSED:
+   with tempfile.TemporaryDirectory() as folder:  # what a kill -9 now would leave
+    conn = sqlite3.connect(crash_image(path, Path(folder)))
+    try:
+     row = conn.execute("SELECT paused, by_person, auto_resume_at FROM pause").fetchone()
+    finally:
+     conn.close()
+   assert row[0] == 1
+   pauses.append((bool(row[1]), row[2]))
+   paused.set()
+
+ with StateStore.open(path) as store:
+  store.restore("p", tickets)
+  store.watch(watch)
+  conductor = ConductorEngine(ExecutionEngine(tickets), worker, 1)
+  store.attach(conductor)
+  async with anyio.create_task_group() as tg:
+   tg.start_soon(conductor.run)
+   with anyio.fail_after(10):
+    await paused.wait()
+    by_person, resume_at = pauses[0]
+    assert not by_person and resume_at is not None
+    assert before + 3600 <= resume_at <= time.time() + 3600
+    state = store.pause_state()
+    assert (state.by_person, state.auto_resume_at, state.reason) == (
+     False,
+     resume_at,
+     "provider rate limit",
+    )
+    paused = anyio.Event()
+    conductor.pause("mine now")
+    await paused.wait()
+    assert pauses[1] == (True, None)
+    conductor.stop()
+ with StateStore.open(path, create=False) as store:
+  pause = store.restore("p", tickets).pause
+  assert pause.paused and pause.by_person and pause.auto_resume_at is None
+
+
+async def test_an_automatic_pause_with_a_resume_time_is_restored_as_it_was(tmp_path: Path) -> None:
+ path = tmp_path / "p.state.db"
+ tickets = [Ticket("a")]
+
+ async def worker(ticket: Ticket) -> None:
+  raise PausePipeline("slow down", resume_after=600)
+
+ with StateStore.open(path) as store:
+  store.restore("p", tickets)
+  conductor = ConductorEngine(ExecutionEngine(tickets), worker, 1)
+  store.attach(conductor)
+  async with anyio.create_task_group() as tg:
+   tg.start_soon(conductor.run)
+   with anyio.fail_after(10):
+    while not conductor.snapshot().paused:
+     await anyio.wait_all_tasks_blocked()
+    resume_at = conductor.auto_resume_at
+    conductor.cancel()
+ assert resume_at is not None
+ with StateStore.open(path, create=False) as store:
+  pause = store.restore("p", tickets).pause
+  assert (pause.paused, pause.by_person, pause.auto_resume_at) == (True, False, resume_at)
+  assert pause.reason == "slow down"
+
+
+async def spend(path: Path, tickets: list[Ticket], used: int, budget: int) -> ConductorEngine:
+ """Run `tickets` on the state at `path`, each spending `used` tokens, against `budget`."""
+
+ async def worker(ticket: Ticket) -> WorkResult:
+  return WorkResult("out", usage=Usage(used, 0))
+
+ with StateStore.open(path) as store:
+  store.restore("p", tickets, token_budget=budget)
+  conductor = ConductorEngine(ExecutionEngine(tickets), worker, 1, token_budget=budget)
+  store.attach(conductor)
+  async with anyio.create_task_group() as tg:
+   tg.start_soon(conductor.run)
+   with anyio.fail_after(10):
+    while not conductor.snapshot().paused:
+     await anyio.wait_all_tasks_blocked()
+    conductor.stop()
+ return conductor
+
+
+async def test_with_no_run_a_spent_budget_refuses_resume_until_raised_above_the_tokens_used(
+ tmp_path: Path,
+) -> None:
+ path = tmp_path / "p.state.db"
+ tickets = [Ticket("a"), Ticket("b", ("a",))]
+ await spend(path, tickets, 12, 10)  # a spends 12 of 10: the run pauses itself
+ with StateStore.open(path, create=False) as store:
+  pause = store.pause_state()
+  assert pause.paused and not pause.by_person and "token budget reached" in (pause.reason or "")
+  assert (store.tokens_used(), store.token_budget(), store.raised_token_budget()) == (12, 10, None)
+  for budget in (None, 12):
+   with pytest.raises(TokenBudgetSpent) as caught:
+    store.set_paused(False, token_budget=budget)
+   assert "\n" not in str(caught.value) and "12 of" in str(caught.value)
+  assert store.pause_state() == pause and store.raised_token_budget() is None  # untouched
+  assert not store.set_paused(False, token_budget=20).paused
+  assert (store.raised_token_budget(), store.token_budget()) == (20, 20)
+ with StateStore.open(path, create=False) as store:
+  restored = store.restore("p", tickets, token_budget=10)
+  assert (restored.tokens_used, restored.token_budget) == (12, 20)
+  assert not restored.pause.paused
+
+
+def test_with_no_run_a_persons_pause_wins_over_an_automatic_one(tmp_path: Path) -> None:
+ path = tmp_path / "p.state.db"
+ with StateStore.open(path) as store:
+  store.restore("p", [Ticket("a")])
+  auto = store.set_paused(True, "rate limit", by_person=False, auto_resume_at=123.0)
+  assert (auto.by_person, auto.auto_resume_at) == (False, 123.0)
+  mine = store.set_paused(True, "mine")  # the person takes it over: no automatic resume
+  assert (mine.by_person, mine.auto_resume_at, mine.reason, mine.since) == (
+   True,
+   None,
+   "mine",
+   auto.since,
+  )
+  assert store.set_paused(True, "again", by_person=False, auto_resume_at=1.0) == mine
+  assert [h.status for h in store.history()][-2:] == ["paused", "paused"]
+  store.set_token_budget(500)
+  assert store.raised_token_budget() == 500
+  store.set_token_budget(None)
+  assert store.raised_token_budget() is None
+
+
+async def test_a_budget_a_person_raises_during_a_run_is_kept_in_the_state(tmp_path: Path) -> None:
+ path = tmp_path / "p.state.db"
+ tickets = [Ticket("a"), Ticket("b", ("a",))]
+ resumed = anyio.Event()
+
+ async def worker(ticket: Ticket) -> WorkResult:
+  return WorkResult("out", usage=Usage(12, 0))
+
+ def watch(t: Transition) -> None:
+  if t.change is Change.RESUMED:
+   with tempfile.TemporaryDirectory() as folder:  # durable with the resume itself
+    conn = sqlite3.connect(crash_image(path, Path(folder)))
+    try:
+     row = conn.execute("SELECT value FROM meta WHERE key = 'token_budget'").fetchone()
+    finally:
+     conn.close()
+   assert row == ("100",)
+   resumed.set()
+
+ with StateStore.open(path) as store:
+  store.restore("p", tickets, token_budget=10)
+  store.watch(watch)
+  conductor = ConductorEngine(ExecutionEngine(tickets), worker, 1, token_budget=10)
+  store.attach(conductor)
+  async with anyio.create_task_group() as tg:
+   tg.start_soon(conductor.run)
+   with anyio.fail_after(10):
+    while not conductor.snapshot().paused:
+     await anyio.wait_all_tasks_blocked()
+    conductor.resume(token_budget=100)
+    await resumed.wait()
+  conductor.set_token_budget(300)  # no pause, no resume: kept as the store closes
+ with StateStore.open(path, create=False) as store:
+  assert (store.raised_token_budget(), store.tokens_used()) == (300, 24)
+
+
+# The schema of format 1, as the first conductor wrote it (tests build such states).
+V1_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE tickets (
+ id TEXT PRIMARY KEY, position INTEGER NOT NULL, fingerprint TEXT NOT NULL,
+ status TEXT NOT NULL, attempts INTEGER NOT NULL, error TEXT, exit_code INTEGER,
+ updated_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE history (
+ seq INTEGER PRIMARY KEY, at REAL NOT NULL, ticket TEXT, event TEXT NOT NULL, status TEXT,
+ attempt INTEGER NOT NULL, detail TEXT, error TEXT, exit_code INTEGER, pid INTEGER NOT NULL
+);
+CREATE TABLE pause (
+ one INTEGER PRIMARY KEY CHECK (one = 1), paused INTEGER NOT NULL, reason TEXT, since REAL,
+ running_at_pause TEXT NOT NULL
+);
+INSERT INTO pause VALUES (1, 0, NULL, NULL, '[]');
+CREATE VIEW ticket_state AS
+SELECT
+ t.id, t.position, t.fingerprint,
+ CASE WHEN h.seq IS NULL THEN t.status ELSE h.status END AS status,
+ CASE WHEN h.seq IS NULL THEN t.attempts ELSE h.attempt END AS attempts,
+ CASE WHEN h.seq IS NULL THEN t.error ELSE h.error END AS error,
+ CASE WHEN h.seq IS NULL THEN t.exit_code ELSE h.exit_code END AS exit_code,
+ CASE WHEN h.seq IS NULL THEN t.updated_at ELSE h.at END AS updated_at
+FROM tickets AS t
+LEFT JOIN (
+ SELECT ticket, max(seq) AS seq FROM history
+ WHERE seq > (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'synced_seq')
+  AND ticket IS NOT NULL
+ GROUP BY ticket
+) AS last ON last.ticket = t.id
+LEFT JOIN history AS h ON h.seq = last.seq;
+"""
+
+
+def make_v1_state(
+ path: Path, tickets: Sequence[Ticket], statuses: dict[str, str], *, paused: bool = True
+) -> None:
+ """A state as conductor 1 left it: `statuses` by id (others todo), `paused` by a person."""
+ conn = sqlite3.connect(path, isolation_level=None)
+ try:
+  conn.execute("PRAGMA page_size = 1024")
+  conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+  conn.execute("PRAGMA user_version = 1")
+  conn.executescript(V1_SCHEMA)
+  conn.execute(
+   "INSERT INTO meta VALUES ('format', 'conductor-state'), ('schema', '1'), "
+   "('created_at', '1'), ('synced_seq', '0'), ('pipeline', 'p')"
+  )
+  for position, t in enumerate(tickets):
+   status = statuses.get(t.id, "todo")
+   conn.execute(
+    "INSERT INTO tickets VALUES (?, ?, ?, ?, ?, NULL, NULL, 1.0)",
+    (t.id, position, fingerprint(t), status, int(status != "todo")),
+   )
+  conn.execute("INSERT INTO history VALUES (1, 1.0, NULL, 'fresh', NULL, 0, NULL, NULL, NULL, 1)")
+  if paused:
+   conn.execute("UPDATE pause SET paused = 1, reason = 'lunch', since = 5.0")
+  conn.execute("PRAGMA journal_mode = WAL")
+ finally:
+  conn.close()
+
+
+def schema_of(path: Path) -> tuple[int, list[str]]:
+ conn = sqlite3.connect(path)
+ try:
+  version = conn.execute("PRAGMA user_version").fetchone()[0]
+  columns = [row[1] for row in conn.execute("PRAGMA table_info(pause)")]
+  tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE name = 'outputs'")]
+ finally:
+  conn.close()
+ return version, columns + tables
+
+
+async def test_a_format_1_state_reads_unchanged_and_is_upgraded_in_one_transaction_by_a_run(
+ tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+ path = tmp_path / "old.state.db"
+ tickets = [Ticket("a"), Ticket("b", ("a",)), Ticket("c", ("b",))]
+ make_v1_state(path, tickets, {"a": "completed", "b": "failed"})
+ v1 = schema_of(path)
+ assert v1 == (1, ["one", "paused", "reason", "since", "running_at_pause"])
+ # Read as `conductor status` does: as format 2 with nothing new in it; nothing written.
+ with StateStore.open(path, create=False, deep_check=True) as store:
+  assert [(r.id, r.status, r.tokens) for r in store.tickets()] == [
+   ("a", "completed", None),
+   ("b", "failed", None),
+   ("c", "todo", None),
+  ]
+  pause = store.pause_state()
+  assert (pause.paused, pause.reason, pause.by_person, pause.auto_resume_at) == (
+   True,
+   "lunch",
+   True,
+   None,
+  )
+  assert (store.output("a"), store.outputs(["a"]), store.tokens_used()) == (None, {}, 0)
+  assert store.token_budget() is None
+ assert schema_of(path) == v1
+ # An upgrade that fails half-way leaves format 1 as it was.
+ broken = {1: (*store_module._UPGRADES[1], "SELECT no_such_column FROM meta")}
+ monkeypatch.setattr(store_module, "_UPGRADES", broken)
+ with StateStore.open(path, create=False) as store, pytest.raises(StateError):
+  store.restore("p", tickets)
+ assert schema_of(path) == v1
+ monkeypatch.undo()
+ # A run upgrades it, keeping every ticket's progress and the pause, then records outputs.
+ with StateStore.open(path, create=False) as store:
+  restored = store.restore("p", tickets)
+  assert (restored.completed, restored.retried, restored.pause.reason) == (1, ("b",), "lunch")
+  store.set_paused(False)
+
+  async def worker(ticket: Ticket) -> WorkResult:
+   return WorkResult(f"{ticket.id} done", usage=Usage(1, 1))
+
+  snap = await run_with_store(store, tickets, worker)
+  assert snap.counts.completed == 3 and store.tokens_used() == 4
+  assert store.output("c") == "c done"
+  assert store.history()[0].status == "fresh"  # the old history is kept
+ version, columns = schema_of(path)
+ assert version == store_module.SCHEMA_VERSION == 2
+ assert columns == [*v1[1], "auto_resume_at", "by_person", "outputs"]
+
+
+def agent_pipeline(tmp_path: Path, budget: int = 1000) -> Pipeline:
+ return pipeline_from_dict(
+  {
+   "pipeline": {
+    "name": "agents",
+    "token_budget": budget,
+    "agent": {"base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key_env": "H3A_TEST_KEY"},
+   },
+   "tickets": [
+    {"id": "plan", "prompt": "plan it"},
+    {"id": "do", "prompt": "do {{ plan }}", "depends_on": ["plan"]},
+   ],
+  },
+  path=tmp_path / "agents.toml",
+ )
+
+
+async def test_a_session_hands_the_engine_the_stored_pause_tokens_budget_and_outputs(
+ tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+ monkeypatch.setenv("H3A_TEST_KEY", "k")
+ state = tmp_path / "agents.state.db"
+
+ async def first(ticket: Ticket) -> WorkResult:
+  if ticket.id == "plan":
+   return WorkResult(BIG, usage=Usage(20, 30))
+  raise PausePipeline("rate limited", resume_after=3600)
+
+ durable = open_session(agent_pipeline(tmp_path), state=state)
+ try:
+  conductor = durable.conductor(worker=first)
+  async with anyio.create_task_group() as tg:
+   tg.start_soon(conductor.run)
+   with anyio.fail_after(10):
+    while not conductor.snapshot().paused:
+     await anyio.wait_all_tasks_blocked()
+    conductor.resume(token_budget=2000)  # a person raises the budget ...
+    conductor.auto_pause("rate limited again", 3600)  # ... and the provider pauses again
+    conductor.stop()
+  resume_at = conductor.auto_resume_at
+ finally:
+  durable.close()
+ assert resume_at is not None
+
+ seen: dict[str, object] = {}
+
+ async def second(ticket: Ticket) -> WorkResult:
+  seen["inputs"] = dict(ticket.inputs or {})
+  return WorkResult("done", usage=Usage(1, 1))
+
+ durable = open_session(agent_pipeline(tmp_path), state=state)
+ try:
+  conductor = durable.conductor(worker=second)
+  assert (conductor.snapshot().paused, conductor.paused_by_person) == (True, False)
+  assert durable.store.pause_state().auto_resume_at == resume_at
+  assert conductor.auto_resume_at == pytest.approx(resume_at, abs=1e-3)  # float arithmetic
+  assert (conductor.tokens_used, conductor.token_budget) == (50, 2000)
+  assert conductor.output("plan") == BIG
+  conductor.resume()
+  with anyio.fail_after(10):
+   snap = await conductor.run()
+  assert snap.counts.completed == 2 and seen["inputs"] == {"plan": BIG}
+  assert conductor.tokens_used == 52
+ finally:
+  durable.close()
+ # The file's budget, when larger than the raised one, is the run's.
+ durable = open_session(agent_pipeline(tmp_path, budget=5000), state=state)
+ try:
+  assert durable.token_budget == 5000
+ finally:
+  durable.close()
+
+
+def test_a_run_of_agent_tickets_without_their_api_key_is_refused_before_the_state(
+ tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+ monkeypatch.delenv("H3A_TEST_KEY", raising=False)
+ state = tmp_path / "agents.state.db"
+ with pytest.raises(UsageError) as caught:
+  open_session(agent_pipeline(tmp_path), state=state)
+ message = str(caught.value)
+ assert "\n" not in message and "agents.toml" in message and "H3A_TEST_KEY" in message
+ assert "export H3A_TEST_KEY=" in message and "'plan'" in message
+ assert not state.exists()
+
+
+def test_an_interrupted_attempt_keeps_its_usage_but_not_its_output(tmp_path: Path) -> None:
+ # PausePipeline(usage=...) spends tokens without ending the attempt: they count, and the
+ # ticket's output stays its last finished attempt's.
+ path = tmp_path / "p.state.db"
+ tickets = [Ticket("a")]
+ with StateStore.open(path) as store:
+  store.restore("p", tickets)
+  store.attach(ConductorEngine(ExecutionEngine(tickets), None, 1))
+  record = store._record  # what the engine calls, fed by hand here
+  record(Transition("a", Change.STARTED, 1.0, Status.IN_PROGRESS, 1))
+  record(Transition("a", Change.RETRYING, 2.0, Status.TODO, 1, output="kept", usage=Usage(1, 1)))
+  record(Transition("a", Change.STARTED, 3.0, Status.IN_PROGRESS, 2))
+  record(
+   Transition("a", Change.INTERRUPTED, 4.0, Status.TODO, 2, "paused", output="x", usage=Usage(3, 4))
+  )
+  store.commit()
+  assert (store.tokens_used(), store.output("a")) == (9, "kept")
+  assert [row.tokens for row in store.tickets()] == [7]

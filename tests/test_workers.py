@@ -20,9 +20,11 @@ from conductor.pipeline import load_pipeline
 from conductor.workers import (
  OUTPUT_LIMIT,
  CallWork,
+ PausePipeline,
  ShellWork,
  SleepWork,
  WorkFailed,
+ WorkInterrupted,
  WorkResult,
  run_work,
 )
@@ -254,6 +256,24 @@ async def test_an_async_function_is_awaited_with_the_ticket(module: tuple[str, P
   "import anyio\nasync def step(ticket):\n await anyio.sleep(0)\n return 'async ' + ticket.id\n"
  )
  assert await run_work(call(f"{name}:step", path.parent)) == WorkResult(output="async py")
+
+
+@pytest.mark.parametrize("kind", ["def", "async def"])
+async def test_a_function_can_pause_the_pipeline_or_report_its_attempt_lost(
+ module: tuple[str, Path], kind: str
+) -> None:
+ # Its own word on the outcome, not a failure of the function: it reaches the engine as is.
+ name, path = module
+ path.write_text(
+  "from conductor import PausePipeline, WorkInterrupted\n"
+  f"{kind} pause(ticket):\n raise PausePipeline('quota', resume_after=3)\n"
+  f"{kind} lost(ticket):\n raise WorkInterrupted('host gone')\n"
+ )
+ with pytest.raises(PausePipeline) as paused:
+  await run_work(call(f"{name}:pause", path.parent))
+ assert (paused.value.reason, paused.value.resume_after) == ("quota", 3)
+ with pytest.raises(WorkInterrupted, match="host gone"):
+  await run_work(call(f"{name}:lost", path.parent))
 
 
 async def test_a_non_string_return_value_gives_an_empty_output(module: tuple[str, Path]) -> None:

@@ -3,7 +3,8 @@
 `conductor run`, `conductor demo`, the dashboard and the benchmarks all open a run here, in
 this order (`open_session`):
 
-1. the pipeline is checked (`check_pipeline`: the DAG validates) before any state is touched;
+1. the pipeline is checked (`check_pipeline`: the DAG validates; `check_api_keys`: its agent
+   tickets' API key is in the environment) before any state is touched;
 2. its state file is chosen (`state_path`: `--state`, else beside the pipeline file, else
    the demo's under `$XDG_STATE_HOME`) and resolved once, so a run and its clients agree on
    the files beside it;
@@ -16,10 +17,12 @@ this order (`open_session`):
 
 Then `DurableRun.conductor()` builds the `ConductorEngine` from the restored statuses (on a
 fresh state, the first one reuses the DAG engine step 1 built: `DurableRun.checked`), with
-the pause as stored (reason and since when), and attaches the store to it (every transition
-recorded, write-ahead: see `journal`); `DurableRun.drive()` serves the control socket around
-a run; `DurableRun.close()` commits and releases the claim. `DurableRun.notes()` says what
-was found, for people: the CLI prints it, the dashboard shows it.
+what the state kept of the last run (the pause: reason, since when, who, until when; the
+tokens spent; a raised budget; the outputs that other tickets read), and attaches the store
+to it (every transition recorded, write-ahead: see `journal`); `DurableRun.drive()` serves
+the control socket around a run; `DurableRun.close()` commits and releases the claim.
+`DurableRun.notes()` says what was found, for people: the CLI prints it, the dashboard
+shows it.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import TypeVar
 import anyio
 
 from ._text import listed, plural, printable, shown_path
+from .agents import AgentWork
 from .dag_engine import ExecutionEngine, PipelineError, Status
 from .exits import UsageError
 from .leftovers import STATE_VARIABLE, Leftover, find_leftovers, stop_leftovers
@@ -53,6 +57,7 @@ from .workers import Worker, run_work
 __all__ = [
  "DurableRun",
  "Note",
+ "check_api_keys",
  "check_pipeline",
  "open_run",
  "open_session",
@@ -77,11 +82,35 @@ def state_path(pipeline: Pipeline, given: str | Path | None = None) -> Path:
 
 def check_pipeline(pipeline: Pipeline) -> ExecutionEngine:
  """The pipeline's DAG engine; a pipeline that cannot run raises `UsageError` (one line)."""
- where = shown_path(pipeline.path) if pipeline.path else printable(pipeline.name)
  try:
   return ExecutionEngine(pipeline.tickets, auto_queue=pipeline.auto_queue)
  except PipelineError as exc:
-  raise UsageError(f"{where}: {exc}") from None
+  raise UsageError(f"{_where(pipeline)}: {exc}") from None
+
+
+def _where(pipeline: Pipeline) -> str:
+ return shown_path(pipeline.path) if pipeline.path else printable(pipeline.name)
+
+
+def check_api_keys(pipeline: Pipeline) -> None:
+ """Raise `UsageError` (one line: the file, the ticket, the variable, the fix) if an agent
+ ticket's `[pipeline.agent] api_key_env` variable is not set (or empty). O(tickets).
+
+ For a run only (`open_session`): each attempt would fail, after the tickets before it had
+ run and spent; `validate` checks the file, not the environment.
+ """
+ where = _where(pipeline)
+ for ticket in pipeline.tickets:
+  work = ticket.work
+  if not isinstance(work, AgentWork):
+   continue
+  variable = work.agent.api_key_env
+  if variable and not os.environ.get(variable):
+   raise UsageError(
+    f"{where}: agent ticket {printable(ticket.id)!r} reads its API key from ${printable(variable)} "
+    f"([pipeline.agent] api_key_env), which is not set; export {printable(variable)}=<your key> "
+    "and run again, or remove api_key_env if the server needs no key"
+   )
 
 
 # -- a durable run ---------------------------------------------------------------------------
@@ -129,10 +158,12 @@ class DurableRun:
  ) -> ConductorEngine:
   """A `ConductorEngine` for the next run: the tickets' current statuses (as restored, or
   as the last run on this state left them), the pause as stored (a paused pipeline starts
-  paused and keeps the time its pause began), the store attached to record every
+  paused and keeps the time its pause began, who paused it and when an automatic pause
+  ends), the tokens spent so far, the token budget (`token_budget`), the kept outputs of
+  the tickets whose outputs others read, and the store attached to record every
   transition. Call it again for each run."""
-  pipeline = self.pipeline
-  pause = self.store.pause_state()
+  pipeline, store = self.pipeline, self.store
+  pause = store.pause_state()
   engine, self.checked = self.checked, None
   conductor = ConductorEngine(
    engine or ExecutionEngine(pipeline.tickets, auto_queue=pipeline.auto_queue),
@@ -143,9 +174,22 @@ class DurableRun:
    pause_reason=pause.reason,
    paused_at=pause.since,
    linger=linger,
+   paused_by_person=pause.by_person,
+   auto_resume_at=pause.auto_resume_at,
+   token_budget=self.token_budget,
+   tokens_used=store.tokens_used(),
   )
-  self.store.attach(conductor)
+  if conductor.needed_outputs:
+   conductor.restore_outputs(store.outputs(conductor.needed_outputs))
+  store.attach(conductor)
   return conductor
+
+ @property
+ def token_budget(self) -> int | None:
+  """The run's token budget: the larger of the pipeline file's `token_budget` and the one
+  a person raised (`conductor resume --budget`, kept in the state); None: no budget."""
+  budgets = [b for b in (self.pipeline.token_budget, self.store.raised_token_budget()) if b]
+  return max(budgets) if budgets else None
 
  async def drive(self, conductor: ConductorEngine, body: Callable[[], Awaitable[T]]) -> T:
   """Run `body()` (which runs `conductor`) with the control socket beside it; hand over
@@ -233,7 +277,13 @@ def open_run(
   store = StateStore.open(state, deep_check=True, fresh=fresh, synchronous=synchronous)
   try:
    source = str(pipeline.path) if pipeline.path else None
-   restored = store.restore(pipeline.name, pipeline.tickets, fresh=fresh, source=source)
+   restored = store.restore(
+    pipeline.name,
+    pipeline.tickets,
+    fresh=fresh,
+    source=source,
+    token_budget=pipeline.token_budget,
+   )
   except BaseException:
    store.close()
    raise
@@ -257,6 +307,7 @@ def open_session(
  cannot be used; nothing is written then. The caller must `close()` the result.
  """
  engine = check_pipeline(pipeline)
+ check_api_keys(pipeline)
  pristine = engine.counts()[Status.TODO] == len(pipeline.tickets) and not any(
   t.attempts for t in pipeline.tickets
  )
@@ -265,7 +316,9 @@ def open_session(
   if durable.restored.done and not fresh and pipeline.path is None:
    # The built-in demo is for watching: a finished one starts over instead of doing nothing.
    try:
-    durable.restored = durable.store.restore(pipeline.name, pipeline.tickets, fresh=True)
+    durable.restored = durable.store.restore(
+     pipeline.name, pipeline.tickets, fresh=True, token_budget=pipeline.token_budget
+    )
    except BaseException:
     durable.close()
     raise

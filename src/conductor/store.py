@@ -1,15 +1,23 @@
 """`StateStore`: a pipeline's durable state in one SQLite file (stdlib `sqlite3`, WAL).
 
 What is kept: every ticket's status, attempts, last error and exit code, the transition log
-(`history`) and the pause flag with its reason and time. A later run of the same pipeline
-restores it: completed tickets stay done, tickets that were running when the process died run
-again (their interrupted attempt stays counted, the history says "interrupted").
+(`history`), the pause flag with its reason and time, who paused (a person, or the pipeline
+itself until `auto_resume_at`), the whole output of each ticket's latest finished attempt,
+the tokens every attempt spent, and a token budget a person raised. A later run of the same
+pipeline restores it: completed tickets stay done (their outputs too: the tickets that read
+them get them), tickets that were running when the process died run again (their interrupted
+attempt stays counted, the history says "interrupted").
+
+Formats. `SCHEMA_VERSION` is the file's `user_version`. An older state is read as it is (what
+it lacks reads as empty) and upgraded, in one transaction, by the first write (a run,
+`conductor pause`): see `_UPGRADES`. A newer one is refused.
 
 Cost. A transition is one row appended to `history` (the `tickets` table is brought up to
 date when a run starts and when it ends cleanly; the `ticket_state` view is always current).
 Rows are buffered and written on commit, many to an INSERT statement; and a commit is made
 where the run's journal flushes (`journal.Journal` says when, and how few that makes).
-benchmarks/store_overhead.py measures what that costs.
+An attempt that ends with an output or a usage also writes its `outputs` row, in the commit
+of its transition; the others cost nothing more. benchmarks/store_overhead.py measures it.
 
 Durability. The file is in WAL mode with `synchronous=NORMAL`: a committed transaction is in
 the operating system's hands the moment `commit()` returns, so it survives the process being
@@ -62,20 +70,18 @@ import sqlite3
 import stat
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
+from typing import Concatenate, ParamSpec, TypeVar
 from urllib.parse import quote
 
 from ._files import trusted_owners
 from ._text import printable, shell_path, shown_path
 from .dag_engine import Status, Ticket
+from .multi_agent_conductor import ConductorEngine, TokenBudgetSpent
 from .pipeline import fingerprint
 from .transitions import Change, Transition
-
-if TYPE_CHECKING:
- from .multi_agent_conductor import ConductorEngine
 
 __all__ = [
  "APPLICATION_ID",
@@ -100,13 +106,30 @@ __all__ = [
 ]
 
 APPLICATION_ID = 0x434E4454  # "CNDT" in the SQLite header: this file is a conductor state
-SCHEMA_VERSION = 1  # PRAGMA user_version; bump with a migration when the schema changes
+SCHEMA_VERSION = 2  # PRAGMA user_version; bump with a migration in `_UPGRADES`
 FORMAT = "conductor-state"  # meta.format, a second, readable marker
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _HEADER_SIZE = 100
 
-_SCHEMA = """
+_OUTPUTS = """
+-- (v2) What finished attempts produced: one row per attempt that ended with an output or a
+-- usage (an attempt with neither costs nothing here). Usage stays on every row, so the
+-- token total is exact across retries and runs; the output only on each ticket's latest
+-- finished attempt (older ones are set to NULL as a newer one ends, even with no output),
+-- so retries do not pile up copies. Output last: reading the tokens never reads it.
+CREATE TABLE outputs (
+ ticket TEXT NOT NULL,
+ attempt INTEGER NOT NULL,
+ at REAL NOT NULL,
+ prompt_tokens INTEGER,         -- NULL: the attempt reported no usage
+ completion_tokens INTEGER,
+ output TEXT,                   -- whole; NULL: none, or not the latest finished attempt
+ PRIMARY KEY (ticket, attempt)
+);
+"""
+_SCHEMA = (
+ """
 CREATE TABLE meta (
  key TEXT PRIMARY KEY,
  value TEXT NOT NULL
@@ -143,9 +166,11 @@ CREATE TABLE pause (
  paused INTEGER NOT NULL,
  reason TEXT,
  since REAL,                    -- time.time() when the pause began
- running_at_pause TEXT NOT NULL -- JSON list of the tickets in flight at that moment
+ running_at_pause TEXT NOT NULL, -- JSON list of the tickets in flight at that moment
+ auto_resume_at REAL,           -- (v2) an automatic pause ends by itself then (time.time())
+ by_person INTEGER NOT NULL DEFAULT 1 -- (v2) 0: the pipeline paused itself (rate limit, ...)
 );
-INSERT INTO pause VALUES (1, 0, NULL, NULL, '[]');
+INSERT INTO pause (one, paused, running_at_pause) VALUES (1, 0, '[]');
 -- The current state of every ticket: its row in `tickets`, overridden by its latest history
 -- entry after `synced_seq`. Read it from any connection (the sqlite3 shell too) while no
 -- run holds the file; during a run, `conductor status --json` asks the run.
@@ -168,6 +193,18 @@ LEFT JOIN (
 ) AS last ON last.ticket = t.id
 LEFT JOIN history AS h ON h.seq = last.seq;
 """
+ + _OUTPUTS
+)
+# What turns a state of format N into N + 1, in one transaction with the new user_version
+# (`StateStore._upgrade`). Only added columns and tables: a run of an older conductor is
+# refused by the version anyway, and nothing is rewritten.
+_UPGRADES: dict[int, tuple[str, ...]] = {
+ 1: (
+  "ALTER TABLE pause ADD COLUMN auto_resume_at REAL",
+  "ALTER TABLE pause ADD COLUMN by_person INTEGER NOT NULL DEFAULT 1",
+  _OUTPUTS,
+ ),
+}
 
 
 # -- errors a user can meet -------------------------------------------------------------------
@@ -580,6 +617,9 @@ class TicketState:
  error: str | None
  exit_code: int | None
  updated_at: float
+ # Prompt and completion tokens of the ticket's latest attempt that reported a usage; None
+ # when none did (every ticket but agents').
+ tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -588,6 +628,10 @@ class PauseState:
  reason: str | None
  since: float | None  # time.time()
  running_at_pause: tuple[str, ...]
+ # While paused: when the pipeline resumes by itself (time.time(); None: only by hand), and
+ # whether a person paused it (then only a person resumes it, whatever `auto_resume_at`).
+ auto_resume_at: float | None = None
+ by_person: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -611,6 +655,8 @@ class Restored:
  completed: int
  total: int
  pause: PauseState
+ tokens_used: int = 0  # every usage recorded so far, across runs (not after --fresh)
+ token_budget: int | None = None  # raised by `conductor resume --budget` (see `StateStore`)
 
  @property
  def done(self) -> bool:
@@ -632,6 +678,27 @@ _INSERT_HISTORY = (
  "INSERT INTO history (at, ticket, event, status, attempt, detail, error, exit_code, pid) VALUES "
 )
 _TICKET_COLUMNS = "id, position, fingerprint, status, attempts, error, exit_code, updated_at"
+_TICKETS = f"SELECT {_TICKET_COLUMNS} FROM ticket_state ORDER BY position"
+# ... with each ticket's tokens (TicketState.tokens): one seek in `outputs` a ticket.
+_TICKETS_WITH_TOKENS = (
+ f"SELECT {_TICKET_COLUMNS}, (SELECT o.prompt_tokens + o.completion_tokens FROM outputs AS o "
+ "WHERE o.ticket = s.id AND o.prompt_tokens IS NOT NULL ORDER BY o.attempt DESC LIMIT 1) "
+ "FROM ticket_state AS s ORDER BY position"
+)
+_ANY_USAGE = "SELECT 1 FROM outputs WHERE prompt_tokens IS NOT NULL LIMIT 1"
+# At most one output a ticket is not NULL (see the `outputs` table): the latest one.
+_OUTPUT = (
+ "SELECT output FROM outputs WHERE ticket = ? AND output IS NOT NULL ORDER BY attempt DESC LIMIT 1"
+)
+_TOKENS_USED = "SELECT coalesce(sum(prompt_tokens + completion_tokens), 0) FROM outputs"
+_INSERT_OUTPUT = "INSERT OR REPLACE INTO outputs VALUES (?, ?, ?, ?, ?, ?)"
+_CLEAR_OUTPUT = "UPDATE outputs SET output = NULL WHERE ticket = ? AND output IS NOT NULL"
+# The changes that end an attempt: its output replaces the ticket's last one (even by none).
+_FINISHED = frozenset((Change.COMPLETED, Change.FAILED, Change.RETRYING))
+_NO_PAUSE = (
+ "UPDATE pause SET paused = 0, reason = NULL, since = NULL, running_at_pause = '[]', "
+ "auto_resume_at = NULL, by_person = 1"
+)
 # Bring the `tickets` rows of the tickets the history has news of up to date (what the
 # `ticket_state` view says of them). In place with UPDATE ... FROM where SQLite has it
 # (3.33): a third faster than replacing the rows, which takes 0.6 s after 100,000 tickets.
@@ -658,8 +725,9 @@ class StateStore:
  tickets before the engine is built; `attach(conductor)` records every transition of a run.
  Not thread-safe: use it from the thread that opened it (the event loop's).
 
- About 480 lines: one SQLite connection and its transaction state (`_dirty`, the buffered
- history rows) are shared by opening, restoring, the offline pause flag and recording a run;
+ About 710 lines: one SQLite connection and its transaction state (`_dirty`, the buffered
+ history rows) are shared by opening, restoring, upgrading an older format, the offline pause
+ flag and budget, reading outputs and tokens, and recording a run;
  each part must see the others' uncommitted writes, so they stay one class. The file-level
  checks (foreign, damaged, planted files) and the error translation are functions outside it.
  """
@@ -679,6 +747,12 @@ class StateStore:
   self._pending: list[Transition] = []  # recorded, not yet committed (only with watchers)
   self._watchers: list[Callable[[Transition], None]] = []
   self._cancel_run: Callable[[], None] | None = None  # the attached run's cancel()
+  self._conductor: ConductorEngine | None = None  # the attached run
+  self._budget_seen: int | None = None  # its token budget as last stored or attached
+  # Tickets with a stored output (the `outputs` row of their latest finished attempt): as
+  # another attempt of one ends, that output is cleared. Loaded by `attach`.
+  self._with_output: set[str] = set()
+  self._version: int = conn.execute("PRAGMA user_version").fetchone()[0]
   self.failure: str | None = None  # why writing failed (one line); the run was cancelled then
   # Where `open(..., fresh=True)` moved a damaged state before starting this one, if it did.
   self.moved_aside: Path | None = None
@@ -768,6 +842,8 @@ class StateStore:
   self._closed = True
   with _translating(self.path):
    try:
+    if self.failure is None:
+     self._note_budget()
     self.commit()
     if self.failure is None:
      try:
@@ -792,8 +868,10 @@ class StateStore:
   """Every ticket's current state (committed or recorded on this connection), in pipeline
   order. O(tickets + history since the tickets were last brought up to date)."""
   self.commit()
-  rows = self._conn.execute(f"SELECT {_TICKET_COLUMNS} FROM ticket_state ORDER BY position")
-  return [TicketState(*row) for row in rows]
+  query = _TICKETS
+  if self._version >= 2 and self._conn.execute(_ANY_USAGE).fetchone() is not None:
+   query = _TICKETS_WITH_TOKENS  # only agents report a usage: others never pay for it
+  return [TicketState(*row) for row in self._conn.execute(query)]
 
  @_user_errors
  def history(self, *, since_seq: int = 0, limit: int | None = None) -> list[HistoryEntry]:
@@ -809,27 +887,130 @@ class StateStore:
 
  @_user_errors
  def pause_state(self) -> PauseState:
-  paused, reason, since, running = self._conn.execute(
-   "SELECT paused, reason, since, running_at_pause FROM pause"
+  """The pause flag. A state of format 1 has only a person's pauses, without a timer."""
+  if self._version < 2:
+   paused, reason, since, running = self._conn.execute(
+    "SELECT paused, reason, since, running_at_pause FROM pause"
+   ).fetchone()
+   return PauseState(bool(paused), reason, since, tuple(json.loads(running)))
+  paused, reason, since, running, resume_at, by_person = self._conn.execute(
+   "SELECT paused, reason, since, running_at_pause, auto_resume_at, by_person FROM pause"
   ).fetchone()
-  return PauseState(bool(paused), reason, since, tuple(json.loads(running)))
+  return PauseState(
+   bool(paused), reason, since, tuple(json.loads(running)), resume_at, bool(by_person)
+  )
 
  @_user_errors
  def meta(self) -> dict[str, str]:
   return dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
 
+ @_user_errors
+ def has_ticket(self, ticket_id: str) -> bool:
+  """Whether the state records a ticket `ticket_id`. O(log tickets)."""
+  return (
+   self._conn.execute("SELECT 1 FROM tickets WHERE id = ?", (ticket_id,)).fetchone() is not None
+  )
+
+ @_user_errors
+ def output(self, ticket_id: str) -> str | None:
+  """The whole output of the ticket's latest finished attempt (completed, failed, retrying).
+
+  None: no such ticket, no attempt finished yet, or the latest printed nothing (an earlier
+  attempt's output is never shown for it). O(log outputs) plus the output's size.
+  """
+  self.commit()
+  if self._version < 2:
+   return None
+  row = self._conn.execute(_OUTPUT, (ticket_id,)).fetchone()
+  return None if row is None else str(row[0])
+
+ @_user_errors
+ def outputs(self, ids: Iterable[str]) -> dict[str, str]:
+  """`output(id)` for each of `ids` that has one (what `ConductorEngine.restore_outputs`
+  takes). O(len(ids) log outputs) plus the outputs' size."""
+  self.commit()
+  if self._version < 2:
+   return {}
+  found: dict[str, str] = {}
+  for tid in ids:
+   row = self._conn.execute(_OUTPUT, (tid,)).fetchone()
+   if row is not None:
+    found[tid] = row[0]
+  return found
+
+ @_user_errors
+ def tokens_used(self) -> int:
+  """The prompt and completion tokens of every usage recorded (every attempt, every run
+  since the state was made or last run --fresh). O(rows of `outputs`)."""
+  self.commit()
+  if self._version < 2:
+   return 0
+  return int(self._conn.execute(_TOKENS_USED).fetchone()[0])
+
+ @_user_errors
+ def raised_token_budget(self) -> int | None:
+  """The token budget a person set with `conductor resume --budget` (`set_token_budget`, or
+  a live run's `ConductorEngine.resume(token_budget=...)`), if any. A run's budget is the
+  larger of it and the pipeline file's (`session.DurableRun.conductor`)."""
+  return self._meta_int("token_budget")
+
+ @_user_errors
+ def token_budget(self) -> int | None:
+  """The budget the next run has, as far as the state knows: the larger of the pipeline
+  file's at the last run (its `[pipeline] token_budget`) and the raised one; None: none."""
+  budgets = [b for b in (self._meta_int("pipeline_token_budget"), self.raised_token_budget()) if b]
+  return max(budgets) if budgets else None
+
+ def _meta_int(self, key: str) -> int | None:
+  row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+  return None if row is None else int(row[0])
+
+ def _set_meta_int(self, key: str, value: int | None) -> None:
+  # Inside the caller's transaction.
+  if value is None:
+   self._conn.execute("DELETE FROM meta WHERE key = ?", (key,))
+  else:
+   self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, str(value)))
+
+ def _upgrade(self) -> None:
+  """Bring a state of an older format to this one, in one transaction (`_UPGRADES`).
+
+  Called by the first write (a run's `restore`, `attach`, `set_paused`, `set_token_budget`):
+  reading never writes, so `conductor status` of an older state leaves it as it was.
+  """
+  if self._version >= SCHEMA_VERSION:
+   return
+  with self._transaction():
+   for version in range(self._version, SCHEMA_VERSION):
+    for statement in _UPGRADES[version]:
+     self._conn.execute(statement)
+   self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+   self._conn.execute(
+    "INSERT OR REPLACE INTO meta VALUES ('schema', ?), ('upgraded_at', ?)",
+    (str(SCHEMA_VERSION), str(time.time())),
+   )
+  self._version = SCHEMA_VERSION
+
  # -- starting a run -----------------------------------------------------------------------
 
  @_user_errors
  def restore(
-  self, name: str, tickets: Sequence[Ticket], *, fresh: bool = False, source: str | None = None
+  self,
+  name: str,
+  tickets: Sequence[Ticket],
+  *,
+  fresh: bool = False,
+  source: str | None = None,
+  token_budget: int | None = None,
  ) -> Restored:
   """Bind this state to a pipeline and apply what it holds to `tickets`, in place.
 
-  A new state, or `fresh`, records the tickets as todo, clears the history and the pause
-  flag. Otherwise the stored ticket set must match the pipeline exactly (same ids, same
-  fingerprints: `PipelineChangedError`, naming `source` (the pipeline file) or `name`,
-  otherwise; nothing written); then each ticket gets
+  `token_budget` is the pipeline file's (kept for `token_budget()` when no run is live). A
+  state of an older format is upgraded first (`_upgrade`), unless the pipeline changed.
+  A new state, or `fresh`, records the tickets as todo, clears the history, the pause flag,
+  the outputs, the tokens used and a raised budget. Otherwise the stored ticket set must
+  match the pipeline exactly (same ids, same fingerprints: `PipelineChangedError`, naming
+  `source` (the pipeline file) or `name`, otherwise; nothing written); then each ticket gets
   its stored status, attempts and error, with three adjustments written to the state and
   its history: tickets that were in progress (the process died under them) become todo,
   "interrupted"; failed ones become todo, "retry" (a re-run is a request to try again, with
@@ -840,7 +1021,8 @@ class StateStore:
   now = time.time()
   stored = {} if fresh else {row.id: row for row in self.tickets()}  # fresh: nothing to read
   if not stored:
-   self._write_fresh(name, tickets, now)
+   self._upgrade()
+   self._write_fresh(name, tickets, now, token_budget)
    return Restored(True, (), (), 0, len(tickets), self.pause_state())
 
   prints = {t.id: fingerprint(t) for t in tickets}
@@ -849,6 +1031,7 @@ class StateStore:
   changed = [tid for tid, fp in prints.items() if tid in stored and stored[tid].fingerprint != fp]
   if added or removed or changed:
    raise PipelineChangedError(self.path, source or name, added, removed, changed)
+  self._upgrade()
 
   interrupted: list[str] = []
   retried: list[str] = []
@@ -891,10 +1074,18 @@ class StateStore:
    self._conn.execute(
     "INSERT OR REPLACE INTO meta VALUES ('pipeline', ?), ('opened_at', ?)", (name, str(now))
    )
+   self._set_meta_int("pipeline_token_budget", token_budget)
    self._compact()
    self._mark_run_start()
   return Restored(
-   False, tuple(interrupted), tuple(retried), completed, len(tickets), self.pause_state()
+   False,
+   tuple(interrupted),
+   tuple(retried),
+   completed,
+   len(tickets),
+   self.pause_state(),
+   self.tokens_used(),
+   self.raised_token_budget(),
   )
 
  def _cancelled_last_run(self, stored: dict[str, TicketState]) -> set[str]:
@@ -915,13 +1106,16 @@ class StateStore:
   last = self._conn.execute("SELECT max(seq) FROM history").fetchone()[0] or 0
   self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('run_seq', ?)", (str(last),))
 
- def _write_fresh(self, name: str, tickets: Sequence[Ticket], now: float) -> None:
+ def _write_fresh(
+  self, name: str, tickets: Sequence[Ticket], now: float, token_budget: int | None
+ ) -> None:
   with self._transaction():
    self._conn.execute("DELETE FROM tickets")
    self._conn.execute("DELETE FROM history")
-   self._conn.execute(
-    "UPDATE pause SET paused = 0, reason = NULL, since = NULL, running_at_pause = '[]'"
-   )
+   self._conn.execute("DELETE FROM outputs")
+   self._conn.execute(_NO_PAUSE)
+   self._set_meta_int("token_budget", None)
+   self._set_meta_int("pipeline_token_budget", token_budget)
    # A fresh state: fresh run state too. The rows are made in C (zip), 100,000 of them.
    self._conn.executemany(
     f"INSERT INTO tickets VALUES (?, ?, ?, '{Status.TODO}', 0, NULL, NULL, ?)",
@@ -938,38 +1132,76 @@ class StateStore:
    )
    self._log(now, None, "fresh", detail=f"{len(tickets)} ticket{'' if len(tickets) == 1 else 's'}")
    self._mark_run_start()
+  self._with_output.clear()
   for t in tickets:
    t.status, t.attempts, t.error = Status.TODO, 0, None
 
  # -- the pause flag without a running process ---------------------------------------------
 
  @_user_errors
- def set_paused(self, paused: bool, reason: str | None = None) -> PauseState:
+ def set_paused(
+  self,
+  paused: bool,
+  reason: str | None = None,
+  *,
+  by_person: bool = True,
+  auto_resume_at: float | None = None,
+  token_budget: int | None = None,
+ ) -> PauseState:
   """Write the pause flag (for `conductor pause`/`resume` when no run is live); commits.
 
-  Idempotent: pausing a paused state keeps its `since` (and updates the reason if given).
+  The rules are `ConductorEngine`'s. Pausing is a person's (`by_person`), with no automatic
+  resume; an automatic pause (`by_person=False`, until `auto_resume_at` or None: by hand)
+  never replaces a person's. Idempotent: pausing a paused state keeps its `since` (and its
+  reason unless given); a person pausing an automatic pause makes it theirs (logged again).
+  Resuming with `token_budget` first raises the budget to it (`set_token_budget`). Resuming
+  while the budget is spent (the tokens used reach `token_budget`, else `token_budget()`)
+  raises `TokenBudgetSpent` (one line) and writes nothing.
   """
   current = self.pause_state()
   now = time.time()
+  if paused and current.paused and current.by_person and not by_person:
+   return current  # a person's pause wins
+  if not paused:
+   budget = token_budget if token_budget is not None else self.token_budget()
+   used = self.tokens_used()
+   if budget is not None and used >= budget:
+    raise TokenBudgetSpent(used, budget)  # the engine's refusal, with no live run
+  self._upgrade()
   with self._transaction():
    if paused:
     since = now
     if current.paused:  # already paused: keep when it began, and its reason unless given
      since = current.since if current.since is not None else now
      reason = reason if reason is not None else current.reason
+    if by_person:
+     auto_resume_at = None
     self._conn.execute(
-     "UPDATE pause SET paused = 1, reason = ?, since = ?, running_at_pause = '[]'",
-     (reason, since),
+     "UPDATE pause SET paused = 1, reason = ?, since = ?, running_at_pause = '[]', "
+     "auto_resume_at = ?, by_person = ?",
+     (reason, since, auto_resume_at, int(by_person)),
     )
-    if not current.paused:
+    if not current.paused or (by_person, auto_resume_at) != (
+     current.by_person,
+     current.auto_resume_at,
+    ):
      self._log(now, None, "paused", detail=reason)
    else:
-    self._conn.execute(
-     "UPDATE pause SET paused = 0, reason = NULL, since = NULL, running_at_pause = '[]'"
-    )
+    if token_budget is not None:
+     self._set_meta_int("token_budget", token_budget)
+    self._conn.execute(_NO_PAUSE)
     if current.paused:
      self._log(now, None, "resumed")
   return self.pause_state()
+
+ @_user_errors
+ def set_token_budget(self, budget: int | None) -> None:
+  """Keep `budget` as the raised token budget (`raised_token_budget`; None forgets it);
+  commits. Does not resume (see `set_paused`). During a run nothing needs to call it: the
+  store keeps the run's budget as it changes (`attach`)."""
+  self._upgrade()
+  with self._transaction():
+   self._set_meta_int("token_budget", budget)
 
  # -- recording a run ----------------------------------------------------------------------
 
@@ -979,8 +1211,20 @@ class StateStore:
   The listener runs on the loop as the engine emits, and only appends the history row to a
   buffer, from the transition alone. `commit()` is its flush, which the run's journal calls
   write-ahead (`journal.Journal`). If a commit fails, the run is cancelled (see `commit`).
+
+  An attempt that ends with an output or a usage also writes its `outputs` row, in the same
+  commit as its transition. The run's token budget is kept as it changes (a person's
+  `resume(token_budget=...)`): read at each pause and resume, and when the store closes.
+  A state of an older format is upgraded first.
   """
+  self._upgrade()
   self._cancel_run = conductor.cancel
+  self._conductor = conductor
+  self._budget_seen = conductor.token_budget
+  with _translating(self.path):
+   self._with_output = {
+    tid for (tid,) in self._conn.execute("SELECT ticket FROM outputs WHERE output IS NOT NULL")
+   }
   conductor.add_listener(self._record, flush=self.commit)
 
  def watch(self, fn: Callable[[Transition], None]) -> None:
@@ -1020,7 +1264,7 @@ class StateStore:
   # The listener: ConductorEngine calls it on the loop for every transition. Hot path.
   if self.failure is not None:
    return
-  tid, change, at, status, attempt, detail, error, exit_code = t[:8]
+  tid, change, at, status, attempt, detail, error, exit_code, _, output, usage = t[:11]
   if tid is None:
    try:
     self._record_pipeline_event(t)
@@ -1034,21 +1278,78 @@ class StateStore:
     self._row_count += 1
    else:
     self._add_row(at, tid, event, status, attempt, detail, error, exit_code)
+   # Only attempts with an output or a usage, or that end one with a stored output, cost more.
+   if (
+    output is not None
+    or usage is not None
+    or (self._with_output and change in _FINISHED and tid in self._with_output)
+   ):
+    try:
+     self._record_output(t)
+    except sqlite3.Error as exc:
+     self._failed(exc)
+     return
   if self._watchers:
    self._pending.append(t)
+
+ def _record_output(self, t: Transition) -> None:
+  # The attempt's row in `outputs`, in the transaction its transition commits in. An
+  # attempt that did not end (interrupted, say, by PausePipeline) keeps only its usage.
+  tid, output, usage = t.ticket, t.output, t.usage
+  assert tid is not None
+  self._begin()
+  if t.change in _FINISHED:
+   if tid in self._with_output:
+    self._conn.execute(_CLEAR_OUTPUT, (tid,))
+    self._with_output.discard(tid)
+  else:
+   output = None
+  if output is None and usage is None:
+   return
+  self._conn.execute(
+   _INSERT_OUTPUT,
+   (
+    tid,
+    t.attempt,
+    t.at,
+    None if usage is None else usage.prompt_tokens,
+    None if usage is None else usage.completion_tokens,
+    output,
+   ),
+  )
+  if output is not None:
+   self._with_output.add(tid)
 
  def _record_pipeline_event(self, t: Transition) -> None:
   self._begin()
   if t.change is Change.PAUSED:
+   # Again while paused (a person takes over an automatic pause, a new reason or time):
+   # the pause began when it began.
    self._conn.execute(
-    "UPDATE pause SET paused = 1, reason = ?, since = ?, running_at_pause = ?",
-    (t.detail, t.at, json.dumps(list(t.running_at_pause))),
+    "UPDATE pause SET since = CASE WHEN paused = 1 THEN coalesce(since, ?2) ELSE ?2 END, "
+    "paused = 1, reason = ?1, running_at_pause = ?3, auto_resume_at = ?4, by_person = ?5",
+    (
+     t.detail,
+     t.at,
+     json.dumps(list(t.running_at_pause)),
+     t.auto_resume_at,
+     int(t.by_person),
+    ),
    )
   elif t.change is Change.RESUMED:
-   self._conn.execute(
-    "UPDATE pause SET paused = 0, reason = NULL, since = NULL, running_at_pause = '[]'"
-   )
+   self._conn.execute(_NO_PAUSE)
+  self._note_budget()
   self._log(t.at, None, t.change, detail=t.detail)
+
+ def _note_budget(self) -> None:
+  # Keep the attached run's token budget if a person changed it; committed with the rest.
+  if self._conductor is None:
+   return
+  budget = self._conductor.token_budget
+  if budget != self._budget_seen:
+   self._budget_seen = budget
+   self._begin()
+   self._set_meta_int("token_budget", budget)
 
  def _compact(self) -> None:
   # Bring `tickets` up to date with the history, inside the caller's transaction.

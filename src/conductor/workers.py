@@ -528,7 +528,8 @@ async def run_call(spec: CallWork, ticket: Ticket) -> WorkResult:
    cannot be interrupted, so cancelling waits for it to return.
  - A `str` return value becomes the output; a `WorkResult` is returned as is; anything else
    gives an empty output.
- - `WorkFailed` raised by the function propagates unchanged; anything else it raises, at
+ - `WorkFailed`, `PausePipeline` and `WorkInterrupted` raised by the function propagate
+   unchanged (a call ticket may pause the whole pipeline); anything else it raises, at
    import or call time, `BaseException`s included (`sys.exit()`, `KeyboardInterrupt`, a
    `CancelledError` of its own making), becomes `WorkFailed(describe_exception(exc))` with the
    traceback as output: user code never stops the runner. Only a real cancellation of this
@@ -553,8 +554,8 @@ async def run_call(spec: CallWork, ticket: Ticket) -> WorkResult:
    value = await cast(Awaitable[object], fn(ticket))
   else:
    value = _unwrap(await anyio.to_thread.run_sync(_caught, fn, ticket))
- except WorkFailed:
-  raise
+ except (WorkFailed, PausePipeline, WorkInterrupted):
+  raise  # the function's own word on its outcome (see `Worker`)
  except BaseException as exc:
   if is_cancellation(exc):
    raise
