@@ -1,8 +1,9 @@
 """The `conductor` command: its arguments, one function per command, and `main`.
 
 Commands: `run` and `demo` (a run in this terminal: `terminal_run`), `validate`, `pause`,
-`resume`, `approve` and `status` (control of a run from any terminal, through its state's
-control socket: `control.request`), `gui` (the dashboard: `conductor.gui`).
+`resume` (also `--budget M`: raise the token budget), `approve`, `status` and `output` (a
+ticket's whole output) (control of a run from any terminal, through its state's control
+socket: `control.request`), `gui` (the dashboard: `conductor.gui`).
 
 `main` routes output through `terminal.output_may_vanish` (a reader that goes away never
 stops a run) and turns the errors a user can cause (`UsageError`, `StateError`) into one
@@ -23,15 +24,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from ._text import listed, plural, printable, shown_path
-from .control import request
+from ._text import listed, plural, printable, shell_path, shown_path
+from .control import BudgetRefusedError, request
 from .exits import EXIT_OK, EXIT_STOPPED, EXIT_USAGE, UsageError
 from .pipeline import Pipeline, PipelineFileError, load_pipeline
 from .session import check_pipeline
 from .store import StateError, default_state_path, demo_state_path
 from .terminal import output_may_vanish
 from .terminal_run import execute
-from .views import STATUS_ROWS, history_lines, lit, render_status
+from .views import STATUS_ROWS, budget_words, history_lines, lit, render_status
 
 __all__ = ["build_parser", "main"]
 
@@ -93,29 +94,33 @@ def _state_for(args: argparse.Namespace, op: str) -> Path:
  )
 
 
-def _ask_run(
- state: Path,
- op: str,
- *,
- reason: str | None = None,
- history: bool = False,
- tickets: Sequence[str] = (),
- summary: bool = False,
-) -> dict[str, Any]:
+def _named(args: argparse.Namespace) -> str:
+ """How a command people copy names the pipeline the user named: `--state PATH`, or the
+ file (each quoted for the shell)."""
+ if args.state or not args.file:
+  return f"--state {shell_path(args.state or 'STATE')}"
+ return shell_path(args.file)
+
+
+def _ask_run(state: Path, op: str, **options: Any) -> dict[str, Any]:
+ """`control.request`, its errors made one-line usage errors (a refused resume too:
+ `BudgetRefusedError` reaches the caller, who says how to raise the budget)."""
  try:
-  return request(state, op, reason=reason, history=history, tickets=tickets, summary=summary)
+  return request(state, op, **options)
+ except BudgetRefusedError:
+  raise
  except StateError as exc:
   raise UsageError(str(exc)) from None
 
 
-def _control(args: argparse.Namespace, op: str, reason: str | None = None) -> dict[str, Any]:
+def _control(args: argparse.Namespace, op: str, **options: Any) -> dict[str, Any]:
  history = bool(getattr(args, "history", False))
  # Plain `status` shows counts and the notable tickets: a live run answers just that
  # (O(tickets shown), not O(tickets): `report.live_summary`).
  summary = op == "status" and not (
   getattr(args, "json", False) or getattr(args, "all", False) or history
  )
- return _ask_run(_state_for(args, op), op, reason=reason, history=history, summary=summary)
+ return _ask_run(_state_for(args, op), op, history=history, summary=summary, **options)
 
 
 def _where(answer: dict[str, Any]) -> str:
@@ -128,7 +133,7 @@ def _where(answer: dict[str, Any]) -> str:
 
 
 def cmd_pause(args: argparse.Namespace, console: Console) -> int:
- answer = _control(args, "pause", args.reason)
+ answer = _control(args, "pause", reason=args.reason)
  report = answer["report"]
  if answer["live"]:
   finishing = report["finishing"]
@@ -144,14 +149,75 @@ def cmd_pause(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_resume(args: argparse.Namespace, console: Console) -> int:
- answer = _control(args, "resume")
+ """`conductor resume [--budget M] (FILE | --state PATH)`: resume a pause, any pause; with
+ `--budget`, first raise the token budget to M. A spent budget refuses a plain resume, and a
+ budget not above the tokens used is refused: one line saying how to raise it, exit 2,
+ nothing changed."""
+ try:
+  answer = _control(args, "resume", token_budget=args.budget)
+ except BudgetRefusedError as exc:
+  raise UsageError(budget_words(exc.used, exc.budget, _named(args), asked=exc.asked)) from None
+ budget = ""
+ if args.budget is not None:
+  used = answer["report"].get("tokens_used") or 0
+  budget = f" with a token budget of {args.budget:,} ({used:,} used)"
  if answer["live"]:
-  console.print(f"resumed {_where(answer)}", soft_wrap=True)
+  console.print(f"resumed {_where(answer)}{budget}", soft_wrap=True)
  else:
   console.print(
-   f"resumed {_where(answer)}: the next `conductor run` starts it at once", soft_wrap=True
+   f"resumed {_where(answer)}{budget}: the next `conductor run` starts it at once",
+   soft_wrap=True,
   )
  return EXIT_OK
+
+
+def cmd_output(args: argparse.Namespace, console: Console) -> int:
+ """`conductor output TICKET (FILE | --state PATH)`: print the ticket's latest whole
+ output to stdout, unchanged. From a live run, or from the state when none is live. An
+ unknown ticket, or one with no output yet: one line saying what to do, exit 2."""
+ answer = _ask_run(_state_for(args, "output"), "output", ticket=args.ticket)
+ report = answer["report"]
+ tid, status, output = report["ticket"], report["status"], report["output"]
+ where = f"pipeline {printable(repr(report['pipeline']))}"
+ if status is None:
+  raise UsageError(
+   f"output: no ticket {printable(repr(tid))} in {where}; "
+   f"`conductor status {_named(args)}` lists them"
+  )
+ if output is None:
+  raise UsageError(
+   f"output: ticket {printable(repr(tid))} of {where} {_why_none(status, answer['live'], args)}"
+  )
+ _write_whole(output)
+ return EXIT_OK
+
+
+def _why_none(status: str, live: bool, args: argparse.Namespace) -> str:
+ # The rest of the line for a ticket without an output: where it is, and what to do.
+ if status == "in_progress" and live:
+  return "is running: its output is kept when the attempt ends; ask again then"
+ if status == "blocked":
+  return f"has no output: it is blocked (`conductor status {_named(args)}` says by what)"
+ if status in ("todo", "in_progress"):
+  command = f"conductor run {_named(args)}"
+  if args.state or not args.file:
+   command = f"conductor run PIPELINE {_named(args)}"
+  run = "wait for the run to get to it" if live else f"run it: `{command}`"
+  return f"has no output yet ({status}): {run}, then ask again"
+ return f"has no output: its latest attempt ({status}) printed nothing"
+
+
+def _write_whole(text: str) -> None:
+ # As it is: no markup, no wrapping, no newline added (`conductor output x > file` gives
+ # the output byte for byte). A character the terminal's encoding lacks is replaced rather
+ # than stopping the whole output.
+ out = sys.stdout
+ try:
+  out.write(text)
+ except UnicodeEncodeError:
+  encoding = getattr(out, "encoding", None) or "utf-8"
+  out.write(text.encode(encoding, "replace").decode(encoding))
+ out.flush()
 
 
 def cmd_approve(args: argparse.Namespace, console: Console) -> int:
@@ -190,7 +256,7 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
  if args.json:
   print(json.dumps({"live": answer["live"], **answer["report"]}, indent=1))
   return EXIT_OK
- console.print(render_status(answer, every_ticket=args.all))
+ console.print(render_status(answer, every_ticket=args.all, named=_named(args)))
  if args.history:
   console.print(Text("history:", "bold"))
   for line in history_lines(answer["report"].get("history", [])):
@@ -265,6 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
 
  p = sub.add_parser("resume", help="resume a paused pipeline, running or not")
  control_options(p)
+ p.add_argument(
+  "--budget",
+  metavar="TOKENS",
+  type=_positive,
+  help="first raise the token budget to TOKENS (a spent budget keeps it paused otherwise)",
+ )
  p.set_defaults(func=cmd_resume)
 
  p = sub.add_parser(
@@ -291,6 +363,14 @@ def build_parser() -> argparse.ArgumentParser:
   help=f"list every ticket (above {STATUS_ROWS} tickets only the notable ones are listed)",
  )
  p.set_defaults(func=cmd_status)
+
+ p = sub.add_parser(
+  "output",
+  help="print a ticket's latest whole output, from a running pipeline or its state",
+ )
+ p.add_argument("ticket", help="the ticket id")
+ control_options(p)
+ p.set_defaults(func=cmd_output)
 
  p = sub.add_parser("validate", help="check a pipeline file without running it")
  p.add_argument("file")

@@ -6,7 +6,7 @@ A running `conductor run` owns its state file `S` through three files beside it:
   The kernel drops it when the process dies, however it dies, so a stale lock recovers by
   itself: the next run simply gets it.
 - `S-ctl`: the control socket (a Unix socket, mode 0600, owner-only; peers of another uid
-  are refused too). `conductor pause | resume | status | approve` connect to it; they check
+  are refused too). `conductor pause | resume | status | approve | output` connect to it; they check
   in turn that whoever serves it is a trusted owner (`conductor._files.trusted_owners`:
   their own user, root, or the state file's owner; SO_PEERCRED), so a socket another user
   planted is refused, never believed. A socket path too long for the kernel (about 100
@@ -61,6 +61,7 @@ __all__ = [
  "MAX_REASON",
  "MAX_REQUEST",
  "OPS",
+ "BudgetRefusedError",
  "ControlError",
  "control_socket_path",
  "encode",
@@ -71,13 +72,31 @@ __all__ = [
 CONTROL_TIMEOUT = 5.0  # seconds a client waits for a lock and for the owner's answer
 MAX_REASON = 1000  # characters of a pause reason
 MAX_REQUEST = 64 * 1024  # bytes of one request line
-OPS = ("pause", "resume", "status", "approve")
+OPS = ("pause", "resume", "status", "approve", "output")
 _SUN_PATH_MAX = 100  # sockaddr_un.sun_path is 104 (macOS) or 108 (Linux) bytes with the NUL
 
 
 class ControlError(StateError):
  """The state's owner could not be reached, did not answer in time, refused the request,
  or is not who it should be."""
+
+
+class BudgetRefusedError(StateError):
+ """A resume the token budget refuses: `used` tokens of `budget` are spent, or the budget
+ `asked` for (`resume --budget`) is not above `used`. Nothing was changed. The command's
+ line, which says how to raise it, is `views.budget_words`."""
+
+ def __init__(self, used: int, budget: int, asked: int | None = None) -> None:
+  if asked is not None:
+   text = f"a token budget of {asked:,} is not above the {used:,} tokens used; raise it"
+  else:
+   text = f"token budget reached: {used:,} of {budget:,} tokens; raise it (resume --budget)"
+  super().__init__(text)
+  self.used, self.budget, self.asked = used, budget, asked
+
+ def as_dict(self) -> dict[str, int | None]:
+  """What a refusal carries over the socket (`budget` beside the answer's `error`)."""
+  return {"used": self.used, "budget": self.budget, "asked": self.asked}
 
 
 def control_socket_path(state: Path) -> Path:
@@ -125,19 +144,30 @@ def request(
  history: bool = False,
  tickets: Iterable[str] = (),
  summary: bool = False,
+ ticket: str | None = None,
+ token_budget: int | None = None,
 ) -> dict[str, Any]:
- """Send `op` (one of `OPS`: "pause", "resume", "status", "approve") for `state`; return
- the answer, `{"ok": True, "live": bool, "report": {...}}`.
+ """Send `op` (one of `OPS`: "pause", "resume", "status", "approve", "output") for
+ `state`; return the answer, `{"ok": True, "live": bool, "report": {...}}`.
 
  With a live owner the request goes to its socket and returns once it was carried out
  (for pause: the gate is closed and the flag durable; for approve: `tickets` are queued,
  the report says which were `approved` and which were `not_waiting`). With none, pause and
- resume write the flag into the file and status reads it, under the owner lock (waiting up
- to `CONTROL_TIMEOUT` for another such command); approve needs a live run. Blocking; safe
- to call from many processes and threads at once. Raises `StateError` (one line) for every
- user-facing problem: no state, a foreign or damaged file, a reason over `MAX_REASON`
- characters, unknown ticket ids, an owner that does not answer in time or is not who it
- should be.
+ resume write the flag into the file and status and output read it, under the owner lock
+ (waiting up to `CONTROL_TIMEOUT` for another such command); approve needs a live run.
+ Blocking; safe to call from many processes and threads at once. Raises `StateError` (one
+ line) for every user-facing problem: no state, a foreign or damaged file, a reason over
+ `MAX_REASON` characters, unknown ticket ids, an owner that does not answer in time or is
+ not who it should be.
+
+ resume with `token_budget` first raises the budget to it. A resume while the budget is
+ spent, or with a budget not above the tokens used, raises `BudgetRefusedError` and
+ changes nothing. The report of a resume has `tokens_used` and `token_budget`.
+
+ output: the whole output of `ticket`'s latest finished attempt. The report has
+ `pipeline`, `ticket`, its `status` (None: no such ticket) and `output` (None: none yet,
+ or it printed nothing). The answer of a live run may be megabytes: it comes in pieces
+ (`server._output_pieces`), read here whole.
 
  `summary` (status without history): a live run may answer with what plain `conductor
  status` shows, O(tickets shown) rather than O(tickets) (`report.live_summary`: the same
@@ -153,6 +183,10 @@ def request(
  ids = list(tickets)
  if op == "approve" and not ids:
   raise StateError("approve: which tickets? give at least one ticket id")
+ if op == "output" and not ticket:
+  raise StateError("output: which ticket? give its id")
+ if token_budget is not None and (op != "resume" or token_budget < 1):
+  raise ValueError(f"token_budget is for resume, a whole number >= 1; got {token_budget!r}")
  state = Path(os.path.realpath(state))  # a symlink and its target share one run
  if not check_state_file(state):
   raise StateError(
@@ -161,6 +195,10 @@ def request(
  message: dict[str, Any] = {"op": op, "reason": reason, "history": history}
  if op == "approve":
   message["tickets"] = ids
+ if op == "output":
+  message["ticket"] = ticket
+ if token_budget is not None:
+  message["token_budget"] = token_budget
  if summary and op == "status" and not history:
   message["summary"] = True
  data = encode(message)
@@ -188,14 +226,13 @@ def request(
     f"{shown_path(state)}: no run of it is live; approvals go to a running pipeline: start it with "
     "`conductor run`, then approve"
    )
-  return _offline(state, op, reason, history, trusted)
+  return _offline(state, message, trusted)
  finally:
   handover.release()
 
 
-def _offline(
- state: Path, op: str, reason: str | None, history: bool, trusted: frozenset[int]
-) -> dict[str, Any]:
+def _offline(state: Path, message: dict[str, Any], trusted: frozenset[int]) -> dict[str, Any]:
+ op = message["op"]
  # No live owner (we hold the handover lock shared, and the socket does not answer): the
  # owner lock is free, or held by another command like this one for a moment.
  owner = FileLock(owner_lock_path(state), trusted)
@@ -216,13 +253,44 @@ def _offline(
   owner.write(json.dumps({"pid": os.getpid(), "since": time.time(), "command": op}) + "\n")
   # deep_check: a damaged state is refused before anything is written to it.
   with StateStore.open(state, create=False, deep_check=True) as store:
+   if op == "output":
+    return {"ok": True, "live": False, "report": _stored_output(store, message["ticket"])}
    if op == "pause":
-    store.set_paused(True, reason or "paused while not running")
+    store.set_paused(True, message["reason"] or "paused while not running")
    elif op == "resume":
-    store.set_paused(False)
-   return {"ok": True, "live": False, "report": status_report(store, history=history)}
+    _resume_stored(store, message.get("token_budget"))
+   report = status_report(store, history=message["history"])
+   return {"ok": True, "live": False, "report": report}
  finally:
   owner.release()
+
+
+def _resume_stored(store: StateStore, asked: int | None) -> None:
+ # What a live run's engine checks (`ConductorEngine.resume`), against the stored budget:
+ # refused before anything is written.
+ used = store.tokens_used()
+ if asked is not None:
+  if asked <= used:
+   raise BudgetRefusedError(used, store.token_budget() or asked, asked)
+  store.set_paused(False, token_budget=asked)
+  return
+ budget = store.token_budget()
+ if budget is not None and used >= budget:
+  raise BudgetRefusedError(used, budget)
+ store.set_paused(False)
+
+
+def _stored_output(store: StateStore, ticket: str) -> dict[str, Any]:
+ # The report of `output` from a state no run holds (the keys of `server._output_head`).
+ status = None
+ if store.has_ticket(ticket):  # O(tickets) then, as offline status: no single-ticket read
+  status = next((t.status for t in store.tickets() if t.id == ticket), None)
+ return {
+  "pipeline": store.meta().get("pipeline"),
+  "ticket": ticket,
+  "status": status,
+  "output": store.output(ticket) if status is not None else None,
+ }
 
 
 def _ask(state: Path, data: bytes, trusted: frozenset[int]) -> dict[str, Any] | None:
@@ -287,6 +355,9 @@ def _ask(state: Path, data: bytes, trusted: frozenset[int]) -> dict[str, Any] | 
   answer = None
  if not isinstance(answer, dict) or not answer.get("ok"):
   error = answer.get("error") if isinstance(answer, dict) else None
+  budget = answer.get("budget") if isinstance(answer, dict) else None
+  if isinstance(budget, dict) and isinstance(budget.get("used"), int):
+   raise BudgetRefusedError(budget["used"], budget["budget"], budget.get("asked"))
   if not isinstance(error, str):
    error = "no answer (did it end meanwhile?)"
   raise ControlError(f"{shown_path(state)}: {who} refused the request: {printable(error)}")

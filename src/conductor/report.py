@@ -32,9 +32,11 @@ __all__ = [
 def status_report(store: StateStore, *, history: bool = False) -> dict[str, Any]:
  """Everything `conductor status` shows of a state no run holds, as JSON-ready data.
 
- From the store: tickets (status, attempts, last error, exit code), counts, pending, the
- pause flag with reason and time, running-at-pause. Tickets stored `in_progress` were
- interrupted. The keys are those of `live_report`.
+ From the store: tickets (status, attempts, last error, exit code, tokens), counts,
+ pending, the pause (reason, since when, who paused it: `paused_by` "person" or
+ "pipeline", and when an automatic one ends by itself: `auto_resume_at`, time.time() like
+ `paused_since`), running-at-pause, the tokens used and the budget. Tickets stored
+ `in_progress` were interrupted. The keys are those of `live_report`.
  """
  tickets = store.tickets()
  pause = store.pause_state()
@@ -51,6 +53,10 @@ def status_report(store: StateStore, *, history: bool = False) -> dict[str, Any]
   "paused": pause.paused,
   "pause_reason": pause.reason,
   "paused_since": pause.since,
+  "auto_resume_at": pause.auto_resume_at if pause.paused else None,
+  "paused_by": _paused_by(pause.paused, pause.by_person),
+  "tokens_used": store.tokens_used(),
+  "token_budget": store.token_budget(),
   "running": [],
   "running_at_pause": list(pause.running_at_pause),
   "finishing": [],
@@ -66,6 +72,7 @@ def status_report(store: StateStore, *, history: bool = False) -> dict[str, Any]
     "error": row.error,
     "exit_code": row.exit_code,
     "updated_at": row.updated_at,
+    "tokens": row.tokens,
    }
    for row in tickets
   ],
@@ -93,6 +100,7 @@ def live_report(
     "error": row.error,
     "exit_code": row.exit_code,
     "updated_at": None if at is None else at + wall,
+    "tokens": row.tokens,
    }
   )
  report = live_head(snap, state, pid)
@@ -115,6 +123,10 @@ def live_head(snap: Snapshot, state: Path, pid: int, ids: int | None = None) -> 
   "paused": snap.paused,
   "pause_reason": snap.pause_reason,
   "paused_since": snap.paused_at,
+  "auto_resume_at": snap.auto_resume_at if snap.paused else None,
+  "paused_by": _paused_by(snap.paused, snap.paused_by_person),
+  "tokens_used": snap.tokens_used,
+  "token_budget": snap.token_budget,
   "running": [w.ticket for w in snap.running],
   "running_at_pause": list(snap.running_at_pause),
   "finishing": list(snap.finishing),
@@ -171,6 +183,14 @@ def history_items(entries: Iterable[HistoryEntry]) -> list[dict[str, Any]]:
   }
   for h in entries
  ]
+
+
+def _paused_by(paused: bool, by_person: bool) -> str | None:
+ # "person": only a person resumes it; "pipeline": an automatic pause (`auto_resume_at`
+ # says when it ends by itself, if it does). None when not paused.
+ if not paused:
+  return None
+ return "person" if by_person else "pipeline"
 
 
 def _offline_status(counts: dict[Status, int], total: int, pause: PauseState) -> str:

@@ -12,7 +12,9 @@ status report is assembled on a worker thread from immutable data taken on the l
 encoded, which the run keeps up to date per changed ticket (`snapshots.SnapshotCache`). So
 the loop is held up for the tickets changed since the last report and a list copy, never
 for every ticket (the first report encodes them all, a slice per loop turn). A summary
-(plain `conductor status`) is answered on the loop, O(tickets shown). Nothing a client
+(plain `conductor status`) is answered on the loop, O(tickets shown). A ticket's output
+(`conductor output`) is read from the store on the loop and sent in pieces: it may be
+megabytes (`_output_pieces`). Nothing a client
 sends can stop the server or the run: every connection is handled in a task of its own, bounded in time, and
 whatever it raises is caught there.
 """
@@ -42,13 +44,14 @@ from .control import (
  MAX_REASON,
  MAX_REQUEST,
  OPS,
+ BudgetRefusedError,
  ControlError,
  control_socket_path,
  encode,
  peer_credentials,
 )
 from .locks import FileLock, handover_lock_path, owner_lock_path, read_owner, symlink_refusal
-from .multi_agent_conductor import ConductorEngine, Snapshot
+from .multi_agent_conductor import ConductorEngine, Snapshot, TokenBudgetSpent
 from .report import history_items, live_head, live_summary
 from .snapshots import SUMMARY_ROWS, SnapshotCache
 from .store import StateError, StateStore
@@ -66,6 +69,9 @@ _JOIN = 4096  # encoded tickets joined in one go (~0.5 MB: ~0.3 ms)
 # Tickets encoded in one go (`SnapshotCache.fill_entries`): ~1 ms. Only the first report
 # encodes every ticket; later ones, those changed since.
 _FILL = 2000
+# An output is JSON-encoded this many characters at a time (~0.5 ms each), the run going
+# on between them.
+_OUTPUT_SLICE = 1 << 18
 
 
 class StateLockedError(StateError):
@@ -312,7 +318,9 @@ class _Answers:
    await _send(stream, {"ok": False, "error": message})
    return
   try:
-   if message["op"] != "status":
+   if message["op"] == "output":
+    reply = await self._output(message["ticket"])
+   elif message["op"] != "status":
     reply = [encode(self._answer(message))]
    elif message.get("history"):
     reply = await self._status_with_history()
@@ -322,6 +330,9 @@ class _Answers:
     reply = await self._status()
   except _Refused as exc:
    await _send(stream, {"ok": False, "error": str(exc)})
+   return
+  except BudgetRefusedError as exc:
+   await _send(stream, {"ok": False, "error": str(exc), "budget": exc.as_dict()})
    return
   except Exception as exc:  # a bug: answer what we can, then log it
    await _send(stream, {"ok": False, "error": "the run could not answer (see its stderr)"})
@@ -397,8 +408,12 @@ class _Answers:
   if op == "pause":
    conductor.pause(message.get("reason") or "paused from another terminal")
   else:
-   conductor.resume()
+   _resume(conductor, message.get("token_budget"))
   self._store.commit()
+  if message.get("token_budget") is not None:
+   # Durable now, not only with the next pause or at the end of the run (the store
+   # records the engine's budget then): a kill -9 must not undo a raised budget.
+   self._store.set_token_budget(message["token_budget"])
   snap = conductor.snapshot(rows=False)
   # A pause's answer stays small: the caller is waiting for the acknowledgement.
   return {
@@ -410,8 +425,40 @@ class _Answers:
     "paused": snap.paused,
     "running_at_pause": list(snap.running_at_pause),
     "finishing": list(snap.finishing),
+    "tokens_used": snap.tokens_used,
+    "token_budget": snap.token_budget,
    },
   }
+
+ async def _output(self, ticket_id: str) -> list[bytes]:
+  # On the loop: the store is the loop's alone (`StateStore.output` commits what is
+  # pending first, so an attempt that just ended is there).
+  conductor = self._conductor
+  ticket = conductor.engine.tickets.get(ticket_id)
+  output = None if ticket is None else self._store.output(ticket_id)
+  head = {
+   "pipeline": conductor.name,
+   "pid": os.getpid(),
+   "ticket": ticket_id,
+   "status": None if ticket is None else str(ticket.status),
+  }
+  parts = []
+  for part in _output_pieces(head, output):
+   parts.append(part)
+   await anyio.lowlevel.checkpoint()  # the run goes on between slices
+  return parts
+
+
+def _resume(conductor: ConductorEngine, budget: int | None) -> None:
+ # A budget not above the tokens used is refused before it is set: a refused resume changes
+ # nothing. On the loop, where tokens are counted: exact.
+ used = conductor.tokens_used
+ if budget is not None and budget <= used:
+  raise BudgetRefusedError(used, conductor.token_budget or budget, budget)
+ try:
+  conductor.resume(token_budget=budget)
+ except TokenBudgetSpent:
+  raise BudgetRefusedError(conductor.tokens_used, conductor.token_budget or 0) from None
 
 
 def _cache_key(snap: Snapshot) -> tuple[object, ...]:
@@ -478,6 +525,13 @@ def _parse(line: bytes) -> dict[str, Any] | str:
   ids = message.get("tickets")
   if not isinstance(ids, list) or not ids or not all(isinstance(t, str) for t in ids):
    return "approve needs `tickets`, a non-empty list of ticket ids"
+ if op == "output" and not isinstance(message.get("ticket"), str):
+  return "output needs `ticket`, a ticket id"
+ budget = message.get("token_budget")
+ if budget is not None and (
+  op != "resume" or type(budget) is not int or budget < 1  # not a bool
+ ):
+  return "`token_budget` goes with resume: a whole number >= 1"
  return message
 
 
@@ -501,6 +555,23 @@ def _pieces(
   yield b', "history": '
   yield from _list_pieces(history)
  yield b"}}\n"
+
+
+def _output_pieces(head: dict[str, Any], output: str | None) -> Iterator[bytes]:
+ """The answer `{"ok": true, "report": {**head, "output": output}}`, encoded as `encode`
+ would, the output in slices of `_OUTPUT_SLICE` characters: one `json.dumps` of megabytes
+ would hold the GIL, and the loop, for milliseconds. (Slicing a str between any two
+ characters is safe: JSON escapes each character alone.)"""
+ yield b'{"ok": true, "report": {'
+ for key, value in head.items():
+  yield f"{json.dumps(key)}: {json.dumps(value)}, ".encode()
+ if output is None:
+  yield b'"output": null}}\n'
+  return
+ yield b'"output": "'
+ for i in range(0, len(output), _OUTPUT_SLICE):
+  yield json.dumps(output[i : i + _OUTPUT_SLICE])[1:-1].encode()
+ yield b'"}}\n'
 
 
 def _list_pieces(value: list[Any]) -> Iterator[bytes]:

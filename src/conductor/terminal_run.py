@@ -8,8 +8,10 @@ exit code (`exits`, and `terminal.Stops` for signals).
 
 What it shows depends on where the output goes:
 - a terminal (stdout and stdin both a tty): the live view (`views.render`), refreshed 10
-  times a second, reading keys (`terminal.read_keys`: p pauses and resumes); at the end that
-  same region shows the final frame, without the key hint, once;
+  times a second, reading keys (`terminal.read_keys`: p pauses as a person, also over an
+  automatic pause, and resumes a person's pause; r resumes any pause; a resume the spent
+  token budget refuses says how to raise it); at the end that same region shows the final
+  frame, without the key hint, once;
 - anything else: one line per transition (`views.plain_line`), printed once the state has
   committed it, so a line saying "completed" is a promise the state keeps; and with
   `auto_queue` off, one line per ticket that starts waiting for approval
@@ -27,16 +29,26 @@ from pathlib import Path
 import anyio
 from rich.console import Console, RenderableType
 from rich.live import Live
+from rich.markup import escape
 from rich.text import Text
 
 from ._text import clock, plural, printable, shown_path
 from .exits import EXIT_FAILED, EXIT_OK, UsageError
-from .multi_agent_conductor import ConductorEngine
+from .multi_agent_conductor import ConductorEngine, TokenBudgetSpent
 from .pipeline import Pipeline
 from .session import DurableRun, open_session
 from .snapshots import Snapshot
 from .terminal import Stops, read_keys
-from .views import ApprovalNotices, lit, plain_line, render, shell_path
+from .views import (
+ ApprovalNotices,
+ budget_spent,
+ budget_words,
+ lit,
+ pause_words,
+ plain_line,
+ render,
+ shell_path,
+)
 
 __all__ = ["LIVE_WAIT", "execute"]
 
@@ -111,16 +123,27 @@ def _execute(
   pause = restored.pause
   if pause.paused:
    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(pause.since or time.time()))
-   reason = f" ({lit(pause.reason)})" if pause.reason else ""
-   console.print(
-    f"[yellow]PAUSED since {since}{reason}: nothing starts until it is resumed: "
-    f"press p here, or run `conductor resume --state {lit(state)}`",
-    soft_wrap=True,
-   )
+   if pause.by_person:
+    reason = f" ({lit(pause.reason)})" if pause.reason else ""
+    console.print(
+     f"[yellow]PAUSED since {since}{reason}: nothing starts until it is resumed: "
+     f"press p here, or run `conductor resume --state {lit(state)}`",
+     soft_wrap=True,
+    )
+   else:
+    words = pause_words(False, pause.reason, pause.auto_resume_at)
+    console.print(
+     f"[yellow]PAUSED since {since}: {escape(words)}; to resume now: "
+     f"{'press r here, or ' if interactive else ''}run `conductor resume --state {lit(state)}`",
+     soft_wrap=True,
+    )
+  used, budget = conductor.tokens_used, conductor.token_budget
+  if budget is not None and budget_spent(used, budget):
+   console.print(Text(budget_words(used, budget, f"--state {state}"), "yellow"), soft_wrap=True)
   if notices is not None:
    notices.at_start()
   if interactive:
-   return await _run_live(conductor, console, durable.state)
+   return await _run_live(conductor, console, durable.state, frame)
   return await conductor.run()
 
  async def main() -> Snapshot:
@@ -131,12 +154,26 @@ def _execute(
    tg.cancel_scope.cancel()
   return final
 
+ frame = _LiveFrame(conductor, durable.state)
+
  def on_key(ch: str) -> None:  # on the key reader's thread: pause() and resume() are safe
+  frame.notice = None  # a key press answers the previous notice
   if ch in "pP ":
-   if conductor.paused:
-    conductor.resume()
+   # A person's pause wins over an automatic one: p turns it into a person's (no longer
+   # ending by itself); p resumes only a person's pause.
+   if conductor.paused and conductor.paused_by_person:
+    _resume()
    else:
     conductor.pause("paused from the terminal")
+  elif ch in "rR" and conductor.paused:
+   _resume()
+
+ def _resume() -> None:
+  try:
+   conductor.resume()
+  except TokenBudgetSpent:  # the view says how to raise it instead of doing nothing
+   used, budget = conductor.tokens_used, conductor.token_budget or 0
+   frame.notice = "not resumed: " + budget_words(used, budget, f"--state {state}")
 
  with read_keys(on_key) if interactive else contextlib.nullcontext():
   final = anyio.run(main, backend=args.backend)
@@ -166,14 +203,17 @@ def _execute(
 
 
 class _LiveFrame:
- """What the live view shows: the run as it goes, with the key hint; once `end` is called,
- the final frame, without it. Rich draws it from its refresh thread, and a last time when
- the `Live` stops: so the final frame replaces the live one in place, and is drawn once."""
+ """What the live view shows: the run as it goes, with the key hint and the `notice` a key
+ press left; once `end` is called, the final frame, without them. Rich draws it from its
+ refresh thread, and a last time when the `Live` stops: so the final frame replaces the
+ live one in place, and is drawn once."""
 
  def __init__(self, conductor: ConductorEngine, state: Path) -> None:
   self._conductor = conductor
   self._state = state
   self._final: RenderableType | None = None  # set once, on the loop; read by rich's thread
+  # Set by the key reader's thread, read by rich's: one reference, replaced whole.
+  self.notice: str | None = None
 
  def end(self, final: Snapshot) -> None:
   self._final = render(final, final.status, keys=False, state=self._state)
@@ -185,11 +225,13 @@ class _LiveFrame:
   # the loop's fresh snapshot only briefly (the previous one is at most a refresh old).
   conductor = self._conductor
   snap = conductor.snapshot(rows=False, timeout=LIVE_WAIT)
-  return render(snap, conductor.mma_status, state=self._state)
+  notice = self.notice if snap.paused else None  # a refused resume: while still paused
+  return render(snap, conductor.mma_status, state=self._state, notice=notice)
 
 
-async def _run_live(conductor: ConductorEngine, console: Console, state: Path) -> Snapshot:
- frame = _LiveFrame(conductor, state)
+async def _run_live(
+ conductor: ConductorEngine, console: Console, state: Path, frame: _LiveFrame
+) -> Snapshot:
  with Live(get_renderable=frame.get, console=console, refresh_per_second=10, transient=False):
   try:
    final = await conductor.run()

@@ -3,7 +3,10 @@
 - `render`: the live view of a run in a terminal (and its final frame);
 - `plain_line`: one log line per transition, for a run off a terminal;
 - `ApprovalNotices`: the "awaiting approval: ..." lines of a run off a terminal;
-- `render_status` and `history_lines`: `conductor status` and its `--history`.
+- `render_status` and `history_lines`: `conductor status` and its `--history`;
+- `pause_words`, `tokens_words` and `budget_words`: who paused and what ends the pause, the
+  tokens spent, how to raise a spent budget: the same words in every view (the dashboard's
+  banner uses them too).
 
 Untrusted text (ticket ids, pipeline names, pause reasons, errors, history details, paths)
 is printed through `conductor._text.printable`, and never as rich markup (`Text(...)`, or
@@ -38,12 +41,19 @@ __all__ = [
  "STATUS_STYLE",
  "ApprovalNotices",
  "approve_command",
+ "budget_spent",
+ "budget_words",
  "history_lines",
+ "key_hint",
  "lit",
+ "pause_words",
  "plain_line",
  "render",
  "render_status",
  "shell_path",
+ "suggested_budget",
+ "tokens_words",
+ "wall_clock",
 ]
 
 
@@ -68,7 +78,79 @@ STATUS_STYLE = {
 }
 
 KEY_HINT = "p pause/resume · Ctrl+C stop after running workers (twice: cancel)"
-"""The live view's last line while the run reads keys (see `terminal.read_keys`)."""
+"""The live view's last line while the run reads keys (see `terminal.read_keys`) and it is
+not paused automatically (then `key_hint` says what p and r do)."""
+
+_AUTO_KEY_HINT = (
+ "p keep it paused (only you resume it) · r resume now · "
+ "Ctrl+C stop after running workers (twice: cancel)"
+)
+
+
+def key_hint(snap: Snapshot) -> str:
+ """The live view's key hint for `snap`: p pauses as a person (also over an automatic pause,
+ which then no longer ends by itself) and resumes a person's pause; r resumes any pause."""
+ if snap.paused and not snap.paused_by_person:
+  return _AUTO_KEY_HINT
+ return KEY_HINT
+
+
+# -- the same words everywhere ---------------------------------------------------------------
+
+
+def wall_clock(at: float) -> str:
+ """A moment (time.time()) in local time: `12:03:10` today, else `2026-11-30 12:03:10`."""
+ moment = time.localtime(at)
+ if time.localtime()[:3] == moment[:3]:
+  return time.strftime("%H:%M:%S", moment)
+ return time.strftime("%Y-%m-%d %H:%M:%S", moment)
+
+
+def pause_words(by_person: bool, reason: str | None, auto_resume_at: float | None) -> str:
+ """Who paused and what ends the pause, for people: "paused by you: resume by hand", or
+ "paused: <reason>; resumes by itself at 12:03:10" (an automatic pause with a time), or
+ "paused: <reason>; resume by hand" (an automatic one without, e.g. a spent token budget).
+ The terminal's live view, `conductor status` and the dashboard's banner all say it this
+ way. `reason` is escaped (`printable`); a person's reason is not part of it (views show it
+ beside, as "PAUSED since ... — reason")."""
+ if by_person:
+  return "paused by you: resume by hand"
+ why = printable(reason) if reason else "by the pipeline"
+ if auto_resume_at is None:
+  return f"paused: {why}; resume by hand"
+ return f"paused: {why}; resumes by itself at {wall_clock(auto_resume_at)}"
+
+
+def tokens_words(used: int, budget: int | None) -> str | None:
+ """ "tokens: 12,340 of 200,000" (or "tokens: 12,340" without a budget); None when there is
+ no budget and nothing was spent: a pipeline without agents shows nothing."""
+ if budget is None and not used:
+  return None
+ return f"tokens: {used:,}" + ("" if budget is None else f" of {budget:,}")
+
+
+def budget_spent(used: int, budget: int | None) -> bool:
+ """Whether a token budget is set and spent (the engine pauses then; a resume is refused)."""
+ return budget is not None and used >= budget
+
+
+def suggested_budget(used: int, budget: int | None) -> int:
+ """A budget to suggest raising to: half as much again as the current one, and above what
+ was used (200,000 -> 300,000; as `TokenBudgetSpent` suggests)."""
+ return max((budget or 0) * 3 // 2, used + 1)
+
+
+def budget_words(used: int, budget: int, raise_with: str, *, asked: int | None = None) -> str:
+ """One line for a resume the budget refuses: "token budget reached: 200,340 of 200,000
+ tokens; raise it: conductor resume --budget 300000 p.toml". `raise_with` is how the
+ command names the pipeline (the file, or `--state PATH`), already escaped and quoted;
+ `asked`: a budget that was asked for and is not above the tokens used."""
+ command = (
+  f"conductor resume --budget {suggested_budget(used, max(budget, asked or 0))} {raise_with}"
+ )
+ if asked is not None:
+  return f"a token budget of {asked:,} is not above the {used:,} tokens used; raise it: {command}"
+ return f"token budget reached: {used:,} of {budget:,} tokens; raise it: {command}"
 
 
 def _every(ids: Sequence[str]) -> str:
@@ -87,15 +169,21 @@ def _bar(completed: int, total: int) -> RenderableType:
 
 
 def render(
- snap: Snapshot, status: MmaStatus, *, keys: bool = True, state: Path | str | None = None
+ snap: Snapshot,
+ status: MmaStatus,
+ *,
+ keys: bool = True,
+ state: Path | str | None = None,
+ notice: str | None = None,
 ) -> RenderableType:
  """The live view of a run: a function of a snapshot, so it is easy to test.
 
  `keys`: end with the key hint (while keys are read; the final frame has none). `state`,
- the run's state path, goes into the approve command shown beside the tickets awaiting
- approval.
+ the run's state path, goes into the commands shown (approve; raise a spent budget).
+ `notice`: one line to show above the hint (what a key press could not do, and why).
  """
  counts = snap.counts
+ tokens = tokens_words(snap.tokens_used, snap.token_budget)
  head = Text.assemble(
   (
    " STOPPING " if snap.stopping and snap.running else f" {status.value.upper()} ",
@@ -108,10 +196,14 @@ def render(
   (f" · {counts.failed} failed", "red" if counts.failed else ""),
   (f" · {counts.blocked} blocked", "red" if counts.blocked else ""),
   f"   {clock(snap.elapsed)}",
+  (
+   f"   {tokens}" if tokens else "",
+   "red" if budget_spent(snap.tokens_used, snap.token_budget) else "",
+  ),
  )
  parts: list[RenderableType] = [head, _bar(counts.completed, counts.total)]
  if status is MmaStatus.PAUSED:
-  parts.append(_paused_panel(snap))
+  parts.append(_paused_panel(snap, state))
  if snap.running:
   table = Table.grid(padding=(0, 2))
   now = time.monotonic()
@@ -127,12 +219,14 @@ def render(
  if waiting:
   how = approve_command(state if state is not None else "STATE", waiting)
   parts.append(Text(f"awaiting approval: {listed(waiting)} · approve with `{how}`", "cyan"))
+ if notice:
+  parts.append(Text(printable(notice), "yellow"))
  if keys:
-  parts.append(Text(KEY_HINT, "dim"))
+  parts.append(Text(key_hint(snap), "dim"))
  return Group(*parts)
 
 
-def _paused_panel(snap: Snapshot) -> RenderableType:
+def _paused_panel(snap: Snapshot, state: Path | str | None) -> RenderableType:
  since = time.strftime("%H:%M:%S", time.localtime(snap.paused_at)) if snap.paused_at else "?"
  finishing = (
   f"{plural(len(snap.finishing), 'worker')} finishing: {_every(snap.finishing)}"
@@ -144,9 +238,17 @@ def _paused_panel(snap: Snapshot) -> RenderableType:
   finishing += f" · running at pause: {len(snap.running_at_pause)}"
   if done:
    finishing += f" (done: {_every(done)})"
- reason = f" — {printable(snap.pause_reason)}" if snap.pause_reason else ""
+ # A person's reason beside the time; an automatic pause's is part of `pause_words`.
+ reason = (
+  f" — {printable(snap.pause_reason)}" if snap.pause_reason and snap.paused_by_person else ""
+ )
+ who = pause_words(snap.paused_by_person, snap.pause_reason, snap.auto_resume_at)
+ if budget_spent(snap.tokens_used, snap.token_budget) and snap.token_budget is not None:
+  where = f"--state {shell_path(state)}" if state is not None else "--state STATE"
+  who += "\n" + budget_words(snap.tokens_used, snap.token_budget, where)
  body = Text.assemble(
   (f"PAUSED since {since}{reason}\n", "bold"),
+  f"{who}\n",
   finishing,
   f"\nwill start on resume: {listed(snap.ready, 6) or 'nothing ready yet'} · "
   f"{len(snap.pending)} pending",
@@ -158,8 +260,11 @@ def _paused_panel(snap: Snapshot) -> RenderableType:
 
 
 def plain_line(name: str, t: Transition) -> str:
- """One log line for a transition, for runs off a terminal; its untrusted parts escaped."""
+ """One log line for a transition, for runs off a terminal; its untrusted parts escaped.
+ An automatic pause says what ends it (`pause_words`)."""
  stamp = time.strftime("%H:%M:%S", time.localtime(t.at))
+ if t.change is Change.PAUSED and not t.by_person:
+  return f"{stamp} {printable(name)}: pipeline {pause_words(False, t.detail, t.auto_resume_at)}"
  what = printable(t.ticket) if t.ticket is not None else "pipeline"
  line = f"{stamp} {printable(name)}: {what} {t.change}"
  if t.ticket is not None and t.attempt:
@@ -219,7 +324,9 @@ STATUS_ROWS = SUMMARY_ROWS
 """Above this many tickets, `conductor status` lists only the notable ones (see render_status)."""
 
 
-def render_status(answer: dict[str, Any], *, every_ticket: bool = False) -> RenderableType:
+def render_status(
+ answer: dict[str, Any], *, every_ticket: bool = False, named: str | None = None
+) -> RenderableType:
  """`conductor status` for people: a function of the control answer, so it is easy to test.
 
  The ticket table lists every ticket of a small pipeline. Of a larger one, unless
@@ -227,7 +334,8 @@ def render_status(answer: dict[str, Any], *, every_ticket: bool = False) -> Rend
  error), at most `STATUS_ROWS` of them, and says what it left out; the counts above it
  cover everything. A live run's summary (`report.live_summary`, asked with
  `control.request(summary=True)`) holds only what this shows; its `summary` key has the full
- lengths of the lists it cut short.
+ lengths of the lists it cut short. `named`: how the commands it shows name the pipeline
+ (the file as the user gave it, quoted; default `--state PATH`).
  """
  report = answer["report"]
  full = report.get("summary") or {}
@@ -247,9 +355,20 @@ def render_status(answer: dict[str, Any], *, every_ticket: bool = False) -> Rend
    f"{counts['todo']} todo · {counts['failed']} failed · {counts['blocked']} blocked"
   ),
  ]
+ tokens_used = report.get("tokens_used") or 0
+ budget = report.get("token_budget")
+ tokens = tokens_words(tokens_used, budget)
+ if tokens:
+  parts.append(Text(tokens, "red" if budget_spent(tokens_used, budget) else ""))
  if report["paused"]:
-  reason = f": {printable(report['pause_reason'])}" if report["pause_reason"] else ""
-  lines = [f"PAUSED since {_stamp(report['paused_since'])}{reason}"]
+  by_person = report.get("paused_by", "person") != "pipeline"
+  reason = f": {printable(report['pause_reason'])}" if report["pause_reason"] and by_person else ""
+  lines = [
+   f"PAUSED since {_stamp(report['paused_since'])}{reason}",
+   pause_words(by_person, report["pause_reason"], report.get("auto_resume_at")),
+  ]
+  if budget is not None and budget_spent(tokens_used, budget):
+   lines.append(budget_words(tokens_used, budget, named or f"--state {shell_path(state)}"))
   at_pause = report["running_at_pause"]
   if at_pause:
    lines.append(f"running at pause: {_every(at_pause)}")
@@ -277,9 +396,12 @@ def render_status(answer: dict[str, Any], *, every_ticket: bool = False) -> Rend
   n_pending = full.get("pending", len(pending))
   parts.append(Text(f"pending ({n_pending}): {_first(pending, n_pending)}"))
  table = Table(box=None, padding=(0, 2), header_style="bold")
- for column in ("ticket", "status", "attempts", "exit", "last error"):
-  table.add_column(column)
  rows = report["tickets"]
+ # A tokens column only where tokens were spent: none for a pipeline without agents.
+ with_tokens = any(row.get("tokens") for row in rows)
+ columns = ("ticket", "status", "attempts", "exit", *(("tokens",) if with_tokens else ()))
+ for column in (*columns, "last error"):
+  table.add_column(column, justify="right" if column == "tokens" else "left")
  note = None
  total = counts["total"]
  if "summary" in report and len(rows) < total:  # the run sent the notable ones only
@@ -306,6 +428,7 @@ def render_status(answer: dict[str, Any], *, every_ticket: bool = False) -> Rend
    Text(printable(str(row["status"]))),
    str(row["attempts"]),
    "" if code is None else str(code),
+   *((f"{row['tokens']:,}" if row.get("tokens") else "",) if with_tokens else ()),
    Text(printable(row["error"] or "")),
   )
  if rows:
