@@ -193,8 +193,6 @@ def test_malformed_slow_half_open_and_concurrent_requests_never_stop_the_run(
  run.wait_started()
  path = control_socket_path(run.state)
  silent = connect(path)  # connects, never sends: must hold up nobody, and be dropped in time
- partial = connect(path)
- partial.sendall(b'{"op": "sta')  # a slow client, mid-line
 
  for name, payload in BAD_REQUESTS.items():
   answer = exchange(path, payload)
@@ -212,6 +210,10 @@ def test_malformed_slow_half_open_and_concurrent_requests_never_stop_the_run(
  reset.sendall(b'{"op": "res')
  reset.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
  reset.close()  # linger 0: RST
+ # A slow client, mid-line while the flood comes (its whole line must arrive within the
+ # server's CONTROL_TIMEOUT, so it starts only now: the steps above may take seconds).
+ partial = connect(path)
+ partial.sendall(b'{"op": "sta')
  # Many at once, each bad in its own way, none waiting for another.
  flood = [connect(path) for _ in range(60)]
  for i, sock in enumerate(flood):

@@ -283,6 +283,22 @@ def test_each_try_has_the_full_retry_budget_and_attempts_keep_counting() -> None
  assert engine.tickets["a"].attempts == 4  # every attempt has its own number
 
 
+def test_a_refunded_requeue_spends_no_retry_but_keeps_its_attempt_number() -> None:
+ # An attempt lost (or that paused the pipeline) through no fault of its own.
+ engine = ExecutionEngine([Ticket("a", retries=1)])
+ engine.tick()
+ engine.start("a")
+ engine.requeue("a", refund=True)
+ engine.tick()
+ engine.start("a")
+ assert engine.tickets["a"].attempts == 2
+ assert engine.retries_left("a") == 1  # as on its first attempt: the retry is still there
+ engine.requeue("a", "broke")  # a failure: spends it
+ engine.tick()
+ engine.start("a")
+ assert engine.retries_left("a") == 0
+
+
 def test_a_new_engine_begins_a_new_try_for_restored_tickets() -> None:
  # A re-run: the store hands back a ticket that used up its budget (3 attempts, 2 retries).
  engine = ExecutionEngine([Ticket("a", retries=2, attempts=3)])

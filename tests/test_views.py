@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -17,10 +18,15 @@ from conductor.views import (
  KEY_HINT,
  ApprovalNotices,
  approve_command,
+ budget_words,
+ pause_words,
  plain_line,
  render,
  render_status,
  shell_path,
+ suggested_budget,
+ tokens_words,
+ wall_clock,
 )
 
 
@@ -125,15 +131,21 @@ def test_status_shows_the_state_path_relative_to_where_it_is_asked(
 
 
 @pytest.mark.parametrize(
- ("tid", "error", "exit_code", "at"),
+ ("tid", "error", "exit_code", "at", "tokens"),
  [
-  ("plain", None, None, None),
-  ('quo"te\\ é ✓\n\x1b[31m', "line one\nline\ttwo \u2028 \U0001f600", -15, 1700000000.123456789),
-  ("x", "", 0, 0.1),
+  ("plain", None, None, None, None),
+  (
+   'quo"te\\ é ✓\n\x1b[31m',
+   "line one\nline\ttwo \u2028 \U0001f600",
+   -15,
+   1700000000.123456789,
+   12340,
+  ),
+  ("x", "", 0, 0.1, 0),
  ],
 )
 def test_a_tickets_status_item_is_exactly_what_json_dumps_writes(
- tid: str, error: str | None, exit_code: int | None, at: float | None
+ tid: str, error: str | None, exit_code: int | None, at: float | None, tokens: int | None
 ) -> None:
  ticket = Ticket(tid, status=Status.FAILED, attempts=3, error=error)
  want = {
@@ -143,8 +155,9 @@ def test_a_tickets_status_item_is_exactly_what_json_dumps_writes(
   "error": error,
   "exit_code": exit_code,
   "updated_at": at,
+  "tokens": tokens,
  }
- assert ticket_json(ticket, exit_code, at) == json.dumps(want)
+ assert ticket_json(ticket, exit_code, at, tokens) == json.dumps(want)
 
 
 def test_pending_and_notable_follow_each_change_in_ticket_order_after_a_retry() -> None:
@@ -228,3 +241,120 @@ def test_a_status_summary_renders_the_lists_it_cut_short_with_their_full_lengths
  shown = text(render_status({"live": True, "report": report}))
  assert "pending (98): p0, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11 (+86)" in shown
  assert "98 of 100 tickets not listed (38 more notable, the rest" in shown
+
+
+# -- who paused, until when, and tokens: the same words in every view ------------------------
+
+
+def test_pause_words_say_who_paused_and_what_ends_it() -> None:
+ at = time.time() + 60
+ clock = time.strftime("%H:%M:%S", time.localtime(at))
+ assert pause_words(True, "lunch", None) == "paused by you: resume by hand"
+ assert pause_words(True, "lunch", at) == "paused by you: resume by hand"  # a person's wins
+ assert pause_words(False, "429 from api", at) in (
+  f"paused: 429 from api; resumes by itself at {clock}",
+  # a minute from now may be tomorrow: then the date is said too
+  f"paused: 429 from api; resumes by itself at {time.strftime('%Y-%m-%d', time.localtime(at))} {clock}",
+ )
+ assert pause_words(False, "budget\n", None) == "paused: budget\\n; resume by hand"
+ tomorrow = time.time() + 2 * 86400
+ assert wall_clock(tomorrow) == time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(tomorrow))
+
+
+def test_tokens_are_shown_only_when_a_budget_is_set_or_some_were_spent() -> None:
+ assert tokens_words(0, None) is None
+ assert tokens_words(12340, None) == "tokens: 12,340"
+ assert tokens_words(0, 200000) == "tokens: 0 of 200,000"
+ assert (
+  budget_words(200340, 200000, "p.toml")
+  == "token budget reached: 200,340 of 200,000 tokens; raise it: conductor resume --budget 300000 p.toml"
+ )
+ line = budget_words(200340, 200000, "--state s.db", asked=150000)
+ assert line.startswith("a token budget of 150,000 is not above the 200,340 tokens used; raise it:")
+ assert line.endswith("conductor resume --budget 300000 --state s.db")
+ assert suggested_budget(500, 100) == 501  # above what was used, whatever the budget
+
+
+def test_the_live_view_says_who_paused_until_when_and_how_to_raise_a_spent_budget() -> None:
+ at = time.time() + 3600
+ auto = snapshot(
+  paused=True,
+  paused_at=time.time(),
+  pause_reason="rate limited by api",
+  paused_by_person=False,
+  auto_resume_at=at,
+ )
+ shown = text(render(auto, MmaStatus.PAUSED, state="p.state.db"))
+ assert f"paused: rate limited by api; resumes by itself at {wall_clock(at)}" in shown
+ assert "r resume now" in shown and "p keep it paused" in shown  # the keys' hint
+ person = dataclasses.replace(auto, paused_by_person=True, pause_reason="lunch")
+ shown = text(render(person, MmaStatus.PAUSED, state="p.state.db"))
+ assert "paused by you: resume by hand" in shown and "— lunch" in shown
+ assert "resumes by itself" not in shown and shown.rstrip().endswith(KEY_HINT)
+ spent = dataclasses.replace(
+  auto, pause_reason="token budget reached", auto_resume_at=None, tokens_used=210, token_budget=200
+ )
+ shown = text(render(spent, MmaStatus.PAUSED, state="p.state.db", notice="refused, see above"))
+ assert "tokens: 210 of 200" in shown.splitlines()[0]
+ assert "raise it: conductor resume --budget 300 --state p.state.db" in shown
+ assert "refused, see above" in shown
+ plain = text(render(snapshot(), MmaStatus.EXECUTING))
+ assert "tokens" not in plain  # nothing for a pipeline that spends none
+
+
+def test_an_automatic_pause_logs_what_ends_it() -> None:
+ t = Transition(
+  None, Change.PAUSED, 0.0, detail="slow down", auto_resume_at=7200.0, by_person=False
+ )
+ assert plain_line("p", t).endswith(
+  f" p: pipeline paused: slow down; resumes by itself at {wall_clock(7200.0)}"
+ )
+ person = t._replace(by_person=True, auto_resume_at=None)
+ assert plain_line("p", person).endswith(" p: pipeline paused: slow down")
+
+
+def test_status_shows_the_pause_the_tokens_and_a_tokens_column_only_when_spent() -> None:
+ report = {
+  "pipeline": "p",
+  "mma_status": "paused",
+  "live": False,
+  "pid": None,
+  "state": "p.state.db",
+  "counts": {"completed": 1, "total": 2, "in_progress": 0, "todo": 1, "failed": 0, "blocked": 0},
+  "paused": True,
+  "pause_reason": "token budget reached: 210 of 200 tokens",
+  "paused_since": 0.0,
+  "auto_resume_at": None,
+  "paused_by": "pipeline",
+  "tokens_used": 210,
+  "token_budget": 200,
+  "running_at_pause": [],
+  "running": [],
+  "interrupted": [],
+  "pending": ["b"],
+  "tickets": [
+   {
+    "id": "a",
+    "status": "completed",
+    "attempts": 1,
+    "exit_code": None,
+    "error": None,
+    "tokens": 210,
+   },
+   {"id": "b", "status": "todo", "attempts": 0, "exit_code": None, "error": None, "tokens": None},
+  ],
+ }
+ shown = text(render_status({"live": False, "report": report}, named="p.toml"))
+ assert "tokens: 210 of 200" in shown
+ assert "paused: token budget reached: 210 of 200 tokens; resume by hand" in shown
+ assert "raise it: conductor resume --budget 300 p.toml" in shown
+ header = next(line for line in shown.splitlines() if line.lstrip().startswith("ticket"))
+ assert header.split()[:5] == ["ticket", "status", "attempts", "exit", "tokens"]
+ row = next(line for line in shown.splitlines() if line.lstrip().startswith("a "))
+ assert row.split()[:4] == ["a", "completed", "1", "210"]
+ for ticket in report["tickets"]:  # type: ignore[attr-defined]
+  ticket["tokens"] = None
+ report.update(tokens_used=0, token_budget=None, paused_by="person", pause_reason="lunch")
+ shown = text(render_status({"live": False, "report": report}))
+ assert "tokens" not in shown and "PAUSED since" in shown and ": lunch" in shown
+ assert "paused by you: resume by hand" in shown

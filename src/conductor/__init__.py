@@ -3,9 +3,10 @@
 The flat API, for `from conductor import ...`: build tickets (`Ticket`, and a work spec:
 `ShellWork`, `CallWork`, `SleepWork`) or load a TOML file (`load_pipeline`), put them in an
 `ExecutionEngine` (the pure DAG) and run it with a `ConductorEngine` (pause/resume from any
-thread, snapshots). `StateStore` keeps a run's state durable. Every error a user can cause is
-a `PipelineError`, `PipelineFileError`, `CallTargetError` or `StateError` with a one-line
-message.
+thread, snapshots; a worker may pause the whole pipeline by raising `PausePipeline`; a spent
+token budget refuses a resume with `TokenBudgetSpent`). `StateStore` keeps a run's state
+durable. Every error a user can cause is a `PipelineError`, `PipelineFileError`,
+`CallTargetError` or `StateError` with a one-line message.
 
 A run's listeners get a `Transition` for every change (its kind is a `Change`); a custom
 worker is any async callable taking a `Ticket` (`Worker`), and its own work specs may
@@ -23,7 +24,7 @@ The scheduler underneath is the separate `scheduler` package.
 """
 
 from .dag_engine import CycleError, ExecutionEngine, PipelineError, Status, Ticket
-from .multi_agent_conductor import ConductorEngine
+from .multi_agent_conductor import ConductorEngine, TokenBudgetSpent
 from .pipeline import Pipeline, PipelineFileError, load_pipeline
 from .snapshots import Counts, MmaStatus, RunningWorker, Snapshot, TicketRow
 from .store import StateError, StateStore
@@ -67,6 +68,7 @@ __all__ = [
  "Status",
  "Ticket",
  "TicketRow",
+ "TokenBudgetSpent",
  "Transition",
  "Usage",
  "WorkFailed",

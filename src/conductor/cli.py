@@ -284,6 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
  def runner_options(p: argparse.ArgumentParser) -> None:
   p.add_argument("--max-workers", type=_positive, help="workers at once (default: the pipeline's)")
   p.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio", help="event loop")
+  p.add_argument(
+   "--dask",
+   metavar="ADDRESS",
+   help="run the tickets on a Dask cluster: tcp://HOST:PORT of its scheduler, or local:N to "
+   "start N worker processes here (default: the pipeline's [pipeline] dask)",
+  )
 
  def state_options(p: argparse.ArgumentParser, default: str) -> None:
   p.add_argument("--state", metavar="PATH", help=f"the state file (default: {default})")

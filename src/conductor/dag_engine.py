@@ -558,7 +558,7 @@ class ExecutionEngine:
    i += 1
   return [n.ticket.id for n in frontier[1:]]
 
- def requeue(self, ticket_id: str, error: str | None = None) -> None:
+ def requeue(self, ticket_id: str, error: str | None = None, *, refund: bool = False) -> None:
   """Put an interrupted ticket back to `todo` and hand it out again on the next tick().
 
   For a worker that was cancelled or interrupted, which is not a failure, and for an
@@ -566,6 +566,10 @@ class ExecutionEngine:
   starts again): nothing downstream changes and `attempts` is kept. Accepts an
   `in_progress` ticket, and also one handed out by tick() but never started (its spawn was
   cancelled). O(1). Raises `RuntimeError` for a ticket in any other state.
+
+  `refund`: the attempt that just ended spends none of the try's retries (it was lost, or
+  paused the pipeline, through no fault of its own): the try begins one attempt later, so
+  `retries_left` is as before it. Its attempt number is still used up.
   """
   node = self._node(ticket_id)
   ticket = node.ticket
@@ -573,6 +577,8 @@ class ExecutionEngine:
    self._n_handed -= 1
   elif ticket.status is Status.IN_PROGRESS:
    self._move(ticket, Status.TODO)
+   if refund:
+    node.try_began += 1
   else:
    raise RuntimeError(
     f"cannot requeue ticket {ticket_id!r}: it is {ticket.status}, not in progress or handed out"

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from .dag_engine import Status, Ticket
 from .transitions import Change, Transition
+from .workers import Usage
 
 __all__ = ["Flush", "Journal", "Listener"]
 
@@ -80,21 +81,74 @@ class Journal:
    self.emit(Transition(ticket.id, Change.STARTED, at, Status.IN_PROGRESS, ticket.attempts))
 
  def changed(
-  self, ticket: Ticket, change: Change, detail: str | None = None, exit_code: int | None = None
+  self,
+  ticket: Ticket,
+  change: Change,
+  detail: str | None = None,
+  exit_code: int | None = None,
+  *,
+  output: str | None = None,
+  usage: Usage | None = None,
  ) -> None:
-  """`ticket` changed otherwise; the transition carries its state after the change."""
+  """`ticket` changed otherwise; the transition carries its state after the change (and,
+  for an attempt that ended, its whole output and usage)."""
   if self.listening:
    at = time.time()
    t = ticket
-   self.emit(Transition(t.id, change, at, t.status, t.attempts, detail, t.error, exit_code))
+   self.emit(
+    Transition(
+     t.id, change, at, t.status, t.attempts, detail, t.error, exit_code, (), output, usage
+    )
+   )
 
- def pipeline(
-  self, change: Change, detail: str | None = None, running_at_pause: tuple[str, ...] = ()
+ def completed(
+  self, ticket: Ticket, exit_code: int | None, output: str, usage: Usage | None
  ) -> None:
-  """The pipeline was paused (with who was running as the gate closed) or resumed."""
+  """An attempt of `ticket` completed: `changed(COMPLETED)` with its whole output (None
+  when empty) and usage; positional, as it is on every ticket's way."""
   if self.listening:
    at = time.time()
-   self.emit(Transition(None, change, at, detail=detail, running_at_pause=running_at_pause))
+   t = ticket
+   self.emit(
+    Transition(
+     t.id,
+     Change.COMPLETED,
+     at,
+     t.status,
+     t.attempts,
+     None,
+     t.error,
+     exit_code,
+     (),
+     output or None,
+     usage,
+    )
+   )
+
+ def pipeline(
+  self,
+  change: Change,
+  detail: str | None = None,
+  running_at_pause: tuple[str, ...] = (),
+  *,
+  auto_resume_at: float | None = None,
+  by_person: bool = True,
+ ) -> None:
+  """The pipeline was paused (with who was running as the gate closed, who paused it and
+  when it resumes by itself) or resumed."""
+  if self.listening:
+   at = time.time()
+   self.emit(
+    Transition(
+     None,
+     change,
+     at,
+     detail=detail,
+     running_at_pause=running_at_pause,
+     auto_resume_at=auto_resume_at,
+     by_person=by_person,
+    )
+   )
 
  def emit(self, transition: Transition) -> None:
   """Deliver a transition to every listener. On the loop."""

@@ -12,6 +12,14 @@ scheduler's gate under its admission lock. Ready tickets start through `Schedule
 from the run loop (`_drive`) and from each finishing worker (`_work`, which hands its slot
 to the next ticket); while paused the run loop parks the next ticket in `Scheduler.spawn`,
 at that gate. Nothing here polls: the loop wakes on a completion or on the gate opening.
+The pause's state (whose it is, when an automatic one ends, the token budget) is
+`_PauseClock`'s, one lock for all of it. The pipeline pauses itself (`auto_pause`) when a
+worker raises `PausePipeline` or the token budget is spent, in the step of that attempt's
+end, so its own handoff starts nothing; the automatic resume is the run loop's own wait's
+deadline (`_timed`), not a task or a poll.
+
+Outputs: the driver keeps the whole output of the tickets some ticket's work reads
+(`needed_outputs`) and hands them to that work in `Ticket.inputs` for one attempt.
 
 Where a ticket's status changes: in `dag_engine.ExecutionEngine`, called from the driver
 here (`_start`, `_work`, `_failed`, the retry command), which emits one `Transition` for
@@ -20,13 +28,16 @@ each ticket changed.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from functools import partial
+from itertools import chain
+from typing import NamedTuple
 
-from anyio import CancelScope, Event, get_cancelled_exc_class
+from anyio import CancelScope, Event, current_time, get_cancelled_exc_class
 from anyio.lowlevel import checkpoint
 
 from scheduler import Scheduler, ThreadBridge
@@ -36,8 +47,12 @@ from .journal import Flush, Journal, Listener
 from .snapshots import Counts, MmaStatus, RunningWorker, Snapshot, SnapshotCache, TicketRow
 from .transitions import Change, Transition
 from .workers import (
+ PausePipeline,
+ Usage,
  Worker,
  WorkFailed,
+ WorkInterrupted,
+ WorkSpec,
  describe_exception,
  describe_work,
  is_cancellation,
@@ -47,9 +62,47 @@ from .workers import (
 SNAPSHOT_WAIT = 1.0
 """Seconds a thread's `snapshot()` waits for the loop before it settles for the latest one."""
 
+_RESUMED_BY_ITSELF = "resumed by itself"  # the detail of an automatic RESUMED
+_EARLY = 0.001  # seconds: a timer this close to the automatic resume's time is on time
+
+
+class TokenBudgetSpent(ValueError):
+ """`resume()` refused: the token budget is spent. Raise the budget to resume (`resume(
+ token_budget=...)`). The message is one line; `used` and `budget` are the numbers."""
+
+ def __init__(self, used: int, budget: int) -> None:
+  suggest = max(budget * 3 // 2, used + 1)
+  super().__init__(
+   f"{budget_reached(used, budget)}; raise it to resume (e.g. resume --budget {suggest})"
+  )
+  self.used = used
+  self.budget = budget
+
+
+def budget_reached(used: int, budget: int) -> str:
+ """The reason of the pause the token budget makes."""
+ return f"token budget reached: {used:,} of {budget:,} tokens"
+
+
+class _PauseState(NamedTuple):
+ paused: bool
+ reason: str | None
+ since: float | None
+ elapsed: float  # run seconds so far
+ sched: Scheduler | None
+ by_person: bool
+ resume_at: float | None
+ tokens_used: int
+ token_budget: int | None
+
 
 class _PauseClock:
- """A run's pause (flag, reason, since when) and its clock, for any thread.
+ """A run's pause (flag, reason, since when, whose, until when), its clock and its tokens.
+
+ A pause is a person's (`by_person`) or the pipeline's own; only the latter ends by itself
+ (`auto_resume`, at `resume_at`), and a person's pause always wins: pausing by hand turns an
+ automatic pause into a person's, an automatic pause changes nothing in a person's. The
+ token budget lives here too, since reaching it pauses and a spent one refuses a resume.
 
  `_lock` guards every field and the scheduler's pause and resume made with them, so the
  flag and the scheduler's gate never disagree, whatever threads pause, resume and start
@@ -57,42 +110,137 @@ class _PauseClock:
  counts run time, not time paused: it runs while a scheduler is bound and not paused.
  """
 
- __slots__ = ("_active", "_active_since", "_lock", "paused", "reason", "sched", "since")
+ __slots__ = (
+  "_active",
+  "_active_since",
+  "_lock",
+  "_resume_mono",
+  "budget",
+  "by_person",
+  "paused",
+  "reason",
+  "resume_at",
+  "sched",
+  "since",
+  "used",
+ )
 
- def __init__(self, paused: bool, reason: str | None, since: float | None) -> None:
+ def __init__(
+  self,
+  paused: bool,
+  reason: str | None,
+  since: float | None,
+  *,
+  by_person: bool = True,
+  resume_at: float | None = None,
+  budget: int | None = None,
+  used: int = 0,
+ ) -> None:
   self._lock = threading.Lock()
   self.paused = paused
   self.reason = reason if paused else None
   # A pause restored from a store keeps its own time (time.time()).
   self.since: float | None = (since or time.time()) if paused else None
+  self.by_person = by_person or not paused
+  # When an automatic pause ends: time.time() (shown, stored) and time.monotonic() (the
+  # timer's, immune to the wall clock being set).
+  self.resume_at: float | None = None
+  self._resume_mono: float | None = None
+  if paused and not self.by_person and resume_at is not None:
+   self.resume_at = resume_at
+   self._resume_mono = time.monotonic() + (resume_at - time.time())
+  self.budget = budget
+  self.used = used
   self.sched: Scheduler | None = None  # bound while a run goes on
   self._active = 0.0  # run time accumulated before `_active_since`
   self._active_since: float | None = None  # monotonic; None while paused or not running
 
- def pause(self, reason: str | None) -> tuple[bool, tuple[str, ...]]:
-  """Pause; return whether this call paused, and the workers in flight as the gate closed."""
+ def pause(self, reason: str | None) -> tuple[bool, str | None, tuple[str, ...]]:
+  """A person's pause. Return whether this call changed the pause (paused, or made an
+  automatic pause a person's), its reason, and the workers in flight as the gate closed."""
   with self._lock:
-   newly = not self.paused
-   self.paused = True
-   if newly:
-    self.reason, self.since = reason, time.time()
-    self._stop_clock()
-   elif reason is not None:
+   changed = not self.paused or not self.by_person
+   self.by_person = True
+   self.resume_at = self._resume_mono = None
+   if reason is not None:
     self.reason = reason
-   if self.sched is None:
-    return newly, ()
-   self.sched.pause()
-   return newly, self.sched.running_at_pause
+   self._close()
+   return changed, self.reason, self._at_pause()
 
- def resume(self) -> bool:
-  """Resume; return whether this call resumed."""
+ def auto_pause(
+  self, reason: str, resume_after: float | None
+ ) -> tuple[bool, str | None, float | None, tuple[str, ...]]:
+  """The pipeline's own pause (see `ConductorEngine.auto_pause`). Return whether this call
+  changed the pause, its reason and end, and the workers in flight as the gate closed."""
   with self._lock:
-   was_paused = self.paused
-   self.paused, self.reason, self.since = False, None, None
-   if self.sched is not None:
-    self._start_clock()
-    self.sched.resume()
-   return was_paused
+   if self.paused and self.by_person:
+    return False, None, None, ()
+   if self.paused and (self.resume_at is None or resume_after is None):
+    self.resume_at = self._resume_mono = None  # "only by hand" wins over a time
+   else:
+    previous = (self.resume_at, self._resume_mono) if self.paused else (None, None)
+    self._set_resume(resume_after)
+    if (
+     previous[1] is not None and self._resume_mono is not None and previous[1] > self._resume_mono
+    ):
+     self.resume_at, self._resume_mono = previous  # the later time wins
+   if not self.spent:  # else the budget's reason stays: only raising it resumes
+    self.reason = reason
+   self.by_person = False
+   self._close()
+   return True, self.reason, self.resume_at, self._at_pause()
+
+ def spend(self, tokens: int) -> tuple[str, tuple[str, ...]] | None:
+  """Count `tokens`. If that spends the budget, pause automatically until a person raises
+  it (unless a person has paused: theirs wins) and return the pause's reason and the
+  workers in flight; None if the pause did not change."""
+  with self._lock:
+   self.used += tokens
+   if self.budget is None or self.used < self.budget or (self.paused and self.by_person):
+    return None
+   reason = budget_reached(self.used, self.budget)
+   if self.paused and self.reason == reason and self.resume_at is None:
+    return None
+   self.reason, self.by_person = reason, False
+   self.resume_at = self._resume_mono = None
+   self._close()
+   return reason, self._at_pause()
+
+ def set_budget(self, budget: int | None) -> None:
+  with self._lock:
+   self.budget = budget
+
+ def resume(self, budget: int | None = None, *, set_budget: bool = False) -> bool:
+  """A person's resume (with `set_budget`, of `budget` first); return whether this call
+  resumed. Raises `TokenBudgetSpent` if the budget is spent."""
+  with self._lock:
+   if set_budget:
+    self.budget = budget
+   if self.budget is not None and self.used >= self.budget:
+    raise TokenBudgetSpent(self.used, self.budget)
+   return self._open()
+
+ def auto_resume(self, *, due: bool = False) -> bool:
+  """End an automatic pause (`due`: only if its time has come); return whether this call
+  resumed. Never a person's pause, nor one the spent token budget keeps."""
+  with self._lock:
+   if not self.paused or self.by_person or self.spent:
+    return False
+   if due and (self._resume_mono is None or self._resume_mono - time.monotonic() > _EARLY):
+    return False
+   return self._open()
+
+ @property
+ def spent(self) -> bool:
+  return self.budget is not None and self.used >= self.budget
+
+ def deadline(self) -> float:
+  """When the timer ends the automatic pause, on the loop's clock (anyio's
+  `current_time()`); inf if it does not. On the loop."""
+  mono = self._resume_mono
+  if mono is None or not self.paused or self.by_person:
+   return math.inf
+  return current_time() + (mono - time.monotonic())
 
  def bind(self, sched: Scheduler) -> None:
   """A run begins on `sched` (made paused): it follows the pause from now on."""
@@ -109,13 +257,51 @@ class _PauseClock:
    sched, self.sched = self.sched, None
    return sched
 
- def read(self) -> tuple[bool, str | None, float | None, float, Scheduler | None]:
-  """(paused, reason, since, run seconds so far, the scheduler bound), consistently."""
+ def read(self) -> _PauseState:
+  """The whole state, consistently."""
   with self._lock:
    elapsed = self._active
    if self._active_since is not None:
     elapsed += time.monotonic() - self._active_since
-   return self.paused, self.reason, self.since, elapsed, self.sched
+   return _PauseState(
+    self.paused,
+    self.reason,
+    self.since,
+    elapsed,
+    self.sched,
+    self.by_person,
+    self.resume_at,
+    self.used,
+    self.budget,
+   )
+
+ # Under the lock:
+
+ def _close(self) -> None:
+  if not self.paused:
+   self.paused, self.since = True, time.time()
+   self._stop_clock()
+  if self.sched is not None:
+   self.sched.pause()
+
+ def _open(self) -> bool:
+  was_paused = self.paused
+  self.paused, self.reason, self.since, self.by_person = False, None, None, True
+  self.resume_at = self._resume_mono = None
+  if self.sched is not None:
+   self._start_clock()
+   self.sched.resume()
+  return was_paused
+
+ def _at_pause(self) -> tuple[str, ...]:
+  return self.sched.running_at_pause if self.sched is not None else ()
+
+ def _set_resume(self, after: float | None) -> None:
+  if after is None:
+   self.resume_at = self._resume_mono = None
+  else:
+   self.resume_at = time.time() + after
+   self._resume_mono = time.monotonic() + after
 
  def _start_clock(self) -> None:
   if self._active_since is None:
@@ -135,15 +321,21 @@ class ConductorEngine:
  finished, or after `cancel()`. With `linger=True` it does not end by itself: it waits for
  `retry()`/`queue()` until `stop()` (what a dashboard wants).
 
- Thread-safety: `pause`, `resume`, `stop`, `cancel`, `retry`, `queue`, `request_snapshot`,
- `mma_status` and `published` may be called from any thread and never wait for the event
+ Two kinds of pause: a person's (`pause`) and the pipeline's own (`auto_pause`: a worker's
+ `PausePipeline`, the token budget), which may end by itself; a person's always wins. A
+ durable run passes what its store restored: `paused`, `pause_reason`, `paused_at`,
+ `paused_by_person`, `auto_resume_at` (time.time()), `token_budget`, `tokens_used`.
+
+ Thread-safety: `pause`, `auto_pause`, `resume`, `auto_resume`, `set_token_budget`, `stop`,
+ `cancel`, `retry`, `queue`, `request_snapshot`, `output`, `mma_status`, `published` and the
+ pause's and budget's properties may be called from any thread and never wait for the event
  loop; `snapshot` too, and from another thread it waits for the loop to build it (one loop
  turn, bounded). Commands given before `run()` apply, in order, as it begins. Everything
  else (the DAG engine, listeners) runs on the loop.
 
- About 440 lines for its two jobs, which act on one run state (the
- scheduler, the queue, the phase): splitting them would hand that state between two
- classes. Its other parts are units of their own (see the module docstring).
+ About 640 lines for its two jobs, which act on one run state (the
+ scheduler, the queue, the phase, the pause): splitting them would hand that state between
+ two classes. Its other parts are units of their own (see the module docstring).
  """
 
  def __init__(
@@ -157,6 +349,10 @@ class ConductorEngine:
   pause_reason: str | None = None,
   paused_at: float | None = None,
   linger: bool = False,
+  paused_by_person: bool = True,
+  auto_resume_at: float | None = None,
+  token_budget: int | None = None,
+  tokens_used: int = 0,
  ) -> None:
   if not isinstance(max_workers, int) or max_workers < 1:
    raise ValueError(f"max_workers must be a whole number >= 1, got {max_workers!r}")
@@ -169,7 +365,23 @@ class ConductorEngine:
   # retry() or queue() until stop(). A dashboard wants that; a batch run does not.
   self._linger = linger
 
-  self._pause = _PauseClock(paused, pause_reason, paused_at)  # shared with every thread
+  # Shared with every thread. A durable run passes what its store restored: who paused,
+  # when an automatic pause ends, the tokens spent before.
+  self._pause = _PauseClock(
+   paused,
+   pause_reason,
+   paused_at,
+   by_person=paused_by_person,
+   resume_at=auto_resume_at,
+   budget=token_budget,
+   used=tokens_used,
+  )
+
+  # Outputs that some ticket's work reads (`WorkSpec.inputs`, an agent's `{{ID}}`): only
+  # those are kept, by id. `_inputs_of` maps each ticket whose work reads some to their ids.
+  self._inputs_of = _inputs_of(engine.tickets.values())
+  self._needed = frozenset(chain.from_iterable(self._inputs_of.values()))
+  self._outputs: dict[str, str] = {}  # written on the loop; read from any thread
 
   self._phase = MmaStatus.IDLE  # IDLE, PLANNING, EXECUTING, DONE or ERROR
   self._error: str | None = None
@@ -179,6 +391,8 @@ class ConductorEngine:
   self._parked: Ticket | None = None  # the next one, waiting in Scheduler.spawn
   self._wake: Event | None = None  # set when a completion may unblock the run loop
   self._drive_scope: CancelScope | None = None
+  self._timer: CancelScope | None = None  # what the run loop waits in: its deadline ends an
+  # automatic pause (see `_timed`)
   self._started = False
   self._spawned = 0  # workers admitted by the run, once it has ended
   self._stopping = False  # stop() or cancel() asked: no new workers, the run ends
@@ -196,22 +410,102 @@ class ConductorEngine:
  # -- control: any thread --------------------------------------------------------------
 
  def pause(self, reason: str | None = None) -> None:
-  """Stop starting workers; running ones finish. Any thread; non-blocking; idempotent.
+  """A person's pause: stop starting workers; running ones finish. Any thread;
+  non-blocking; idempotent.
 
   As soon as this returns, `mma_status` reads "paused" and no worker starts until
-  `resume()`. Works before `run()` too: the run then starts paused.
+  `resume()`. Works before `run()` too: the run then starts paused. It wins over an
+  automatic pause: one in force becomes a person's (it no longer ends by itself), and
+  `auto_pause` changes nothing while it lasts.
   """
-  newly, at_pause = self._pause.pause(reason)
+  changed, reason, at_pause = self._pause.pause(reason)
   self._table.touch()
-  if newly:
-   self._in_loop(partial(self._journal.pipeline, Change.PAUSED, reason, at_pause))
+  if changed:
+   self._in_loop(partial(self._pause_changed, Change.PAUSED, reason, at_pause))
 
- def resume(self) -> None:
-  """Start workers again, where the run stopped. Any thread; non-blocking; idempotent."""
-  newly = self._pause.resume()
-  self._table.touch()
+ def auto_pause(self, reason: str, resume_after: float | None = None) -> None:
+  """The pipeline's own pause (a rate limit, a lost cluster): like `pause`, but it ends by
+  itself after `resume_after` seconds (None: only a person's resume ends it). Any thread;
+  non-blocking.
+
+  Paused by a person: nothing changes. Already paused automatically: `reason` replaces the
+  reason, and the later of the two ends wins (None over a time). A worker can ask for it
+  by raising `PausePipeline`.
+  """
+  if resume_after is not None and not (resume_after >= 0 and math.isfinite(resume_after)):
+   raise ValueError(f"resume_after must be a finite number of seconds >= 0, got {resume_after!r}")
+  changed, reason_now, at, at_pause = self._pause.auto_pause(reason, resume_after)
+  if changed:
+   self._table.touch()
+   self._in_loop(
+    partial(self._pause_changed, Change.PAUSED, reason_now, at_pause, at, by_person=False)
+   )
+
+ def auto_resume(self) -> None:
+  """End an automatic pause now (the cluster is back). Nothing else: not a person's pause,
+  not one the spent token budget keeps, nor a run not paused. Any thread; non-blocking."""
+  if self._pause.auto_resume():
+   self._table.touch()
+   self._in_loop(partial(self._pause_changed, Change.RESUMED, _RESUMED_BY_ITSELF))
+
+ def resume(self, *, token_budget: int | None = None) -> None:
+  """A person's resume: start workers again, where the run stopped, whoever paused. Any
+  thread; non-blocking; idempotent.
+
+  With `token_budget`, the budget is set to it first. Raises `TokenBudgetSpent` (and stays
+  paused) if a budget is set and spent.
+  """
+  set_budget = token_budget is not None
+  try:
+   newly = self._pause.resume(token_budget, set_budget=set_budget)
+  finally:
+   self._table.touch()
   if newly:
-   self._in_loop(partial(self._journal.pipeline, Change.RESUMED))
+   self._in_loop(partial(self._pause_changed, Change.RESUMED))
+
+ def set_token_budget(self, budget: int | None) -> None:
+  """Set the token budget (None: none). Any thread; non-blocking. It never resumes; a
+  budget already spent pauses the run as a completion reaching it does."""
+  self._pause.set_budget(budget)
+  self._table.touch()
+  self._in_loop(partial(self._spend, 0))
+
+ @property
+ def token_budget(self) -> int | None:
+  """The token budget; None: none. Any thread."""
+  return self._pause.budget
+
+ @property
+ def tokens_used(self) -> int:
+  """Tokens spent so far (`WorkResult.usage` and `PausePipeline.usage`, with the restored
+  ones). Any thread."""
+  return self._pause.used
+
+ @property
+ def paused_by_person(self) -> bool:
+  """Whether the current pause is a person's (True when not paused). Any thread."""
+  return self._pause.by_person
+
+ @property
+ def auto_resume_at(self) -> float | None:
+  """When the current automatic pause ends by itself (time.time()), if it does. Any thread."""
+  return self._pause.resume_at
+
+ @property
+ def needed_outputs(self) -> frozenset[str]:
+  """The tickets whose outputs some ticket's work reads: the ones `output` keeps."""
+  return self._needed
+
+ def output(self, ticket_id: str) -> str | None:
+  """The whole output of the ticket's latest completed attempt, if kept (see
+  `needed_outputs`); else None. Any thread."""
+  return self._outputs.get(ticket_id)
+
+ def restore_outputs(self, outputs: Mapping[str, str]) -> None:
+  """The outputs a store kept of tickets completed before, for the tickets that read them.
+  Before `run()`; only `needed_outputs` are kept."""
+  needed = self._needed
+  self._outputs.update((tid, out) for tid, out in outputs.items() if tid in needed)
 
  def stop(self) -> None:
   """Start no more workers and end the run once the running ones have finished.
@@ -335,6 +629,7 @@ class ConductorEngine:
     self._pause.bind(sched)
     self._phase = MmaStatus.EXECUTING
     self._table.touch()
+    self._spend(0)  # a budget spent before (restored) pauses at once
     with CancelScope() as self._drive_scope:
      await self._drive(sched)
   except BaseException as exc:
@@ -364,26 +659,35 @@ class ConductorEngine:
 
  async def _drive(self, sched: Scheduler) -> None:
   engine, ready = self.engine, self._ready
+  self._auto_resume_due()  # a restored automatic pause whose time has passed
+  # The timer ended a wait at the gate: that spawn gives its slot back only once its pool
+  # task has run, so wait for the slot in the next spawn rather than for a wake-up.
+  freeing = False
   while not self._stopping:
    self._pump(sched)
    self._journal.step_end()
-   if ready and not sched.full:
+   if ready and (freeing or not sched.full):
     # A free slot but a closed gate: wait for admission there, where a resume admits the
     # worker in one wake-up. The ticket leaves the queue first so that a worker finishing
     # meanwhile (which pumps too) cannot start it a second time. It starts in the step
     # that admits it (`on_admit`): the worker's own when a resume admits it. (With no
     # free slot the workers running pass theirs on as they finish (`_work`), or wake this
     # loop when they cannot.)
+    freeing = False
     self._parked = ticket = ready.popleft()
-    try:
-     await sched.spawn(
-      self._work, ticket, name=ticket.id, on_admit=partial(self._start_parked, ticket)
-     )
-    except BaseException:
-     if self._parked is ticket:  # not admitted: first in line again
-      self._parked = None
-      ready.appendleft(ticket)
-     raise
+    with self._timed() as timer:
+     try:
+      await sched.spawn(
+       self._work, ticket, name=ticket.id, on_admit=partial(self._start_parked, ticket)
+      )
+     except BaseException:
+      if self._parked is ticket:  # not admitted: first in line again
+       self._parked = None
+       ready.appendleft(ticket)
+      raise
+    if timer.cancelled_caught:
+     freeing = True
+     self._auto_resume_due()
     continue
    if (
     not ready and not self._table.running and engine.is_settled and not engine.awaiting_approval()
@@ -391,8 +695,58 @@ class ConductorEngine:
     if not self._linger:
      return
     self._phase = MmaStatus.DONE if engine.is_done else self._end_phase()
+   freeing = False  # no spawn to wait for it: the slot comes back as a worker's would
    self._wake = wake = Event()
-   await wake.wait()
+   with self._timed() as timer:
+    await wake.wait()
+   if timer.cancelled_caught:
+    self._auto_resume_due()
+
+ def _timed(self) -> CancelScope:
+  # The automatic resume's timer: the run loop waits (for a completion, or at the gate) in
+  # a scope whose deadline is when the automatic pause ends, inf otherwise; `_arm` moves
+  # it when that changes. No task of its own, so nothing to end with the run, and no task
+  # switch on the way of a ticket.
+  self._timer = timer = CancelScope(deadline=self._pause.deadline())
+  return timer
+
+ def _arm(self) -> None:
+  # The end of the automatic pause may have changed: move the run loop's deadline. On the
+  # loop.
+  timer = self._timer
+  if timer is not None and not timer.cancel_called:
+   timer.deadline = self._pause.deadline()
+
+ def _auto_resume_due(self) -> None:
+  # The timer fired (or the run begins): resume if the automatic pause's time has come.
+  # Else (it was moved, or a person paused) the loop waits again, with the new deadline.
+  if self._pause.auto_resume(due=True):
+   self._table.touch()
+   self._pause_changed(Change.RESUMED, _RESUMED_BY_ITSELF)
+
+ def _pause_changed(
+  self,
+  change: Change,
+  detail: str | None = None,
+  at_pause: tuple[str, ...] = (),
+  auto_resume_at: float | None = None,
+  *,
+  by_person: bool = True,
+ ) -> None:
+  # On the loop, for any pause or resume: tell the listeners, move the timer.
+  self._journal.pipeline(
+   change, detail, at_pause, auto_resume_at=auto_resume_at, by_person=by_person
+  )
+  self._arm()
+
+ def _spend(self, tokens: int) -> None:
+  # On the loop: count an attempt's tokens; reaching the budget pauses here, in the step
+  # of the completion, so that its worker's handoff starts nothing.
+  paused = self._pause.spend(tokens)
+  self._table.touch()
+  if paused is not None:
+   reason, at_pause = paused
+   self._pause_changed(Change.PAUSED, reason, at_pause, by_person=False)
 
  def _pump(self, sched: Scheduler, *, handoff: bool = False) -> None:
   # Start every ready ticket that can start right now, in order, without waiting: each in
@@ -428,6 +782,13 @@ class ConductorEngine:
   # The scheduler's on_admit: runs in the step that admitted the worker, before it runs.
   self._phase = MmaStatus.EXECUTING  # also when a lingering run gets going again
   self.engine.start(ticket.id)
+  if self._inputs_of:  # else nothing to do, at no cost (no pipeline without them pays)
+   ids = self._inputs_of.get(ticket.id)
+   if ids:
+    # Its dependencies, all completed, so all kept; one a store has not (an empty output
+    # is not stored, nor one completed before outputs were) reads as empty.
+    get = self._outputs.get
+    ticket.inputs = {tid: get(tid, "") for tid in ids}
   self._table.started(ticket)
   self._journal.started(ticket)
 
@@ -445,6 +806,18 @@ class ConductorEngine:
     result = await self._worker(ticket)
    except WorkFailed as exc:
     self._failed(ticket, exc.error, exc.exit_code, exc.output)
+   except PausePipeline as exc:
+    # The pause first, in this step: the finally below starts nothing (nor does any other
+    # worker from now on); then the ticket waits for the resume, no retry spent.
+    changed, reason, at, at_pause = self._pause.auto_pause(exc.reason, exc.resume_after)
+    if changed:
+     self._table.touch()
+     self._pause_changed(Change.PAUSED, reason, at_pause, at, by_person=False)
+    self._interrupted(ticket, exc.reason, exc.usage)  # its tokens are recorded too
+    if exc.usage is not None:
+     self._spend(exc.usage.total)
+   except WorkInterrupted as exc:
+    self._interrupted(ticket, exc.reason)
    except BaseException as exc:
     # User code is untrusted input: whatever it raises (sys.exit(), KeyboardInterrupt, a
     # CancelledError of its own, ...) fails this ticket and nothing else. Only a real
@@ -457,12 +830,20 @@ class ConductorEngine:
      self._journal.changed(ticket, Change.INTERRUPTED)
      raise
    else:
+    usage: Usage | None = None
     if result is not None:
-     exit_code, output = result.exit_code, result.output
-    self._table.finished(ticket, exit_code, output)
+     exit_code, output, usage = result.exit_code, result.output, result.usage
+    tokens = None if usage is None else usage.total
+    self._table.finished(ticket, exit_code, output, tokens)
+    if self._needed and ticket.id in self._needed:
+     self._outputs[ticket.id] = output
     self.engine.complete(ticket.id)
-    self._journal.changed(ticket, Change.COMPLETED, exit_code=exit_code)
+    self._journal.completed(ticket, exit_code, output, usage)
+    if tokens is not None:
+     self._spend(tokens)
   finally:
+   if ticket.inputs is not None:  # kept by the driver for the attempt only
+    ticket.inputs = None
    sched = self._pause.sched
    # Being cancelled, this starts nothing: Scheduler never admits into a cancelled group
    # (what ended the restart storm); the tickets it hands out go back at the run's end.
@@ -490,11 +871,18 @@ class ConductorEngine:
   engine = self.engine
   if engine.retries_left(ticket.id):
    engine.requeue(ticket.id, error)  # an automatic retry: todo again, handed out again
-   self._journal.changed(ticket, Change.RETRYING, error, exit_code)
+   self._journal.changed(ticket, Change.RETRYING, error, exit_code, output=output or None)
    return
   blocked = engine.fail(ticket.id, error)
-  self._journal.changed(ticket, Change.FAILED, error, exit_code)
+  self._journal.changed(ticket, Change.FAILED, error, exit_code, output=output or None)
   self._changed_others(blocked)
+
+ def _interrupted(self, ticket: Ticket, reason: str, usage: Usage | None = None) -> None:
+  # The attempt was lost, or paused the pipeline: not the ticket's fault, so todo again
+  # with no retry spent (its attempt number stays used).
+  self._table.finished(ticket, None, "")
+  self.engine.requeue(ticket.id, refund=True)
+  self._journal.changed(ticket, Change.INTERRUPTED, reason, usage=usage)
 
  def _changed_others(self, ids: list[str]) -> None:
   # The tickets a failure or a retry changed besides its own: blocked, unblocked, or
@@ -547,7 +935,8 @@ class ConductorEngine:
 
  def _build_snapshot(self, *, rows: bool = True) -> Snapshot:
   # The driver's and the control's part of a snapshot; the cache adds the DAG and rows.
-  paused, reason, paused_at, elapsed, sched = self._pause.read()
+  state = self._pause.read()
+  paused, reason, paused_at, elapsed, sched = state[:5]
   at_pause = sched.running_at_pause if sched is not None and paused else ()
   in_flight = set(sched.running) if at_pause and sched is not None else set()
   parked = (self._parked,) if self._parked is not None else ()
@@ -566,7 +955,29 @@ class ConductorEngine:
    max_workers=self._max_workers,
    error=self._error,
    stopping=self._stopping,
+   paused_by_person=state.by_person,
+   auto_resume_at=state.resume_at,
+   tokens_used=state.tokens_used,
+   token_budget=state.token_budget,
   )
+
+
+def _inputs_of(tickets: Collection[Ticket]) -> dict[str, tuple[str, ...]]:
+ # The tickets whose work reads dependencies' outputs, and their ids. Only work types that
+ # override `WorkSpec.inputs` are asked, so a pipeline of shell, call and sleep tickets
+ # costs one set of types here (100,000 tickets: about 3 ms).
+ base = WorkSpec.inputs
+ kinds = {type(t.work) for t in tickets}
+ if not any(issubclass(k, WorkSpec) and k.inputs is not base for k in kinds):
+  return {}
+ found: dict[str, tuple[str, ...]] = {}
+ for t in tickets:
+  work = t.work
+  if isinstance(work, WorkSpec):
+   ids = work.inputs
+   if ids:
+    found[t.id] = ids
+ return found
 
 
 __all__ = [
@@ -578,6 +989,7 @@ __all__ = [
  "RunningWorker",
  "Snapshot",
  "TicketRow",
+ "TokenBudgetSpent",
  "Transition",
  "Worker",
  "describe_work",

@@ -27,12 +27,13 @@ shows it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 
@@ -54,11 +55,15 @@ from .store import (
 )
 from .workers import Worker, run_work
 
+if TYPE_CHECKING:
+ from .dask_executor import DaskExecutor
+
 __all__ = [
  "DurableRun",
  "Note",
  "check_api_keys",
  "check_pipeline",
+ "on_cluster",
  "open_run",
  "open_session",
  "state_path",
@@ -164,6 +169,7 @@ class DurableRun:
   transition. Call it again for each run."""
   pipeline, store = self.pipeline, self.store
   pause = store.pause_state()
+  used = store.tokens_used()
   engine, self.checked = self.checked, None
   conductor = ConductorEngine(
    engine or ExecutionEngine(pipeline.tickets, auto_queue=pipeline.auto_queue),
@@ -177,8 +183,10 @@ class DurableRun:
    paused_by_person=pause.by_person,
    auto_resume_at=pause.auto_resume_at,
    token_budget=self.token_budget,
-   tokens_used=store.tokens_used(),
+   tokens_used=used,
   )
+  if used:  # each ticket's tokens of earlier runs, for its row (agent pipelines only)
+   conductor.table.restore_tokens({t.id: t.tokens for t in store.tickets() if t.tokens})
   if conductor.needed_outputs:
    conductor.restore_outputs(store.outputs(conductor.needed_outputs))
   store.attach(conductor)
@@ -240,12 +248,49 @@ class DurableRun:
    )
   return notes
 
+ def executor(self, address: str) -> DaskExecutor:
+  """A Dask executor for this run's tickets (`--dask`, `[pipeline] dask`), not connected yet:
+  pass it as `conductor(worker=...)`, `attach` it to the engine, and run inside
+  `on_cluster(executor)`. Its task keys are derived from this state, so that the next run
+  finds what a killed one left on the cluster. Without the dask extra, or with a malformed
+  address: `UsageError` (one line)."""
+  try:
+   from .dask_executor import DaskError, DaskExecutor
+   from .dask_executor import key_prefix_for as prefix
+  except ImportError as exc:  # DaskMissing: its message says what to install
+   raise UsageError(str(exc)) from None
+  try:
+   return DaskExecutor(
+    address, key_prefix=prefix(self.state), env={STATE_VARIABLE: str(self.state)}
+   )
+  except DaskError as exc:
+   raise UsageError(str(exc)) from None
+
  def close(self) -> None:
   """Commit and close the store, then release the claim. Idempotent."""
   try:
    self.store.close()
   finally:
    self.owner.release()
+
+
+@contextlib.asynccontextmanager
+async def on_cluster(executor: DaskExecutor) -> AsyncIterator[int]:
+ """Connect `executor` (in the loop that runs the engine), stop what a killed run of this
+ state left on the cluster, and yield how many tasks and processes that was; close the
+ connection (and a `local:N` cluster) on the way out. An unreachable scheduler raises
+ `UsageError` (one line), before any ticket runs."""
+ from .dask_executor import DaskError
+
+ try:
+  await executor.__aenter__()
+ except DaskError as exc:
+  raise UsageError(str(exc)) from None
+ try:
+  # Before any ticket runs again: an attempt never overlaps its killed predecessor.
+  yield await executor.clear_leftovers()
+ finally:
+  await executor.__aexit__(None, None, None)
 
 
 def _who(leftovers: Sequence[Leftover]) -> str:

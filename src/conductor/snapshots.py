@@ -15,7 +15,7 @@ import heapq
 import itertools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -91,13 +91,17 @@ class TicketRow(NamedTuple):
  output: str  # tail of the output
  started_at: float | None  # time.monotonic() of the latest start
  finished_at: float | None
+ # Tokens its latest completed attempt spent (`WorkResult.usage`); None if it spent none.
+ tokens: int | None = None
 
 
 # json.dumps's own string encoder (ensure_ascii): `ticket_json` writes what json.dumps would.
 _string: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
 
-def ticket_json(ticket: Ticket, exit_code: int | None, updated_at: float | None) -> str:
+def ticket_json(
+ ticket: Ticket, exit_code: int | None, updated_at: float | None, tokens: int | None = None
+) -> str:
  """One item of a status report's `tickets` (`conductor.report`), encoded: exactly what
  `json.dumps` writes of `{"id": ..., "status": ..., "attempts": ..., "error": ...,
  "exit_code": ..., "updated_at": ...}`, without building the dict. `updated_at`: wall time
@@ -109,7 +113,8 @@ def ticket_json(ticket: Ticket, exit_code: int | None, updated_at: float | None)
   f'"attempts": {int(ticket.attempts)}, '
   f'"error": {"null" if error is None else _string(error)}, '
   f'"exit_code": {"null" if exit_code is None else int.__repr__(exit_code)}, '
-  f'"updated_at": {"null" if updated_at is None else float.__repr__(updated_at)}}}'
+  f'"updated_at": {"null" if updated_at is None else float.__repr__(updated_at)}, '
+  f'"tokens": {"null" if tokens is None else int.__repr__(tokens)}}}'
  )
 
 
@@ -131,6 +136,10 @@ class Snapshot:
  `version` changes with every change of a ticket, of the pause or of `stopping` (not with
  `status` or `elapsed` alone): two snapshots of one run with the same version have the same
  rows, so a reader can skip redrawing them.
+
+ A pause is a person's (`paused_by_person`: only a person's resume ends it) or the
+ pipeline's own (a worker's `PausePipeline`, the token budget), which may end by itself at
+ `auto_resume_at`. `tokens_used` counts every attempt's `usage` against `token_budget`.
  """
 
  version: int
@@ -152,6 +161,10 @@ class Snapshot:
  error: str | None  # why the run itself failed, if it did
  stopping: bool  # stop() or cancel() was asked: the run ends once running workers finish
  rows: tuple[TicketRow, ...] = field(repr=False)
+ paused_by_person: bool = True  # meaningful while paused
+ auto_resume_at: float | None = None  # time.time() the automatic pause ends, if it does
+ tokens_used: int = 0
+ token_budget: int | None = None  # None: no budget
 
  @property
  def draining(self) -> bool:
@@ -188,6 +201,7 @@ class SnapshotCache:
   "_stale",
   "_tickets",
   "_todo",
+  "_tokens",
   "_unsorted",
   "_versions",
   "_wall",
@@ -205,6 +219,7 @@ class SnapshotCache:
   # Of each ticket's latest finished attempt: (exit code, output tail, started, finished).
   self._details: dict[str, tuple[int | None, str, float | None, float | None]] = {}
   self._work_text: dict[str, str] = {}  # describe_work() of each ticket, once built
+  self._tokens: dict[str, int] = {}  # of each ticket's latest completed attempt that spent any
   self.running: dict[str, RunningWorker] = {}  # the workers running, by ticket
   # What status reads, kept up to date per changed ticket rather than rescanned (O(tickets)
   # once, here): `_dirty` are the indexes changed since `_settle()` last looked; `_todo`
@@ -249,12 +264,27 @@ class SnapshotCache:
   self.running[ticket.id] = RunningWorker(ticket.id, ticket.attempts, time.monotonic())
   self.changed(ticket)
 
- def finished(self, ticket: Ticket, exit_code: int | None, output: str) -> None:
-  """The running attempt of `ticket` ended, however it ended."""
+ def finished(
+  self, ticket: Ticket, exit_code: int | None, output: str, tokens: int | None = None
+ ) -> None:
+  """The running attempt of `ticket` ended, however it ended. `tokens`: it completed,
+  having spent that many."""
   worker = self.running.pop(ticket.id, None)
   started = worker.started_at if worker is not None else None
   self._details[ticket.id] = (exit_code, output[-OUTPUT_TAIL:], started, time.monotonic())
+  if tokens is not None:
+   self._tokens[ticket.id] = tokens
   self.changed(ticket)
+
+ def restore_tokens(self, tokens: Mapping[str, int]) -> None:
+  """The tokens of tickets' latest completed attempts in earlier runs (what a store kept),
+  for their rows. Before the run."""
+  index = self._index
+  for tid, n in tokens.items():
+   if tid in index:
+    self._tokens[tid] = n
+    self._rows[index[tid]] = None
+  self.touch()
 
  def build(
   self,
@@ -273,6 +303,10 @@ class SnapshotCache:
   max_workers: int,
   error: str | None,
   stopping: bool,
+  paused_by_person: bool = True,
+  auto_resume_at: float | None = None,
+  tokens_used: int = 0,
+  token_budget: int | None = None,
  ) -> Snapshot:
   """A snapshot of the DAG's state and the rows, with the driver's own state given."""
   engine = self._engine
@@ -305,6 +339,10 @@ class SnapshotCache:
    error=error,
    stopping=stopping,
    rows=table,
+   paused_by_person=paused_by_person,
+   auto_resume_at=auto_resume_at,
+   tokens_used=tokens_used,
+   token_budget=token_budget,
   )
 
  def _row(self, i: int, ticket: Ticket) -> TicketRow:
@@ -329,6 +367,7 @@ class SnapshotCache:
     output,
     started,
     finished,
+    self._tokens.get(ticket.id) if self._tokens else None,
    )
    self._rows[i] = row
   return row
@@ -403,12 +442,13 @@ class SnapshotCache:
  def _entry(self, i: int) -> str:
   # ~1.5 µs: the first report encodes one per ticket.
   t = self._tickets[i]
+  tokens = self._tokens.get(t.id)
   worker = self.running.get(t.id)
   if worker is not None:
-   return ticket_json(t, None, worker.started_at + self._wall)
+   return ticket_json(t, None, worker.started_at + self._wall, tokens)
   details = self._details.get(t.id)
   if details is None:  # not touched by this run
-   return ticket_json(t, None, None)
+   return ticket_json(t, None, None, tokens)
   exit_code, _output, started, finished = details
   at = finished if finished is not None else started
-  return ticket_json(t, exit_code, None if at is None else at + self._wall)
+  return ticket_json(t, exit_code, None if at is None else at + self._wall, tokens)

@@ -36,7 +36,7 @@ from ._text import clock, plural, printable, shown_path
 from .exits import EXIT_FAILED, EXIT_OK, UsageError
 from .multi_agent_conductor import ConductorEngine, TokenBudgetSpent
 from .pipeline import Pipeline
-from .session import DurableRun, open_session
+from .session import DurableRun, on_cluster, open_session
 from .snapshots import Snapshot
 from .terminal import Stops, read_keys
 from .views import (
@@ -95,7 +95,11 @@ def _execute(
   )
   return EXIT_OK
  max_workers = args.max_workers or pipeline.max_workers
- conductor = durable.conductor(max_workers)
+ address = getattr(args, "dask", None) or pipeline.dask  # the flag wins over the file
+ executor = durable.executor(address) if address else None
+ conductor = durable.conductor(max_workers, worker=executor)
+ if executor is not None:
+  executor.attach(conductor)  # a lost scheduler pauses the run until it is back
  engine = conductor.engine
  interactive = console.is_terminal and sys.stdin.isatty()
  notices = None
@@ -147,11 +151,16 @@ def _execute(
   return await conductor.run()
 
  async def main() -> Snapshot:
-  async with anyio.create_task_group() as tg:
-   # Signals are watched for the whole loop, control socket and hand-over included.
-   await tg.start(stops.watch, conductor, console)
-   final = await durable.drive(conductor, body)
-   tg.cancel_scope.cancel()
+  async with contextlib.AsyncExitStack() as stack:
+   if executor is not None:
+    cleared = await stack.enter_async_context(on_cluster(executor))
+    left = f"; stopped {plural(cleared, 'task')} a killed run left there" if cleared else ""
+    console.print(f"on the Dask cluster at {lit(executor.address)}{left}", soft_wrap=True)
+   async with anyio.create_task_group() as tg:
+    # Signals are watched for the whole loop, control socket and hand-over included.
+    await tg.start(stops.watch, conductor, console)
+    final = await durable.drive(conductor, body)
+    tg.cancel_scope.cancel()
   return final
 
  frame = _LiveFrame(conductor, durable.state)
