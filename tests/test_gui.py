@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from chat_server import ChatServer, RateLimited, Reply
 
 STARTUP_TIMEOUT = 30.0  # seconds for the window to come up (software OpenGL is slow to start)
 HTTP_TIMEOUT = 40.0  # above the hook's own 30 s, so the hook's answer arrives first
@@ -116,6 +117,12 @@ class Gui:
 
  def key(self, key: str) -> State:
   result: State = self._call("POST", "/key", {"key": key})
+  return result
+
+ def type(self, label: str, text: str) -> State:
+  """Type `text` into the input field `label` (what it held is replaced)."""
+  result: State = self._call("POST", "/type", {"label": label, "text": text})
+  assert result["ok"], result
   return result
 
  def mouse(self, **where: Any) -> State:
@@ -209,16 +216,18 @@ def ended(badge: str) -> Callable[[State], bool]:
 def in_its_frame(action: dict[str, Any]) -> bool:
  """Pause or Resume took effect on the GUI thread: the live mma_status read right after
  the click's command returned shows it, so the frame the click landed in draws it."""
- expected = {"Pause": "paused", "Resume": "executing"}[action["label"]]
+ expected = {"Pause": "paused", "Resume": "executing", "Raise budget and resume": "executing"}[
+  action["label"]
+ ]
  return action["status_after"] == expected and action["effect_frame"] == action["frame"]
 
 
 def banner_counts(lines: list[str]) -> int:
  """How many workers the banner says are finishing (0 for "all workers idle")."""
  drain = lines[2]
- if drain.startswith("all workers idle"):
+ if "·   all workers idle" in drain:
   return 0
- match = re.match(r"(\d+) workers? finishing", drain)
+ match = re.search(r"·   (\d+) workers? finishing", drain)
  assert match, drain
  return int(match[1])
 
@@ -251,7 +260,8 @@ def test_pause_holds_workers_drains_running_ones_and_resume_finishes_each_ticket
  assert paused["gui"]["badge"] == "PAUSED"
  assert "Resume" in paused["gui"]["buttons"] and "Pause" not in paused["gui"]["buttons"]
  banner = paused["gui"]["banner"]
- assert banner[0] == "PAUSED" and "paused from the dashboard" in banner[1]
+ assert banner[0] == "PAUSED"
+ assert banner[1] == "paused by you: resume by hand  —  paused from the dashboard", banner
  assert paused["snapshot"]["running_at_pause"], "the click landed while workers ran"
  gui.screenshot("paused")
 
@@ -419,9 +429,18 @@ def test_closing_the_window_and_opening_it_again_resumes_where_it_stopped(
 def test_pause_and_resume_from_another_terminal_show_in_the_window(
  live_gui: GuiFactory, tmp_path: Path
 ) -> None:
- pipeline = sleep_pipeline(tmp_path, 6, 0.5, workers=2)
+ if not hasattr(os, "mkfifo"):
+  pytest.skip("needs a FIFO to hold the running tickets")
+ # Two tickets hold the run until the test writes a line each into `gate`: the pause from
+ # another terminal lands while they run, however long that terminal takes to start.
+ os.mkfifo(tmp_path / "gate")
+ lines = ['[pipeline]\nname = "held"\nmax_workers = 2\n']
+ lines += [f'[[tickets]]\nid = "hold{i}"\nrun = "read line < gate"\n' for i in range(2)]
+ lines += [f'[[tickets]]\nid = "s{i}"\nsleep = 0.1\n' for i in range(3)]
+ pipeline = tmp_path / "held.toml"
+ pipeline.write_text("\n".join(lines), encoding="utf-8")
  gui = live_gui(pipeline, "--start")
- gui.wait_for("the run to execute", lambda s: s["gui"]["badge"] == "EXECUTING")
+ gui.wait_for("the run to execute", lambda s: len(s["snapshot"]["running"]) == 2)
 
  def control(*args: str) -> None:
   command = [sys.executable, "-m", "conductor", *args, str(pipeline)]
@@ -433,9 +452,16 @@ def test_pause_and_resume_from_another_terminal_show_in_the_window(
   "the window to show the pause and its reason",
   lambda s: s["gui"]["badge"] == "PAUSED" and s["snapshot"]["paused"],
  )
- assert "rate limit" in paused["gui"]["banner"][1]
+ assert paused["gui"]["banner"][1] == "paused by you: resume by hand  —  rate limit"
  control("resume")
- gui.wait_for("the run to end", ended("DONE"), timeout=15)
+ # Read-write, so opening never waits for a reader; held open until the end, so the second
+ # line waits in the pipe for the second ticket.
+ gate = os.open(tmp_path / "gate", os.O_RDWR | os.O_NONBLOCK)
+ try:
+  os.write(gate, b"1\n2\n")
+  gui.wait_for("the run to end", ended("DONE"), timeout=15)
+ finally:
+  os.close(gate)
 
 
 @pytest.mark.gui
@@ -524,6 +550,7 @@ def test_hook_refuses_every_request_without_its_token_and_does_nothing(
   for method, path, body in (
    ("POST", "/click", {"label": "Pause"}),
    ("POST", "/key", {"key": "Space"}),
+   ("POST", "/type", {"label": "##filter", "text": "t1"}),
    ("POST", "/screenshot", {"name": "sneaky.png"}),
    ("POST", "/quit", None),
    ("POST", "/frames/reset", None),
@@ -674,6 +701,9 @@ def test_hook_answers_malformed_requests_with_4xx_and_prints_no_traceback(
   (post(b'{"key": "NoSuchKey"}', path="/key"), 400),
   (post(b'{"key": ["Space"]}', path="/key"), 400),
   (post(b"{}", path="/screenshot"), 400),
+  (post(b'{"label": "##budget"}', path="/type"), 400),
+  (post(b'{"text": "5"}', path="/type"), 400),
+  (post(b'{"label": "##budget", "text": 5}', path="/type"), 400),
   (post(b"{}", path="/mouse"), 400),
   (post(b'{"pos": [1]}', path="/mouse"), 400),
   (post(b'{"pos": [1, "2"]}', path="/mouse"), 400),
@@ -742,8 +772,9 @@ def test_a_dashboard_reopened_on_a_paused_state_shows_when_the_pause_began(
  shown = gui.wait_for("the run to show paused", lambda s: s["gui"]["badge"] == "PAUSED")
  assert shown["snapshot"]["paused_at"] == since
  began = time.strftime("%H:%M:%S", time.localtime(since))
- title = shown["gui"]["banner"][1]
- assert title.startswith(f"since {began} (1:00:") and title.endswith("ago)  —  lunch"), title
+ banner = shown["gui"]["banner"]
+ assert banner[1] == "paused by you: resume by hand  —  lunch", banner
+ assert re.match(rf"since {began} \(1:00:\d\d ago\)   ·   all workers idle", banner[2]), banner
  gui.quit()
  no_traceback(gui)
 
@@ -1059,3 +1090,218 @@ def test_filter_matches_id_description_and_command_and_narrows_by_status(tmp_pat
  assert shown("", "completed") == []
  assert shown("", "awaiting") == ["build", "lint"]  # ready, waiting for Queue
  assert shown("li", "awaiting") == ["lint"]
+
+
+# -- agent tickets: a pipeline that pauses itself ----------------------------------------------
+
+
+def agent_pipeline(
+ folder: Path, base_url: str, tickets: list[str], *, budget: int | None = None
+) -> Path:
+ """A pipeline of agent tickets against `base_url`, one worker; `tickets` are TOML bodies."""
+ lines = ['[pipeline]\nname = "agents"\nmax_workers = 1\n']
+ if budget is not None:
+  lines.append(f"token_budget = {budget}\n")
+ lines.append(f'[pipeline.agent]\nbase_url = "{base_url}"\nmodel = "test-model"\n')
+ lines += [f"[[tickets]]\n{body}\n" for body in tickets]
+ path = folder / "agents.toml"
+ path.write_text("\n".join(lines), encoding="utf-8")
+ return path
+
+
+def local_time(at: float) -> str:
+ """A moment as the banner writes it: `12:03:10` today (with the date on another day)."""
+ from conductor.views import wall_clock
+
+ return wall_clock(at)
+
+
+@pytest.mark.gui
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_rate_limit_shows_when_it_resumes_and_a_persons_pause_over_it_waits_for_resume(
+ live_gui: GuiFactory, tmp_path: Path, backend: str
+) -> None:
+ with ChatServer() as server:
+  # Long enough that the pause cannot end by itself during the test.
+  server.queue(RateLimited(retry_after=600, headers={"x-ratelimit-limit-requests": "500"}))
+  pipeline = agent_pipeline(
+   tmp_path,
+   server.base_url,
+   [
+    'id = "plan"\nprompt = "plan it"',
+    'id = "build"\nprompt = "build {{ plan }}"\ndepends_on = ["plan"]',
+   ],
+  )
+  gui = live_gui(pipeline, "--start", "--backend", backend)
+  limited = gui.wait_for(
+   "the rate limit to pause the run",
+   lambda s: s["gui"]["badge"] == "PAUSED" and s["snapshot"]["auto_resume_at"] is not None,
+  )
+  snap = limited["snapshot"]
+  assert snap["paused"] and not snap["paused_by_person"], snap
+  banner = limited["gui"]["banner"]
+  assert banner[0] == "PAUSED"
+  assert banner[1].startswith("paused: rate limited by 127.0.0.1"), banner
+  assert banner[1].endswith(f"; resumes by itself at {local_time(snap['auto_resume_at'])}")
+  assert limited["gui"]["buttons"]["Resume"] is True
+  gui.screenshot("dashboard-rate-limited")
+  assert len(server.requests) == 1  # nothing reaches the provider while paused
+
+  # A person's pause over it: no automatic resume any more; the reason stays.
+  kept = gui.click("Keep paused")
+  assert kept["acted"], kept
+  mine = gui.wait_for("the pause to be the person's", lambda s: s["snapshot"]["paused_by_person"])
+  assert mine["snapshot"]["paused"] and mine["snapshot"]["auto_resume_at"] is None
+  banner = mine["gui"]["banner"]
+  assert banner[1].startswith("paused by you: resume by hand  —  rate limited by 127.0.0.1")
+  gui.screenshot("dashboard-paused-by-you")
+  assert len(server.requests) == 1
+
+  resumed = gui.click("Resume")
+  assert resumed["acted"] and in_its_frame(resumed["action"]), resumed
+  done = gui.wait_for("the run to end", ended("DONE"), timeout=15)
+  assert len(server.requests) == 3  # plan (429), plan again, build
+  # build's prompt carried plan's whole reply; its own reply is in the details pane.
+  assert server.requests[2].last_user_message == "build reply to: plan it"
+  assert done["snapshot"]["tokens_used"] > 0
+  gui.click("build")
+  shown = gui.wait_for(
+   "build's output in the details pane",
+   lambda s: (s["gui"]["output"] or {}).get("whole") is True,
+  )["gui"]
+  assert shown["output"]["text"] == "reply to: build reply to: plan it", shown["output"]
+  assert shown["tokens"] == f"tokens: {done['snapshot']['tokens_used']:,}"
+  gui.screenshot("dashboard-agent-output")
+  rows = {r["id"]: r for r in gui.state(rows=True)["snapshot"]["rows"]}
+  assert rows["build"]["tokens"] and rows["plan"]["tokens"]
+  assert gui.quit() == 0
+  no_traceback(gui)
+
+
+@pytest.mark.gui
+def test_a_spent_token_budget_disables_resume_and_the_field_raises_it_and_resumes(
+ live_gui: GuiFactory, tmp_path: Path
+) -> None:
+ with ChatServer(default=Reply(usage=(100, 50))) as server:  # 150 tokens a request
+  pipeline = agent_pipeline(
+   tmp_path,
+   server.base_url,
+   [f'id = "t{i}"\nprompt = "step {i}"' for i in range(3)],
+   budget=200,
+  )
+  gui = live_gui(pipeline, "--start")
+  spent = gui.wait_for(
+   "the budget to pause the run",
+   lambda s: s["gui"]["badge"] == "PAUSED" and s["snapshot"]["paused"] and s["gui"]["banner"],
+  )
+  assert not spent["snapshot"]["paused_by_person"]
+  assert spent["snapshot"]["auto_resume_at"] is None
+  reason = "token budget reached: 300 of 200 tokens"
+  assert spent["gui"]["banner"][1] == f"paused: {reason}; resume by hand", spent["gui"]
+  assert spent["gui"]["tokens"] == "tokens: 300 of 200"
+  gui.screenshot("dashboard-budget-spent")  # before the mouse goes over a button
+  # Resume alone is refused, and says why.
+  assert spent["gui"]["buttons"]["Resume"] is False
+  assert not gui.click("Resume")["acted"]
+  assert not gui.key("Space")["acted"]
+  assert gui.mouse(label="Resume")["tooltip"].startswith(f"{reason}; raise it under Tokens")
+
+  gui.type("##budget", "lots")
+  assert gui.click("Raise budget and resume")["acted"]
+  refused = gui.state()
+  assert refused["gui"]["budget_message"].startswith("a budget is a whole number of tokens")
+  gui.type("##budget", "250")
+  gui.click("Raise budget and resume")
+  refused = gui.state()
+  assert refused["gui"]["budget_message"].startswith(
+   "a budget of 250 is not above the 300 tokens used"
+  )
+  assert refused["paused"] and len(server.requests) == 2
+
+  gui.type("##budget", "1,000")
+  raised = gui.click("Raise budget and resume")
+  assert raised["acted"] and in_its_frame(raised["action"]), raised
+  done = gui.wait_for("the run to end", ended("DONE"), timeout=15)
+  assert done["gui"]["budget_message"] is None
+  assert (done["snapshot"]["tokens_used"], done["snapshot"]["token_budget"]) == (450, 1000)
+  assert done["gui"]["tokens"] == "tokens: 450 of 1,000"
+  assert len(server.requests) == 3
+  # With the budget not spent, the field sets a new one.
+  gui.type("##budget", "2000")
+  assert gui.click("Set budget")["acted"]
+  gui.wait_for("the new budget", lambda s: s["gui"]["tokens"] == "tokens: 450 of 2,000")
+  assert gui.quit() == 0
+  no_traceback(gui)
+ # The budgets set in the window are kept in the state.
+ status = subprocess.run(
+  [sys.executable, "-m", "conductor", "status", str(pipeline), "--json"],
+  capture_output=True,
+  text=True,
+  timeout=60,
+  check=False,
+ )
+ assert status.returncode == 0, status
+ report = json.loads(status.stdout)
+ assert (report["tokens_used"], report["token_budget"]) == (450, 2000), report
+
+
+@pytest.mark.gui
+def test_the_details_pane_shows_a_large_output_whole(live_gui: GuiFactory, tmp_path: Path) -> None:
+ (tmp_path / "big.toml").write_text(
+  '[pipeline]\nname = "big"\n[[tickets]]\nid = "big"\nrun = "seq 1 30000"\n', encoding="utf-8"
+ )
+ gui = live_gui(tmp_path / "big.toml", "--start")
+ gui.wait_for("the run to end", ended("DONE"))
+ gui.click("big")
+ shown = gui.wait_for(
+  "the whole output", lambda s: (s["gui"]["output"] or {}).get("whole") is True
+ )["gui"]["output"]
+ whole = "".join(f"{i}\n" for i in range(1, 30001))
+ assert shown["chars"] in (len(whole), len(whole) - 1), shown  # a final newline may go
+ assert shown["lines"] == 30000 and shown["text"] is None  # too long to report whole
+ gui.screenshot("large-output")
+ assert gui.quit() == 0
+
+
+def test_wrap_lines_cuts_after_a_word_or_inside_a_long_one() -> None:
+ from conductor.gui._runs import wrap_lines
+
+ assert wrap_lines("the quick brown fox\n\nend", 10) == ("the quick", "brown fox", "", "end")
+ assert wrap_lines("abcdefghijklmnopqrstuvwxyz", 10) == ("abcdefghij", "klmnopqrst", "uvwxyz")
+ assert wrap_lines("a\tb", 10) == ("a   b",)
+ assert wrap_lines("", 10) == ()
+
+
+def test_a_budget_typed_in_the_field_is_a_number_above_the_tokens_used() -> None:
+ from conductor.gui._side import parse_budget
+
+ assert parse_budget(" 300,000 ", 1000) == 300000
+ assert parse_budget("1_000", 999) == 1000
+ assert str(parse_budget("", 10)).startswith("a budget is a whole number of tokens")
+ assert str(parse_budget("-5", 10)).startswith("a budget is a whole number of tokens")
+ assert str(parse_budget("10", 10)).startswith("a budget of 10 is not above the 10 tokens used")
+
+
+def test_the_banner_says_who_paused_and_what_ends_the_pause_in_the_terminals_words() -> None:
+ from conductor import ConductorEngine, ExecutionEngine, Ticket
+ from conductor.gui._banner import Banner, Who
+
+ at = time.time() + 90
+ snap = ConductorEngine(
+  ExecutionEngine([Ticket("a"), Ticket("b", ("a",))]),
+  paused=True,
+  pause_reason="rate limited by api.example.com (HTTP 429)",
+  paused_by_person=False,
+  auto_resume_at=at,
+ ).snapshot()
+ lines = Banner.paused_lines(snap, Who(False, snap.pause_reason, at))
+ assert lines[0] == "PAUSED"
+ assert lines[1] == (
+  f"paused: rate limited by api.example.com (HTTP 429); resumes by itself at {local_time(at)}"
+ )
+ assert lines[2].endswith("·   all workers idle  —  nothing starts while paused"), lines
+ assert lines[3].endswith("   ·   2 tickets pending"), lines
+ lines = Banner.paused_lines(snap, Who(False, "token budget reached: 9 of 5 tokens", None))
+ assert lines[1] == "paused: token budget reached: 9 of 5 tokens; resume by hand"
+ lines = Banner.paused_lines(snap, Who(True, "lunch\nbreak", None))
+ assert lines[1] == "paused by you: resume by hand  —  lunch\\nbreak"  # one line, escaped

@@ -21,7 +21,8 @@ What the header promises a person:
   workers running at the pause finish; while paused the header shows beside it how long
   the pause has lasted ("paused 00:12"), and the banner when it began.
 - Buttons that do nothing now are drawn disabled (Start once nothing is left to run, Pause
-  while nothing executes); hovering one says why.
+  while nothing executes, Resume while the token budget is spent: the side pane raises it);
+  hovering one says why.
 """
 
 from __future__ import annotations
@@ -35,9 +36,10 @@ from imgui_bundle import hello_imgui, imgui
 
 from .. import MmaStatus, Snapshot, Status
 from .._text import clock, plural
-from ._banner import Banner
+from ..views import budget_spent
+from ._banner import KEEP_PAUSED, Banner
 from ._runs import PipelineRunner
-from ._side import SidePane
+from ._side import RAISE_AND_RESUME, SidePane
 from ._table import TicketTable
 from ._widgets import AMBER, BLACK, TICKET_COLOR, WHITE, Awaiting, Color, Report, button, paused_at
 
@@ -65,9 +67,11 @@ class Controls:
  pause: bool
  resume_shown: bool  # the Pause button reads "Resume" while paused
  cancel: bool
+ resume_refused: str = ""  # why Resume is disabled (the token budget is spent); "" if not
 
  def as_dict(self) -> dict[str, bool]:
-  slot = {"Resume": True} if self.resume_shown else {"Pause": self.pause}
+  resume = not self.resume_refused
+  slot = {"Resume": resume} if self.resume_shown else {"Pause": self.pause}
   return {"Start": self.start, **slot, "Cancel": self.cancel}
 
 
@@ -75,6 +79,8 @@ class Controls:
 EXPECTED_STATUS: dict[str, MmaStatus | None] = {
  "Pause": MmaStatus.PAUSED,
  "Resume": MmaStatus.EXECUTING,
+ KEEP_PAUSED: MmaStatus.PAUSED,
+ RAISE_AND_RESUME: MmaStatus.EXECUTING,
 }
 
 
@@ -127,7 +133,7 @@ class Dashboard:
   self.selected: str | None = None
   index = {tid: i for i, tid in enumerate(runner.ticket_ids)}  # the rows' order is fixed
   awaiting = Awaiting()
-  self.banner = Banner(runner)
+  self.banner = Banner(runner, self._act)
   self.table = TicketTable(index, awaiting)
   self.side = SidePane(runner, index, awaiting, self._act)
   self._drawn_controls = Controls(False, False, False, False)
@@ -201,11 +207,21 @@ class Dashboard:
   runner = self.runner
   active = runner.active
   status = runner.conductor.mma_status
+  resume_shown = active and runner.conductor.paused
+  refused = ""
+  if resume_shown:
+   used, budget = runner.tokens()
+   if budget is not None and budget_spent(used, budget):
+    refused = (
+     f"token budget reached: {used:,} of {budget:,} tokens; raise it under Tokens, on the "
+     "right, to resume"
+    )
   return Controls(
    start=runner.can_start(),
    pause=active and status in (MmaStatus.EXECUTING, MmaStatus.PLANNING),
-   resume_shown=active and runner.conductor.paused,
+   resume_shown=resume_shown,
    cancel=active,
+   resume_refused=refused,
   )
 
  def _act(self, name: str, command: Callable[[], object]) -> None:
@@ -215,9 +231,17 @@ class Dashboard:
   self.last_action = action = Action(name, self.frame, at, str(status))
   action.check(status, self.frame)
 
+ def _resume(self) -> None:
+  # Resume is disabled while the budget is spent; one spent since that was decided makes the
+  # engine refuse: say why where the budget is raised.
+  refused = self.runner.resume()
+  if refused is not None:
+   self.side.budget_message = refused
+
  def _toggle_pause(self, controls: Controls, how: str) -> None:
   if controls.resume_shown:
-   self._act("Resume", self.runner.resume)
+   if not controls.resume_refused:
+    self._act("Resume", self._resume)
   elif controls.pause:
    self._act("Pause", lambda: self.runner.pause(f"paused from the dashboard ({how})"))
 
@@ -281,8 +305,9 @@ class Dashboard:
   # Pause and Resume share one place and one width, so nothing moves when they swap.
   width = imgui.calc_text_size("Resume").x + 2 * style.frame_padding.x
   if controls.resume_shown:
-   if button("Resume", True, report, width):
-    self._act("Resume", runner.resume)
+   refused = controls.resume_refused
+   if button("Resume", not refused, report, width, refused):
+    self._act("Resume", self._resume)
   elif button("Pause", controls.pause, report, width, "" if controls.pause else "Nothing runs"):
    self._act("Pause", lambda: runner.pause("paused from the dashboard"))
   imgui.same_line()
@@ -345,5 +370,8 @@ class Dashboard:
     "tooltip": report.tooltip,
     "layout": report.layout,
     "cells": report.cells,
+    "tokens": report.tokens,
+    "budget_message": report.budget_message,
+    "output": report.output,
    },
   )

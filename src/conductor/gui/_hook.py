@@ -20,6 +20,8 @@ another one, is answered 401 and does nothing.
  POST /frames/reset
  POST /click          {"label": "Pause"} or {"ref": "//Dashboard/**/Pause"}
  POST /key            {"key": "Space"}
+ POST /type           {"label": "##budget", "text": "300000"} (or "ref"): types the text into
+                      that input field (what it held is replaced), as a person would
  POST /mouse          {"pos": [x, y]} (screen pixels) or {"label": "Start"} / {"ref": ...}:
                       move the mouse there; with "wheel": -1 also turn the wheel (+1 up,
                       -1 down); answers the tooltip the frame after shows
@@ -100,7 +102,7 @@ class BadRequest(Exception):
 
 @dataclass(slots=True)
 class _Request:
- kind: str  # "click" | "key" | "mouse" | "screenshot" | "quit"
+ kind: str  # "click" | "key" | "type" | "mouse" | "screenshot" | "quit"
  arg: str
  done: threading.Event = field(default_factory=threading.Event)
  result: dict[str, Any] = field(default_factory=dict)
@@ -164,6 +166,10 @@ def snapshot_json(snap: Snapshot, *, rows: bool) -> dict[str, Any]:
   "paused": snap.paused,
   "pause_reason": snap.pause_reason,
   "paused_at": snap.paused_at,
+  "paused_by_person": snap.paused_by_person,
+  "auto_resume_at": snap.auto_resume_at,
+  "tokens_used": snap.tokens_used,
+  "token_budget": snap.token_budget,
   "running_at_pause": list(snap.running_at_pause),
   "finishing": list(snap.finishing),
   "ready": list(snap.ready[:limit]),
@@ -185,6 +191,7 @@ def snapshot_json(snap: Snapshot, *, rows: bool) -> dict[str, Any]:
     "error": r.error,
     "exit_code": r.exit_code,
     "output": r.output,
+    "tokens": r.tokens,
    }
    for r in snap.rows
   ]
@@ -361,6 +368,7 @@ class TestHook:
   tests = (
    ("click", self._click),
    ("key", self._key),
+   ("type", self._type),
    ("mouse", self._mouse),
    ("screenshot", self._shot),
   )
@@ -463,6 +471,16 @@ class TestHook:
   request.result.update(acted=False, action=None)
   if action is not None and action is not before:
    request.result.update(acted=True, action=asdict(action))
+
+ def _type(self, ctx: Any) -> None:
+  request = self._current
+  assert request is not None
+  given = json.loads(request.arg)
+  target = given["ref"]
+  ref = target if target.startswith("//") else f"//{WINDOW}/**/{target}"
+  ctx.item_input_value(ref, given["text"])
+  ctx.yield_()  # a frame that draws the field with its new text
+  request.result.update(ok=True, ref=ref)
 
  def _mouse(self, ctx: Any) -> None:
   request = self._current
@@ -637,7 +655,7 @@ class _Handler(BaseHTTPRequestHandler):
  def _post(self) -> None:
   hook = self.server.hook
   path = urlsplit(self.path).path
-  if path not in ("/click", "/key", "/mouse", "/screenshot", "/frames/reset", "/quit"):
+  if path not in ("/click", "/key", "/type", "/mouse", "/screenshot", "/frames/reset", "/quit"):
    raise BadRequest(404, f"no such endpoint: POST {path[:200]}")
   body = self._body()
   if path == "/click":
@@ -651,6 +669,11 @@ class _Handler(BaseHTTPRequestHandler):
    if key is None:
     raise BadRequest(400, f"unknown key {str(given)[:40]!r}")
    self._reply(*hook.submit("key", key))
+  elif path == "/type":
+   target, text = body.get("ref") or body.get("label"), body.get("text")
+   if not isinstance(target, str) or not target or not isinstance(text, str):
+    raise BadRequest(400, 'give {"label": "##budget", "text": "300000"} (or "ref": "//...")')
+   self._reply(*hook.submit("type", json.dumps({"ref": target, "text": text})))
   elif path == "/mouse":
    self._reply(*hook.submit("mouse", json.dumps(_mouse_args(body))))
   elif path == "/screenshot":

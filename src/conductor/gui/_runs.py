@@ -1,11 +1,21 @@
 """The engine side of the dashboard: one background thread owns the pipeline's durable state
-and runs its event loop for as long as the window is open."""
+and runs its event loop for as long as the window is open.
+
+`Output` is a ticket's whole latest output as the details pane shows it: fetched on that
+loop (from the engine, or from the state's store, which only the loop may use), cut into
+display lines there too, and published whole (`PipelineRunner.output`), so a frame never
+reads a database or scans megabytes of text.
+"""
 
 from __future__ import annotations
 
+import functools
+import io
+import re
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import anyio
@@ -14,9 +24,10 @@ from scheduler import LoopHandle
 
 from .._text import shown_path
 from ..exits import UsageError
-from ..multi_agent_conductor import ConductorEngine, Snapshot
+from ..multi_agent_conductor import ConductorEngine, Snapshot, TokenBudgetSpent
 from ..pipeline import Pipeline
 from ..session import DurableRun, Note, open_session, state_path
+from ..store import StateError
 
 # The loop spends about 0.2 µs per ticket building a snapshot (2 ms at 10,000 tickets).
 # Asking for one at most every 5 µs per ticket keeps that under ~4% of the loop's time and
@@ -25,6 +36,46 @@ from ..session import DurableRun, Note, open_session, state_path
 PULL_SECONDS_PER_TICKET = 5e-6
 STARTUP_TIMEOUT = 30.0  # seconds to open the state; claiming it may wait 10 s for a lock
 CLOSE_TIMEOUT = 10.0  # seconds to let a cancelled run end when the window closes
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+ """A ticket's whole latest output, cut into display lines (see `wrap_lines`).
+
+ `asked` is what the details pane asked for (the ticket, what its row looked like, the
+ width in characters); `text` is None when neither the engine nor the state keeps an output
+ for the ticket (not run yet, or nothing printed, or not written down yet).
+ """
+
+ asked: tuple[object, ...]
+ text: str | None
+ lines: tuple[str, ...]
+
+
+def wrap_lines(text: str, width: int) -> tuple[str, ...]:
+ """`text` as display lines of at most `width` characters: a longer line is cut after the
+ last space that fits, or, in a run of `width` characters without one, inside it. Tabs
+ become spaces (Dear ImGui draws no tabs). O(len(text)): tens of ms per MB, meant for the
+ engine's thread, not a frame. It works a line, or a piece of one, at a time, never
+ holding the GIL for long in one C call: the GUI thread keeps drawing meanwhile."""
+ piece = _piece(max(width, 8))
+ lines: list[str] = []
+ for ended in io.StringIO(text):
+  line = ended.rstrip("\r\n")
+  if "\t" in line:
+   line = line.expandtabs(4)
+  if len(line) <= width:
+   lines.append(line)
+  else:
+   lines.extend(match.group().rstrip(" ") for match in piece.finditer(line))
+ return tuple(lines)
+
+
+@functools.lru_cache(maxsize=8)
+def _piece(width: int) -> re.Pattern[str]:
+ # Up to `width` characters ending before a space (the spaces after it go with it) or at the
+ # end; else, with no space to cut at, `width` characters.
+ return re.compile(rf".{{1,{width}}}(?: +|$)|.{{1,{width}}}")
 
 
 class PipelineRunner:
@@ -80,11 +131,16 @@ class PipelineRunner:
   # thread): the test hook reports click -> gate closed from it.
   self.applied: tuple[str, float] | None = None
   self._pull_every = len(self.ticket_ids) * PULL_SECONDS_PER_TICKET
+  # The details pane's ticket output: published by the loop, replaced whole; `_asked` (GUI
+  # thread) is the latest request posted, so a frame posts one only when it changes.
+  self.output: Output | None = None
+  self._asked: tuple[object, ...] | None = None
   # The running conductor's latest snapshot with every row, as drawn (see snapshot()).
   self._pulled: tuple[ConductorEngine, Snapshot] | None = None
 
   # Loop side.
   self._loop: LoopHandle | None = None
+  self._durable: DurableRun | None = None  # the state, open while the loop runs
   # The conductor commands go to: the one running, else the one prepared for the next run
   # (a command between a Start and its run's first step goes to the run about to begin).
   # Replaced whole by the loop; the GUI thread reads it for pause() and resume().
@@ -149,6 +205,11 @@ class PipelineRunner:
    return "; ".join(note.text for note in self.opened)
   return "; ".join([f"state: {self.where}", *(n.text for n in self.opened if n.warning)])
 
+ def tokens(self) -> tuple[int, int | None]:
+  """(tokens used, the token budget or None), live: as the next resume will judge them."""
+  target = self._target()
+  return target.tokens_used, target.token_budget
+
  def can_start(self) -> bool:
   return not self.active and self.latest.counts.todo > 0
 
@@ -182,15 +243,40 @@ class PipelineRunner:
   self._post(self._poke)
   return True
 
- def pause(self, reason: str) -> None:
-  """Close the gate, on this thread: once this returns no worker starts (see the class)."""
+ def pause(self, reason: str | None) -> None:
+  """Close the gate, on this thread: once this returns no worker starts (see the class).
+  A person's pause: over one the pipeline made, it keeps that reason when `reason` is None
+  and the pause no longer ends by itself."""
   self._target().pause(reason)
   self.applied = ("pause", time.perf_counter())
 
- def resume(self) -> None:
-  """Open the gate, on this thread; the loop starts the next workers at its next turn."""
-  self._target().resume()
+ def resume(self, *, token_budget: int | None = None) -> str | None:
+  """Open the gate, on this thread; the loop starts the next workers at its next turn.
+
+  With `token_budget`, the budget is set to it first. Returns None, or the one line that
+  says why the engine refused: the token budget is spent."""
+  try:
+   self._target().resume(token_budget=token_budget)
+  except TokenBudgetSpent as exc:  # the gate stays closed
+   return str(exc)
   self.applied = ("resume", time.perf_counter())
+  if token_budget is not None:
+   self._post(partial(self._keep_budget, token_budget))
+  return None
+
+ def set_token_budget(self, budget: int) -> None:
+  """Set the token budget of the run (or of the next one); it does not resume."""
+  self._target().set_token_budget(budget)
+  self._post(partial(self._keep_budget, budget))
+
+ def fetch_output(self, ticket_id: str, row_key: object, width: int) -> None:
+  """Ask the loop for the whole latest output of `ticket_id`, cut to `width` characters;
+  it lands in `output`. Posted only when (ticket, row_key, width) differs from the last
+  ask: call it every frame with the selected ticket's row."""
+  asked = (ticket_id, row_key, width)
+  if asked != self._asked:
+   self._asked = asked
+   self._post(partial(self._fetch_output, asked))
 
  def cancel(self) -> None:
   self._post(self._cancel)
@@ -234,6 +320,7 @@ class PipelineRunner:
    self._startup_error = str(exc)
    return
   self.where, self.opened = shown_path(durable.state), tuple(durable.notes())
+  self._durable = durable
   try:
    conductor = self._prepare(durable)
    self._shown, self._latest = conductor, conductor.snapshot()
@@ -246,6 +333,7 @@ class PipelineRunner:
      self.crash = f"{durable.store.failure}; the run was stopped"
     conductor = self._prepare(durable)
   finally:
+   self._durable = None
    durable.close()
 
  def _prepare(self, durable: DurableRun) -> ConductorEngine:
@@ -323,6 +411,31 @@ class PipelineRunner:
   if target is not self._running:  # no transition to announce it: publish the change
    self._shown, self._latest = target, target.snapshot()
    self._on_change()
+
+ def _keep_budget(self, budget: int) -> None:
+  # Durable at once, as `conductor resume --budget` makes it (server.py): the store would
+  # record the engine's budget only at the next pause or resume, or as it closes, and a
+  # kill -9 before that must not undo a budget a person raised.
+  durable = self._durable
+  if durable is None:
+   return
+  try:
+   durable.store.commit()
+   durable.store.set_token_budget(budget)
+  except StateError:
+   pass  # the store says so (`failure`) and stops the run; the engine has the budget
+
+ def _fetch_output(self, asked: tuple[object, ...]) -> None:
+  # On the loop: the engine keeps the outputs other tickets read; the store has the rest.
+  ticket_id, _, width = asked
+  assert isinstance(ticket_id, str) and isinstance(width, int)
+  conductor, durable = self._next, self._durable
+  text = conductor.output(ticket_id) if conductor is not None else None
+  if text is None and durable is not None:
+   text = durable.store.output(ticket_id)
+  lines = wrap_lines(text, width) if text else ()
+  self.output = Output(asked, text, lines)
+  self._on_change()
 
  def _quit(self) -> None:
   self._quitting = True

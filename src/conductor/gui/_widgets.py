@@ -63,6 +63,9 @@ class Report:
  workers: list[dict[str, Any]] = field(default_factory=list)
  cells: list[dict[str, Any]] = field(default_factory=list)  # visible description cells
  layout: dict[str, Any] = field(default_factory=dict)  # rectangles and row metrics
+ tokens: str | None = None  # the tokens line, when shown
+ budget_message: str | None = None  # why the budget entered was refused
+ output: dict[str, Any] | None = None  # the details pane's output: whole or tail, its size
 
  def tip(self, text: str) -> None:
   imgui.set_tooltip(text)
