@@ -150,6 +150,7 @@ def run_dashboard(pipeline: Pipeline, args: argparse.Namespace) -> int:
   backend=getattr(args, "backend", "asyncio"),
   state=getattr(args, "state", None),
   fresh=bool(getattr(args, "fresh", False)),
+  dask=getattr(args, "dask", None),
   on_change=hello_imgui.request_refresh,  # documented as callable from any thread
  )
  with SignalClose() as signals:

@@ -9,6 +9,7 @@ reads a database or scans megabytes of text.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import re
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -26,8 +28,11 @@ from .._text import shown_path
 from ..exits import UsageError
 from ..multi_agent_conductor import ConductorEngine, Snapshot, TokenBudgetSpent
 from ..pipeline import Pipeline
-from ..session import DurableRun, Note, open_session, state_path
+from ..session import DurableRun, Note, on_cluster, open_session, state_path
 from ..store import StateError
+
+if TYPE_CHECKING:
+ from ..dask_executor import DaskExecutor
 
 # The loop spends about 0.2 µs per ticket building a snapshot (2 ms at 10,000 tickets).
 # Asking for one at most every 5 µs per ticket keeps that under ~4% of the loop's time and
@@ -109,8 +114,11 @@ class PipelineRunner:
   state: str | None,
   fresh: bool,
   on_change: Callable[[], None],
+  dask: str | None = None,
  ) -> None:
   self.pipeline = pipeline
+  self.dask = dask or pipeline.dask  # run the tickets on this Dask cluster (the flag wins)
+  self._executor: DaskExecutor | None = None  # its executor, connected on the loop
   self.ticket_ids = tuple(t.id for t in pipeline.tickets)  # the rows' fixed order
   self.max_workers = max_workers or pipeline.max_workers
   self.backend = backend
@@ -322,24 +330,38 @@ class PipelineRunner:
   self.where, self.opened = shown_path(durable.state), tuple(durable.notes())
   self._durable = durable
   try:
-   conductor = self._prepare(durable)
-   self._shown, self._latest = conductor, conductor.snapshot()
-   self._ready.set()
-   while not self._quitting:
-    final = await durable.drive(conductor, partial(self._wait_and_run, conductor))
-    if final is None:
-     break
-    if durable.store.failure:
-     self.crash = f"{durable.store.failure}; the run was stopped"
-    conductor = self._prepare(durable)
+   async with contextlib.AsyncExitStack() as stack:
+    if self.dask:
+     try:
+      self._executor = durable.executor(self.dask)
+      await stack.enter_async_context(on_cluster(self._executor))
+     except UsageError as exc:  # no dask extra, a bad address, an unreachable scheduler
+      self._startup_error = str(exc)
+      return
+    await self._runs(durable)
   finally:
    self._durable = None
    durable.close()
 
+ async def _runs(self, durable: DurableRun) -> None:
+  # One engine a run, until the window closes: Start, Cancel, Start again...
+  conductor = self._prepare(durable)
+  self._shown, self._latest = conductor, conductor.snapshot()
+  self._ready.set()
+  while not self._quitting:
+   final = await durable.drive(conductor, partial(self._wait_and_run, conductor))
+   if final is None:
+    break
+   if durable.store.failure:
+    self.crash = f"{durable.store.failure}; the run was stopped"
+   conductor = self._prepare(durable)
+
  def _prepare(self, durable: DurableRun) -> ConductorEngine:
   # A fresh engine each run, from the tickets' current statuses, paused if the state is
   # (see DurableRun.conductor).
-  conductor = durable.conductor(self.max_workers)
+  conductor = durable.conductor(self.max_workers, worker=self._executor)
+  if self._executor is not None:
+   self._executor.attach(conductor)  # a lost scheduler pauses the run until it is back
   conductor.add_listener(lambda _transition: self._changed(conductor))
   self._next = conductor
   return conductor
