@@ -139,9 +139,19 @@ def key_prefix_for(state: str | os.PathLike[str]) -> str:
  return f"conductor-{digest[:12]}"
 
 
+LOST_SCHEDULER = "lost the Dask scheduler at "
+"""How the reason of the automatic pause of a lost scheduler begins."""
+
+
 class _Pausable(Protocol):
  """What `attach` needs of a conductor (`ConductorEngine`)."""
 
+ @property
+ def paused(self) -> bool: ...
+ @property
+ def paused_by_person(self) -> bool: ...
+ @property
+ def pause_reason(self) -> str | None: ...
  def auto_pause(self, reason: str, resume_after: float | None = None) -> None: ...
  def auto_resume(self) -> None: ...
 
@@ -508,8 +518,25 @@ class DaskExecutor:
 
  def attach(self, conductor: _Pausable) -> None:
   """Pause `conductor` automatically while the scheduler is lost, resume it once it is
-  back (`auto_pause` / `auto_resume`: a person's pause wins). Call before the run."""
+  back (`auto_pause` / `auto_resume`: a person's pause wins). Call before the run.
+
+  A run stopped or killed while the scheduler was lost leaves that pause in its state; once
+  connected, the next run ends it (only that one: a person's pause, a spent budget or a
+  rate limit stay)."""
   self._conductor = conductor
+  self._end_stale_pause()
+
+ def _end_stale_pause(self) -> None:
+  conductor = self._conductor
+  if (
+   conductor is not None
+   and self._client is not None  # connected
+   and self._lost is None
+   and conductor.paused
+   and not conductor.paused_by_person
+   and (conductor.pause_reason or "").startswith(LOST_SCHEDULER)
+  ):
+   conductor.auto_resume()
 
  # -- lifetime ----------------------------------------------------------------------------
 
@@ -528,6 +555,7 @@ class DaskExecutor:
    with anyio.CancelScope(shield=True):
     await self._close()
    raise
+  self._end_stale_pause()  # when attached before connecting (see attach)
   return self
 
  async def __aexit__(
@@ -577,9 +605,7 @@ class DaskExecutor:
    raise
   if outcome.kind == "scheduler-lost":
    why = outcome.error
-   await self._interrupted(
-    f"lost the Dask scheduler at {self.address}: {why}; resumes when it is back", key
-   )
+   await self._interrupted(f"{LOST_SCHEDULER}{self.address}: {why}; resumes when it is back", key)
   return self._result(outcome)
 
  def _result(self, outcome: _Outcome) -> WorkResult:

@@ -487,6 +487,11 @@ class ConductorEngine:
   return self._pause.by_person
 
  @property
+ def pause_reason(self) -> str | None:
+  """Why the pipeline is paused (None: no reason given, or not paused). Any thread."""
+  return self._pause.reason
+
+ @property
  def auto_resume_at(self) -> float | None:
   """When the current automatic pause ends by itself (time.time()), if it does. Any thread."""
   return self._pause.resume_at

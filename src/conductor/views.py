@@ -117,6 +117,8 @@ def pause_words(by_person: bool, reason: str | None, auto_resume_at: float | Non
   return "paused by you: resume by hand"
  why = printable(reason) if reason else "by the pipeline"
  if auto_resume_at is None:
+  if "; resumes " in why:  # the reason says itself what ends it (a lost Dask scheduler)
+   return f"paused: {why}"
   return f"paused: {why}; resume by hand"
  return f"paused: {why}; resumes by itself at {wall_clock(auto_resume_at)}"
 
