@@ -56,6 +56,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import ctypes
+import gc
 import hashlib
 import logging
 import math
@@ -455,6 +456,10 @@ class _OwnLoop:
   self._loop = None
   if loop is None or stop is None or thread is None:
    return
+  # A client dropped unclosed (a reconnection that failed half-way) closes itself in its
+  # finalizer, through this loop: collect it while the loop still runs, or its finalizer
+  # meets a closed loop later ("IOLoop is closed", at any later moment of the process).
+  await anyio.to_thread.run_sync(gc.collect)
   loop.call_soon_threadsafe(stop.set)
   await anyio.to_thread.run_sync(thread.join)
 
@@ -695,18 +700,33 @@ class DaskExecutor:
  async def _connect_again(self) -> None:
   old, self._client = self._client, None
   if old is not None:
-   with contextlib.suppress(Exception):
-    await asyncio.wait_for(old.close(), self._timeout)
+   await self._forget(old)
   self._client = await self._new_client()
 
+ async def _forget(self, client: Any) -> None:
+  """Close `client` (on its loop), and make sure its finalizer will not try again: one
+  that did not close (its scheduler is gone) would otherwise close itself whenever it is
+  collected, through a loop that may be closed by then ("IOLoop is closed")."""
+  with contextlib.suppress(Exception):
+   await asyncio.wait_for(client.close(), self._timeout)
+  if client.status != "closed":
+   client.status = "closed"  # what Client.__del__ checks; nothing else is left to close
+
  async def _new_client(self) -> Any:
+  # Made first, awaited second: a client that fails to connect is closed here, not left to
+  # its finalizer (which needs its loop, maybe closed by then).
+  client: Any = distributed.Client(  # type: ignore[no-untyped-call]
+   self.address,
+   asynchronous=True,
+   timeout=self._timeout,
+   set_as_default=False,
+  )
   try:
-   client = await distributed.Client(  # type: ignore[no-untyped-call]
-    self.address,
-    asynchronous=True,
-    timeout=self._timeout,
-    set_as_default=False,
-   )
+   try:
+    await client
+   except BaseException:
+    client.status = "closed"  # whatever stopped it (see _forget): no finalizer afterwards
+    raise
   except (OSError, TimeoutError, ValueError) as exc:
    raise DaskError(
     f"cannot reach the Dask scheduler at {self.address} within {self._timeout:g}s "
@@ -718,7 +738,7 @@ class DaskExecutor:
    await client.run_on_scheduler(no_rerun)
    await client.register_plugin(_StopOnClose(), name=_StopOnClose.name)
   except Exception as exc:
-   await client.close()
+   await self._forget(client)
    raise DaskError(
     f"the Dask cluster at {self.address} refused conductor's setup ({_first_line(exc)}): "
     "install conductor on every worker, and let the scheduler run functions "
@@ -730,8 +750,7 @@ class DaskExecutor:
   client, self._client = self._client, None
   cluster, self._cluster = self._cluster, None
   if client is not None:
-   with contextlib.suppress(Exception):
-    await client.close()
+   await self._forget(client)
   if cluster is not None:
    await cluster.close()
 
