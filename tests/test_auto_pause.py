@@ -389,6 +389,18 @@ async def test_reaching_the_token_budget_pauses_in_the_completions_step_and_refu
  assert watch.seen.index(done) + 1 == watch.seen.index(paused)
 
 
+async def test_a_budget_reached_by_the_last_ticket_leaves_the_finished_run_unpaused() -> None:
+ # Nothing is left to hold back: a finished pipeline never reads "paused".
+ script = Script({f"t{i}": [spend(60, f"t{i}")] for i in range(2)})
+ conductor = ConductorEngine(ExecutionEngine(wide(2)), script, max_workers=1, token_budget=100)
+ watch = Watch(conductor)
+ with fail_after(10):
+  final = await conductor.run()
+ assert final.counts.completed == 2 and not final.paused
+ assert (final.tokens_used, final.token_budget) == (120, 100)
+ assert watch.of(Change.PAUSED) == []
+
+
 async def test_a_budget_spent_before_the_run_pauses_it_at_start() -> None:
  script = Script()
  conductor = ConductorEngine(

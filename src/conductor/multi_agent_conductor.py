@@ -190,13 +190,16 @@ class _PauseClock:
    self._close()
    return True, self.reason, self.resume_at, self._at_pause()
 
- def spend(self, tokens: int) -> tuple[str, tuple[str, ...]] | None:
+ def spend(self, tokens: int, *, pause: bool = True) -> tuple[str, tuple[str, ...]] | None:
   """Count `tokens`. If that spends the budget, pause automatically until a person raises
-  it (unless a person has paused: theirs wins) and return the pause's reason and the
-  workers in flight; None if the pause did not change."""
+  it (unless a person has paused: theirs wins; or not `pause`: nothing is left to start)
+  and return the pause's reason and the workers in flight; None if the pause did not
+  change."""
   with self._lock:
    self.used += tokens
-   if self.budget is None or self.used < self.budget or (self.paused and self.by_person):
+   if (
+    not pause or self.budget is None or self.used < self.budget or (self.paused and self.by_person)
+   ):
     return None
    reason = budget_reached(self.used, self.budget)
    if self.paused and self.reason == reason and self.resume_at is None:
@@ -747,7 +750,9 @@ class ConductorEngine:
  def _spend(self, tokens: int) -> None:
   # On the loop: count an attempt's tokens; reaching the budget pauses here, in the step
   # of the completion, so that its worker's handoff starts nothing.
-  paused = self._pause.spend(tokens)
+  # When every ticket has completed there is nothing left to hold back: no pause (a
+  # finished pipeline that reads "paused" would only puzzle; the total still says it).
+  paused = self._pause.spend(tokens, pause=not self.engine.is_done)
   self._table.touch()
   if paused is not None:
    reason, at_pause = paused
