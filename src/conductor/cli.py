@@ -256,7 +256,8 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
  if args.json:
   print(json.dumps({"live": answer["live"], **answer["report"]}, indent=1))
   return EXIT_OK
- console.print(render_status(answer, every_ticket=args.all, named=_named(args)))
+ # Wrapped even off a terminal: the paused panel's lines would be cut at its border.
+ console.print(render_status(answer, every_ticket=args.all, named=_named(args)), soft_wrap=False)
  if args.history:
   console.print(Text("history:", "bold"))
   for line in history_lines(answer["report"].get("history", [])):
