@@ -21,14 +21,14 @@ import os
 import select
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from .workers import REAP_TIMEOUT, TERM_GRACE
 from .workers import _signal_group as signal_group  # killpg, an empty group is no error
 
-__all__ = ["STATE_VARIABLE", "Leftover", "find_leftovers", "stop_leftovers"]
+__all__ = ["STATE_VARIABLE", "Leftover", "find_leftovers", "processes_with", "stop_leftovers"]
 
 STATE_VARIABLE = "CONDUCTOR_STATE"
 """The environment variable that ties a ticket's processes to their state file."""
@@ -46,11 +46,29 @@ def find_leftovers(state: Path, attempts: Mapping[str, int]) -> list[Leftover]:
 
  `state` is compared as given: pass the absolute path the run exported. O(processes).
  """
- if not attempts or not os.path.isdir("/proc"):
+ if not attempts:
   return []
- marker = os.fsencode(f"{STATE_VARIABLE}={state}")
- me = os.getpid()
  found: list[Leftover] = []
+ exact = os.fsencode(str(state))
+ for pid, env in processes_with(f"{STATE_VARIABLE}={state}"):
+  if env.get(os.fsencode(STATE_VARIABLE)) != exact:
+   continue
+  ticket = env.get(b"CONDUCTOR_TICKET", b"").decode(errors="replace")
+  attempt = attempts.get(ticket)
+  if attempt is not None and env.get(b"CONDUCTOR_ATTEMPT") == str(attempt).encode():
+   found.append(Leftover(pid, ticket, attempt))
+ return found
+
+
+def processes_with(marker: str) -> Iterator[tuple[int, dict[bytes, bytes]]]:
+ """(pid, environment) of each process of this user, other than this one, whose
+ environment contains `marker` (e.g. "NAME=value" or "NAME="). O(processes); Linux only
+ (`/proc`): elsewhere nothing. Processes that end meanwhile, or belong to another user
+ (their environment cannot be read), are skipped."""
+ if not os.path.isdir("/proc"):
+  return
+ needle = os.fsencode(marker)
+ me = os.getpid()
  for entry in os.scandir("/proc"):
   if not entry.name.isdigit() or int(entry.name) == me:
    continue
@@ -59,16 +77,8 @@ def find_leftovers(state: Path, attempts: Mapping[str, int]) -> list[Leftover]:
     data = f.read()
   except OSError:  # gone meanwhile, or another user's
    continue
-  if marker not in data:
-   continue
-  env = dict(item.split(b"=", 1) for item in data.split(b"\0") if b"=" in item)
-  if env.get(os.fsencode(STATE_VARIABLE)) != os.fsencode(str(state)):
-   continue
-  ticket = env.get(b"CONDUCTOR_TICKET", b"").decode(errors="replace")
-  attempt = attempts.get(ticket)
-  if attempt is not None and env.get(b"CONDUCTOR_ATTEMPT") == str(attempt).encode():
-   found.append(Leftover(int(entry.name), ticket, attempt))
- return found
+  if needle in data:
+   yield int(entry.name), dict(item.split(b"=", 1) for item in data.split(b"\0") if b"=" in item)
 
 
 def stop_leftovers(
