@@ -10,7 +10,9 @@ Starts a Dask cluster of processes on this machine (`dask scheduler` and `--work
    DAG; Dask's includes sending the graph. Target: conductor >= 50% of Dask's rate. Beside
    it, "Dask futures": a hand-written driver of Dask's own futures that submits each task
    when its dependencies are done, `--max-workers` at once, as conductor does (its gate gates
-   each submission, so a ticket can only be sent once admitted): the floor of that protocol.
+   each submission, so a ticket can only be sent once admitted), one `client.submit` and one
+   read per task: the plain form of that protocol (conductor batches the submissions and the
+   reads of one loop turn, see `conductor.dask_executor`).
 2. resume -> first remote start, p50/p99: a paused run with one ticket parked at the gate,
    `resume()`, until the ticket's function starts on a worker (it returns
    `time.monotonic_ns()`, one clock for every process of the machine); against Dask's own

@@ -9,18 +9,30 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import distributed
 import pytest
+from distributed.scheduler import key_split_group
 
 from conductor.dag_engine import ExecutionEngine, Status, Ticket
 from conductor.dask_executor import DaskError, DaskExecutor, key_prefix_for
 from conductor.multi_agent_conductor import ConductorEngine, MmaStatus
 from conductor.transitions import Change, Transition
-from conductor.workers import CallWork, ShellWork, SleepWork, WorkFailed, WorkInterrupted
+from conductor.workers import (
+ CallWork,
+ ShellWork,
+ SleepWork,
+ Usage,
+ WorkFailed,
+ WorkInterrupted,
+ WorkResult,
+ run_work,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -56,6 +68,31 @@ def ticket(tid: str, work: object, attempt: int = 1) -> Ticket:
 def where_am_i(t: Ticket) -> str:
  """A call target the workers import (test_dask is on their path through search_path)."""
  return f"{t.id} ran in {os.getpid()}"
+
+
+def in_which_thread(t: Ticket) -> str:
+ return threading.current_thread().name
+
+
+def gives_a_result(t: Ticket) -> WorkResult:
+ return WorkResult(f"{t.id} done", 0, Usage(prompt_tokens=3, completion_tokens=4))
+
+
+def gives_a_number(t: Ticket) -> int:
+ return 7
+
+
+def fails_on_purpose(t: Ticket) -> str:
+ raise WorkFailed("no good", exit_code=4, output="why")
+
+
+def breaks(t: Ticket) -> str:
+ raise ValueError(f"{t.id} broke")
+
+
+async def awaits(t: Ticket) -> str:
+ await anyio.lowlevel.checkpoint()
+ return f"{t.id} awaited"
 
 
 async def read_fifo(path: Path) -> list[int]:
@@ -118,6 +155,59 @@ async def test_call_and_sleep_tickets_run_on_a_worker(address: str) -> None:
  assert slept.output == "slept 0.01s"
 
 
+async def test_a_call_ticket_keeps_run_calls_contract_and_runs_in_the_tasks_own_thread(
+ address: str,
+) -> None:
+ # Called in the Dask task's thread (no event loop and thread of its own: see
+ # `_run_call_here`), with the same outcomes as `workers.run_call` gives locally.
+ names = ["gives_a_result", "gives_a_number", "fails_on_purpose", "breaks", "awaits", "missing"]
+ with anyio.fail_after(WAIT):
+  async with DaskExecutor(address) as executor:
+   thread = await executor(ticket("t", CallWork("test_dask:in_which_thread", HERE)))
+   for name in names:
+    work = CallWork(f"test_dask:{name}", HERE)
+    outcomes = []
+    for run in (run_work, executor):
+     try:
+      result = await run(ticket(name, work))
+      outcomes.append(("ok", result.output, result.exit_code, result.usage))
+     except WorkFailed as exc:
+      outcomes.append(("failed", exc.error, exc.exit_code, exc.output if name != "breaks" else ""))
+    assert outcomes[0] == outcomes[1], name
+ assert "Dask-Default-Threads" in thread.output, thread.output
+
+
+async def test_attempts_started_together_are_sent_together_and_each_gets_its_own_result(
+ address: str, anyio_backend: str
+) -> None:
+ batches: list[int] = []
+ results: dict[str, str] = {}
+ with anyio.fail_after(WAIT):
+  async with DaskExecutor(address) as executor:
+   client = executor._client
+   send = client.map
+
+   def counting(*args: object, **kwargs: object) -> object:
+    batches.append(len(kwargs["key"]))  # type: ignore[arg-type]
+    return send(*args, **kwargs)
+
+   client.map = counting
+
+   async def one(tid: str) -> None:
+    result = await executor(ticket(tid, CallWork("test_dask:where_am_i", HERE)))
+    results[tid] = result.output
+
+   async with anyio.create_task_group() as tg:
+    for i in range(8):
+     tg.start_soon(one, f"t{i}")
+ assert sum(batches) == 8
+ if anyio_backend == "asyncio":  # one loop turn: one graph (on trio they cross a thread)
+  assert batches == [8]
+ assert {tid: out.rpartition(" ran in")[0] for tid, out in results.items()} == {
+  f"t{i}": f"t{i}" for i in range(8)
+ }
+
+
 async def test_a_failing_command_brings_back_its_exit_code_and_output(
  address: str, tmp_path: Path
 ) -> None:
@@ -175,7 +265,20 @@ def test_key_prefix_is_the_same_for_a_state_and_differs_between_states(tmp_path:
  one = key_prefix_for(tmp_path / "a.state")
  assert one == key_prefix_for(str(tmp_path / "a.state"))
  assert one != key_prefix_for(tmp_path / "b.state")
- assert one.startswith("conductor-")
+ assert one.startswith("conductor_") and "-" not in one  # see DaskExecutor.key
+
+
+@pytest.mark.parametrize("prefix", [None, "conductor_0123456789ab"])
+def test_each_ticket_is_a_task_group_of_its_own_on_the_scheduler(prefix: str | None) -> None:
+ # One group for every ticket makes Dask queue them on the scheduler ("root-ish"), and hand
+ # them to the workers one completion at a time: about half the rate (see DaskExecutor.key).
+ executor = DaskExecutor("local:1", key_prefix=prefix)
+ keys = [
+  executor.key(ticket(tid, None, attempt)) for tid in ("t1", "t2", "build") for attempt in (1, 2)
+ ]
+ assert len(set(keys)) == 6
+ assert all(key.startswith(executor.key_prefix + "_") for key in keys)
+ assert len({key_split_group(key) for key in keys}) == 3  # per ticket, whatever the attempt
 
 
 def test_import_conductor_does_not_import_distributed() -> None:

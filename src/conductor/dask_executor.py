@@ -11,8 +11,13 @@ calls, synchronously, before anything is awaited), and the attempts in flight fi
 
 What runs where:
 - The runner (this process) keeps the DAG, the state and the control. For each attempt it
-  submits one Dask task under the key `key(ticket)`, "<key_prefix>-<ticket>-<attempt>": a key
+  submits one Dask task under the key `key(ticket)`, "<key_prefix>_<ticket>-<attempt>": a key
   never repeats, and a later run finds a killed run's tasks by the prefix (`clear_leftovers`).
+  No "-" before the ticket's id: Dask groups tasks by the key's words up to the first "-"
+  followed by a non-letter, so each ticket is a group of its own, as in a graph of distinct
+  names. One group for all tickets (a "conductor-..." key) would make them "root-ish" once
+  more than twice the cluster's threads are in flight, and Dask would then hand them to the
+  workers one completion at a time (its queuing): about half the rate.
 - The Dask worker runs `_remote_attempt`: a shell command in a session of its own (its own
   process group), with `PR_SET_PDEATHSIG` so that it dies with the worker (a killed worker
   must not leave its ticket running: Dask, or the runner, starts it again elsewhere), and
@@ -43,6 +48,16 @@ The two backends (the seam is `_SameLoop` / `_OwnLoop`, nothing else differs):
   own. Each call is scheduled there (`run_coroutine_threadsafe`: one wake-up of that loop) and
   its completion wakes the trio task (`scheduler.LoopHandle`: one wake-up of trio); two
   thread hops per attempt, tens of microseconds, against Dask's own milliseconds per task.
+
+Per-ticket cost (the rate against Dask's own `client.get`): the attempts that reach the
+client's loop in one turn are sent as one graph (`_send_queued`: one update-graph message and
+one scheduler pass instead of one per attempt); those that finish in one turn, or while the
+previous fetch is in flight, are fetched with one gather (`_fetch`); the client's stream to
+the scheduler batches every 2 ms, not Dask's 10 ms (`SEND_INTERVAL`); and a plain `call`
+target runs right in the Dask task's thread (`_run_call_here`), not in an event loop of its
+own. Batching only delays a submission to the end of the loop turn of the attempt that asked
+for it: an attempt is still submitted only by its own admitted `__call__`, and one cancelled
+before the end of that turn is not sent at all.
 
 A lost scheduler: the attempts in flight are interrupted, the attached conductor pauses
 itself (`attach`), and the executor reconnects in the background, retrying with a backoff (a
@@ -80,11 +95,13 @@ import anyio.abc
 from scheduler import LoopHandle
 
 from .dag_engine import Ticket
-from .leftovers import Leftover, stop_leftovers
+from .leftovers import Leftover, processes_with, stop_leftovers
 from .workers import (
  OUTPUT_LIMIT,
  REAP_TIMEOUT,
  TERM_GRACE,
+ CallTargetError,
+ CallWork,
  PausePipeline,
  ShellWork,
  SleepWork,
@@ -92,11 +109,14 @@ from .workers import (
  WorkFailed,
  WorkInterrupted,
  WorkResult,
+ _failed_call,
  _failure_line,
+ _is_async,
  _join,
  _Tail,
  describe_exception,
  is_cancellation,
+ resolve_call_target,
  run_work,
 )
 
@@ -121,6 +141,9 @@ KEY_VARIABLE = "CONDUCTOR_DASK_KEY"
 RECONNECT_FIRST, RECONNECT_MAX = 0.2, 5.0
 """Seconds between attempts to reach a lost scheduler again: doubling from the first to the max."""
 
+SEND_INTERVAL = 0.002
+"""Seconds between two batches of messages from the client to the scheduler (see `_new_client`)."""
+
 CLEANUP_TIMEOUT = TERM_GRACE + REAP_TIMEOUT + 5.0
 """Upper bound, in seconds, on stopping a cancelled attempt's remote processes (the workers'
 own stop takes at most TERM_GRACE + REAP_TIMEOUT; the rest is the round trip)."""
@@ -137,7 +160,7 @@ def key_prefix_for(state: str | os.PathLike[str]) -> str:
  """The key prefix of the runs of one state file: the same in every run of it (so a run
  finds what a killed one left on the cluster), different for two state files."""
  digest = hashlib.sha1(os.fsencode(os.path.realpath(state))).hexdigest()
- return f"conductor-{digest[:12]}"
+ return f"conductor_{digest[:12]}"
 
 
 LOST_SCHEDULER = "lost the Dask scheduler at "
@@ -194,6 +217,8 @@ def _remote_attempt(ticket: Ticket, key: str, env: Mapping[str, str]) -> _Outcom
   work = ticket.work
   if isinstance(work, ShellWork):
    return _run_shell_here(work, ticket, key, env)
+  if isinstance(work, CallWork):
+   return _run_call_here(work, ticket)
   if isinstance(work, SleepWork):  # no event loop needed to sleep
    time.sleep(work.seconds)
    if work.fail:
@@ -215,6 +240,30 @@ def _remote_attempt(ticket: Ticket, key: str, env: Mapping[str, str]) -> _Outcom
   except BaseException:
    output = ""
   return _Outcome("failed", output, error=describe_exception(exc))
+
+
+def _run_call_here(spec: CallWork, ticket: Ticket) -> _Outcome:
+ """`workers.run_call`'s contract, in the task's thread: a plain function is called right
+ here (the task's thread is already off the Dask worker's loop), not through an event loop
+ and a thread of its own (about 0.7 ms a ticket, on a worker that runs one at a time)."""
+ try:
+  fn = resolve_call_target(spec.target, spec.search_path)
+ except CallTargetError as exc:
+  raise WorkFailed(str(exc)) from None
+ except BaseException as exc:
+  raise _failed_call(exc, f" (while importing {spec.target})") from None
+ if _is_async(fn):  # it needs an event loop: run_call's, as locally
+  result = anyio.run(run_work, ticket)
+  return _Outcome("ok", result.output, result.exit_code, result.usage)
+ try:
+  value = fn(ticket)
+ except (WorkFailed, PausePipeline, WorkInterrupted):
+  raise  # the function's own word on its outcome (see `workers.Worker`)
+ except BaseException as exc:
+  raise _failed_call(exc) from None
+ if isinstance(value, WorkResult):
+  return _Outcome("ok", value.output, value.exit_code, value.usage)
+ return _Outcome("ok", output=value if isinstance(value, str) else "")
 
 
 def _die_with_parent() -> None:
@@ -348,28 +397,14 @@ class _StopOnClose(distributed.WorkerPlugin):
 
 
 def _find_processes(keys: set[str], prefix: str | None) -> list[Leftover]:
- # O(processes on this host), like leftovers.find_leftovers; Linux only (reads /proc).
- if not os.path.isdir("/proc"):
-  return []
- marker = os.fsencode(KEY_VARIABLE + "=")
- me = os.getpid()
+ # O(processes on this host); Linux only (reads /proc).
  found: list[Leftover] = []
- for entry in os.scandir("/proc"):
-  if not entry.name.isdigit() or int(entry.name) == me:
-   continue
-  try:
-   with open(f"/proc/{entry.name}/environ", "rb") as f:
-    data = f.read()
-  except OSError:  # gone meanwhile, or another user's
-   continue
-  if marker not in data:
-   continue
-  env = dict(item.split(b"=", 1) for item in data.split(b"\0") if b"=" in item)
+ for pid, env in processes_with(KEY_VARIABLE + "="):
   key = env.get(os.fsencode(KEY_VARIABLE), b"").decode(errors="replace")
   if key in keys or (prefix is not None and key.startswith(prefix)):
    ticket = env.get(b"CONDUCTOR_TICKET", b"").decode(errors="replace")
    attempt = env.get(b"CONDUCTOR_ATTEMPT", b"0")
-   found.append(Leftover(int(entry.name), ticket, int(attempt) if attempt.isdigit() else 0))
+   found.append(Leftover(pid, ticket, int(attempt) if attempt.isdigit() else 0))
  return found
 
 
@@ -392,6 +427,18 @@ def _scheduler_functions() -> tuple[Callable[..., int], Callable[..., int]]:
   return len(keys)
 
  return no_automatic_rerun, cancel_prefix
+
+
+class _FetchAlone(Exception):
+ """A batched gather failed: each attempt of the batch fetches its own result."""
+
+
+class _NotSent(Exception):
+ """An attempt that `_send_queued` could not send; `outcome` says why."""
+
+ def __init__(self, outcome: _Outcome) -> None:
+  super().__init__(outcome.error)
+  self.outcome = outcome
 
 
 # -- the seam between the runner's loop and the client's --------------------------------------
@@ -479,8 +526,9 @@ class DaskExecutor:
  executor starts and stops. Use it as an async context manager, entered in the event loop
  that runs the conductor (asyncio or trio); `attach` the conductor so that a lost scheduler
  pauses it. `key_prefix` must be the same in every run of one state (`key_prefix_for`), for
- `clear_leftovers`; by default it is random. `env`: variables added to remote shell tickets'
- environments.
+ `clear_leftovers`; by default it is random; without a "-" in it, each ticket is a task group
+ of its own on the scheduler (see the module's docstring). `env`: variables added to remote
+ shell tickets' environments.
 
  `__call__` runs on the runner's loop only. `submitted` is read by any thread (an int).
  """
@@ -502,7 +550,7 @@ class DaskExecutor:
   self.address = address
   self._given = address
   self._timeout = connect_timeout
-  self.key_prefix = key_prefix or f"conductor-{uuid.uuid4().hex[:12]}"
+  self.key_prefix = key_prefix or f"conductor_{uuid.uuid4().hex[:12]}"
   self._env = dict(env or {})
   self._threads = threads_per_worker
   self.submitted = 0  # attempts handed to the cluster (counted before any await)
@@ -516,10 +564,16 @@ class DaskExecutor:
   # On the client's loop only:
   self._client: Any = None
   self._cluster: Any = None
+  # Attempts waiting for the end of the loop turn to be sent together (`_send_queued`).
+  self._queued: list[tuple[Ticket, str, asyncio.Future[Any]]] = []
+  # Finished attempts waiting for the end of the loop turn to be fetched together (`_fetch`).
+  self._to_fetch: list[tuple[Any, asyncio.Future[Any]]] = []
+  self._fetching: asyncio.Future[None] | None = None  # the gather in flight
 
  def key(self, ticket: Ticket) -> str:
-  """The Dask key of the ticket's current attempt: "<key_prefix>-<ticket>-<attempt>"."""
-  return f"{self.key_prefix}-{ticket.id}-{ticket.attempts}"
+  """The Dask key of the ticket's current attempt: "<key_prefix>_<ticket>-<attempt>" (see
+  the module's docstring for the "_")."""
+  return f"{self.key_prefix}_{ticket.id}-{ticket.attempts}"
 
  def attach(self, conductor: _Pausable) -> None:
   """Pause `conductor` automatically while the scheduler is lost, resume it once it is
@@ -744,6 +798,12 @@ class DaskExecutor:
     "install conductor on every worker, and let the scheduler run functions "
     "(distributed.scheduler.pickle: true)"
    ) from None
+  # A client sends to the scheduler at most one batch of messages per 10 ms (Dask's
+  # default): the next ticket's submit, right after the previous one's release, would wait
+  # for that. The scheduler's own streams batch every 2 ms; so does this one.
+  comm = getattr(client, "scheduler_comm", None)
+  if comm is not None and isinstance(getattr(comm, "interval", None), float):
+   comm.interval = SEND_INTERVAL
   return client
 
  async def _disconnect(self) -> None:
@@ -758,12 +818,24 @@ class DaskExecutor:
   client = self._client
   if client is None or client.status != "running":
    return _Outcome("scheduler-lost", error="the connection is down")
+  waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+  if not self._queued:
+   asyncio.get_running_loop().call_soon(self._send_queued)
+  self._queued.append((ticket, key, waiter))
   try:
-   future = client.submit(_remote_attempt, ticket, key, self._env, key=key, retries=0)
-  except Exception as exc:  # the work does not pickle
-   return _Outcome("failed", error=f"cannot send it to the Dask cluster: {describe_exception(exc)}")
+   future = await waiter  # cancelled before the send: `_send_queued` skips it
+  except _NotSent as exc:
+   return exc.outcome
+  except asyncio.CancelledError:
+   if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+    waiter.result().release()  # sent just before the cancel: released like any other
+   raise
   try:
-   result = await future
+   await future.exception()  # until it ends, without fetching its result
+   if future.status == "finished":
+    result = await self._fetch(future)
+   else:
+    result = await future  # raises why it did not finish, handled below
   except FutureCancelledError as exc:
    if exc.reason == "scheduler-connection-lost":
     return _Outcome("scheduler-lost", error="the connection closed")
@@ -780,6 +852,87 @@ class DaskExecutor:
    return _Outcome("failed", error=f"the Dask task returned {type(result).__name__}")
   return result
 
+ async def _fetch(self, future: Any) -> Any:
+  """`future`'s result, fetched with those of the other attempts that finished in the same
+  loop turn: one gather (a round trip to the scheduler, and from it to the workers) for
+  them all. Dask's own gathers coalesce only while one waits for a free slot."""
+  waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+  if not self._to_fetch and self._fetching is None:
+   asyncio.get_running_loop().call_soon(self._fetch_queued)
+  self._to_fetch.append((future, waiter))
+  try:
+   return await waiter
+  except _FetchAlone:  # the batch's gather failed: each fetches its own, as Dask reports it
+   return await future
+
+ def _fetch_queued(self, _: object = None) -> None:
+  # One gather at a time: what finishes meanwhile goes into the next one, so the batches
+  # grow with the load (fewer round trips for the scheduler and the workers to serve).
+  self._fetching = None
+  batch = [entry for entry in self._to_fetch if not entry[1].done()]  # done: cancelled
+  self._to_fetch = []
+  if batch:
+   # Referenced until it ends (asyncio keeps only weak references to tasks).
+   self._fetching = asyncio.ensure_future(self._gather(batch))
+   self._fetching.add_done_callback(self._fetch_queued)
+
+ async def _gather(self, batch: list[tuple[Any, asyncio.Future[Any]]]) -> None:
+  futures = [future for future, _ in batch]
+  client = futures[0].client
+  try:
+   if any(future.client is not client for future in futures):  # across a reconnection
+    raise _FetchAlone
+   results = await client.gather(futures)
+  except BaseException as exc:
+   for _, waiter in batch:
+    if not waiter.done():
+     waiter.set_exception(_FetchAlone())
+   if not isinstance(exc, Exception):
+    raise
+   return
+  for (_, waiter), result in zip(batch, results, strict=True):
+   if not waiter.done():
+    waiter.set_result(result)
+
+ def _send_queued(self) -> None:
+  """Send the attempts queued since the last loop turn as one graph: one update-graph
+  message, one scheduler transition batch, instead of one of each per attempt. Each queued
+  attempt was admitted and is awaiting its own future (`_attempt`): batching only delays
+  a submission to the end of the loop turn, never adds one."""
+  batch = [entry for entry in self._queued if not entry[2].done()]  # done: cancelled
+  self._queued = []
+  if not batch:
+   return
+  client = self._client
+  if client is None or client.status != "running":
+   for _, _, waiter in batch:
+    waiter.set_exception(_NotSent(_Outcome("scheduler-lost", error="the connection is down")))
+   return
+  keys = [key for _, key, _ in batch]
+  try:
+   futures = client.map(
+    _remote_attempt,
+    [ticket for ticket, _, _ in batch],
+    keys,
+    [self._env] * len(batch),
+    key=keys,
+    pure=False,
+    retries=0,
+   )
+  except Exception:  # one of them does not pickle: send them one by one, only it fails
+   futures = []
+   for ticket, key, _ in batch:
+    try:
+     futures.append(client.submit(_remote_attempt, ticket, key, self._env, key=key, retries=0))
+    except Exception as exc:
+     why = f"cannot send it to the Dask cluster: {describe_exception(exc)}"
+     futures.append(_NotSent(_Outcome("failed", error=why)))
+  for (_, _, waiter), future in zip(batch, futures, strict=True):
+   if isinstance(future, _NotSent):
+    waiter.set_exception(future)
+   else:
+    waiter.set_result(future)
+
  async def _stop_remote(self, keys: Sequence[str], prefix: str | None) -> int:
   client = self._client
   if client is None or (not keys and prefix is None):
@@ -789,7 +942,7 @@ class DaskExecutor:
 
  async def _clear(self) -> int:
   client = self._client
-  prefix = self.key_prefix + "-"
+  prefix = self.key_prefix + "_"
   _, cancel_prefix = _scheduler_functions()
   cancelled = int(await client.run_on_scheduler(cancel_prefix, prefix, client.id))
   return cancelled + await self._stop_remote((), prefix)
