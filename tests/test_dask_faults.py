@@ -30,6 +30,8 @@ import select
 import signal
 import socket
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -297,6 +299,24 @@ def test_an_unreachable_scheduler_at_start_is_one_line_exit_2_and_nothing_runs(
  # Bounded below Dask's own connect retry (30 s): the runner gives up after its own timeout.
  result = conductor("run", "p.toml", *flag, "--backend", backend, cwd=tmp_path, timeout=25)
  one_line_error(result, address, "dask scheduler")
+ assert ran(tmp_path) == []
+
+
+def test_dask_without_the_dask_extra_is_one_line_naming_the_extra(tmp_path: Path) -> None:
+ # As if distributed were not installed: its import fails (sys.modules[name] = None).
+ (tmp_path / "p.toml").write_text(toml(("a", APPEND, ())))
+ blocked = (
+  "import sys; sys.modules['distributed'] = None; from conductor.cli import main; sys.exit(main())"
+ )
+ result = subprocess.run(
+  [sys.executable, "-c", blocked, "run", "p.toml", "--dask", "local:1"],
+  cwd=tmp_path,
+  capture_output=True,
+  text=True,
+  timeout=WAIT,
+  check=False,
+ )
+ one_line_error(result, "pip install 'conductor[dask]'")
  assert ran(tmp_path) == []
 
 
