@@ -152,7 +152,7 @@ async def test_call_and_sleep_tickets_run_on_a_worker(address: str) -> None:
  tid, _, pid = called.output.rpartition(" ")
  assert tid == "c ran in"
  assert int(pid) != os.getpid()  # another process: a Dask worker
- assert slept.output == "slept 0.01s"
+ assert slept.output == ""
 
 
 async def test_a_call_ticket_keeps_run_calls_contract_and_runs_in_the_tasks_own_thread(

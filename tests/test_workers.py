@@ -356,7 +356,7 @@ async def test_the_search_path_is_added_to_sys_path_only_once(module: tuple[str,
 
 async def test_a_sleep_ticket_succeeds() -> None:
  result = await run_work(Ticket("nap", work=SleepWork(0.01)))
- assert result.exit_code is None and result.output == "slept 0.01s"
+ assert result.exit_code is None and result.output == ""
 
 
 async def test_a_failing_sleep_ticket_raises_a_simulated_failure() -> None:
