@@ -16,11 +16,25 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 COMMAND_TIMEOUT = 120.0  # seconds one command may take before the test fails (not hangs)
 WAIT = 30.0  # seconds any single wait on a live `Child` may take before the test fails
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}  # lines as printed, unwrapped
+
+
+@contextlib.contextmanager
+def pid_fifo(folder: Path) -> Iterator[int]:
+ """A FIFO `pids` in `folder` that long tickets write their pid to, opened read-write, so
+ that no writer ever blocks and no reader sees EOF; yields its descriptor."""
+ path = folder / "pids"
+ os.mkfifo(path)
+ fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+ try:
+  yield fd
+ finally:
+  os.close(fd)
 
 
 def conductor(

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from procs import ENV, WAIT, Child, conductor, one_line_error, reap_children
+from procs import ENV, WAIT, Child, conductor, one_line_error, pid_fifo, reap_children
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 
@@ -58,18 +58,6 @@ def _cleanup() -> Iterator[None]:
  while _PIDS:
   with contextlib.suppress(ProcessLookupError):
    os.kill(_PIDS.pop(), signal.SIGKILL)
-
-
-@contextlib.contextmanager
-def pid_fifo(folder: Path) -> Iterator[int]:
- """The FIFO `pids` the long tickets write to, opened read-write (so no writer ever blocks)."""
- path = folder / "pids"
- os.mkfifo(path)
- fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
- try:
-  yield fd
- finally:
-  os.close(fd)
 
 
 def read_lines(fd: int, count: int) -> list[str]:

@@ -38,7 +38,7 @@ from pathlib import Path
 import anyio
 import pytest
 from dask_cluster import WAIT, DaskCluster, reap_clusters
-from procs import Child, conductor, one_line_error, reap_children
+from procs import Child, conductor, one_line_error, pid_fifo, reap_children
 
 from conductor.dag_engine import ExecutionEngine, Status, Ticket
 from conductor.dask_executor import DaskExecutor
@@ -74,18 +74,6 @@ def _cleanup() -> Iterator[None]:
 
 
 _PIDS: list[int] = []  # ticket processes seen: killed after each test whatever happened
-
-
-@contextlib.contextmanager
-def pid_fifo(folder: Path) -> Iterator[int]:
- """The FIFO `pids` the long tickets write to, opened read-write (so no writer blocks)."""
- path = folder / "pids"
- os.mkfifo(path)
- fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
- try:
-  yield fd
- finally:
-  os.close(fd)
 
 
 def read_reports(fd: int, count: int) -> list[list[str]]:
