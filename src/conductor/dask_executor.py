@@ -71,6 +71,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import ctypes
+import functools
 import gc
 import hashlib
 import logging
@@ -458,18 +459,27 @@ class _OwnLoop:
  """trio: an asyncio loop on a thread of its own runs the client; calls cross to it.
 
  A call schedules the coroutine on that loop and parks the trio task on an anyio Event that
- the coroutine's completion sets through `LoopHandle` (no polling, no blocked trio thread).
+ the coroutine's completion sets in the trio loop (no polling, no blocked trio thread).
  Cancelling the trio task cancels the coroutine (natively, on its loop) and returns at once.
+
+ Crossings are coalesced both ways: calls made while an earlier one is still waiting to
+ cross go over with it (one wake-up of the asyncio loop for all), and completions likewise
+ come back in one wake-up of trio. Tickets start and end in bursts (a round of workers, a
+ batched gather), so this saves most of the two thread hops a ticket would cost.
  """
 
  def __init__(self) -> None:
   self._loop: asyncio.AbstractEventLoop | None = None
   self._stop: asyncio.Event | None = None
   self._thread: threading.Thread | None = None
+  self._lock = threading.Lock()  # guards the two queues and their "wake-up sent" flags
+  self._inbox: list[tuple[Awaitable[Any], concurrent.futures.Future[Any]]] = []
+  self._outbox: list[anyio.Event] = []
+  self._handle: LoopHandle | None = None  # the trio loop's
 
  async def start(self) -> None:
   started = anyio.Event()
-  handle = LoopHandle()
+  self._handle = handle = LoopHandle()
 
   async def serve() -> None:
    self._loop = asyncio.get_running_loop()
@@ -484,19 +494,51 @@ class _OwnLoop:
   await started.wait()
 
  async def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-  assert self._loop is not None, "start() first"
-  future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(
-   _as_coroutine(fn(*args)), self._loop
-  )
+  loop = self._loop
+  assert loop is not None, "start() first"
+  future: concurrent.futures.Future[T] = concurrent.futures.Future()
   done = anyio.Event()
-  handle = LoopHandle()
-  future.add_done_callback(lambda _: handle.call_soon(done.set))
+  future.add_done_callback(lambda _: self._back(done))
+  with self._lock:
+   self._inbox.append((fn(*args), future))
+   first = len(self._inbox) == 1
+  if first:
+   loop.call_soon_threadsafe(self._cross)
   try:
    await done.wait()
   except BaseException:
-   future.cancel()
+   future.cancel()  # the task's callback below cancels the coroutine on its loop
    raise
   return future.result()
+
+ def _cross(self) -> None:
+  # On the asyncio loop: start every call that came over in this wake-up.
+  loop = self._loop
+  assert loop is not None
+  with self._lock:
+   calls, self._inbox = self._inbox, []
+  for awaitable, future in calls:
+   if future.cancelled():  # (kept pending while it runs, so that a cancel still works)
+    _close_unawaited(awaitable)
+    continue
+   task = loop.create_task(_as_coroutine(awaitable))
+   task.add_done_callback(functools.partial(_settle, future))
+   future.add_done_callback(functools.partial(_cancel_task, loop, task))
+
+ def _back(self, done: anyio.Event) -> None:
+  # Any thread (the asyncio loop's, or trio's when cancelled): wake the trio task.
+  with self._lock:
+   self._outbox.append(done)
+   first = len(self._outbox) == 1
+  if first and self._handle is not None:
+   self._handle.call_soon(self._arrive)
+
+ def _arrive(self) -> None:
+  # In trio: every completion that came back in this wake-up.
+  with self._lock:
+   events, self._outbox = self._outbox, []
+  for done in events:
+   done.set()
 
  async def aclose(self) -> None:
   loop, stop, thread = self._loop, self._stop, self._thread
@@ -513,6 +555,32 @@ class _OwnLoop:
 
 async def _as_coroutine(awaitable: Awaitable[T]) -> T:
  return await awaitable
+
+
+def _settle(future: concurrent.futures.Future[Any], task: asyncio.Task[Any]) -> None:
+ # As asyncio.run_coroutine_threadsafe does: the future stays pending while the task runs.
+ if task.cancelled():
+  future.cancel()
+ elif future.set_running_or_notify_cancel():  # False: cancelled from trio meanwhile
+  exc = task.exception()
+  if exc is not None:
+   future.set_exception(exc)
+  else:
+   future.set_result(task.result())
+
+
+def _cancel_task(
+ loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], future: concurrent.futures.Future[Any]
+) -> None:
+ if future.cancelled() and not task.done():
+  with contextlib.suppress(RuntimeError):  # the loop has ended
+   loop.call_soon_threadsafe(task.cancel)
+
+
+def _close_unawaited(awaitable: Awaitable[Any]) -> None:
+ close = getattr(awaitable, "close", None)
+ if close is not None:
+  close()  # a coroutine never started: no "never awaited" warning
 
 
 # -- the executor ------------------------------------------------------------------------------
