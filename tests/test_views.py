@@ -12,6 +12,7 @@ import pytest
 from rich.console import Console, RenderableType
 
 from conductor import ConductorEngine, ExecutionEngine, MmaStatus, Snapshot, Status, Ticket
+from conductor.multi_agent_conductor import suggested_budget
 from conductor.snapshots import SnapshotCache, ticket_json
 from conductor.transitions import Change, Transition
 from conductor.views import (
@@ -24,7 +25,6 @@ from conductor.views import (
  render,
  render_status,
  shell_path,
- suggested_budget,
  tokens_words,
  wall_clock,
 )

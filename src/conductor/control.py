@@ -53,6 +53,7 @@ from typing import Any
 from ._files import trusted_owners
 from ._text import printable, shell_path, shown_path
 from .locks import FileLock, handover_lock_path, owner_lock_path, read_owner, symlink_refusal
+from .multi_agent_conductor import budget_reached
 from .report import status_report
 from .store import StateError, StateStore, check_state_file
 
@@ -90,7 +91,7 @@ class BudgetRefusedError(StateError):
   if asked is not None:
    text = f"a token budget of {asked:,} is not above the {used:,} tokens used; raise it"
   else:
-   text = f"token budget reached: {used:,} of {budget:,} tokens; raise it (resume --budget)"
+   text = f"{budget_reached(used, budget)}; raise it (resume --budget)"
   super().__init__(text)
   self.used, self.budget, self.asked = used, budget, asked
 

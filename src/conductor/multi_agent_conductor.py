@@ -71,17 +71,23 @@ class TokenBudgetSpent(ValueError):
  token_budget=...)`). The message is one line; `used` and `budget` are the numbers."""
 
  def __init__(self, used: int, budget: int) -> None:
-  suggest = max(budget * 3 // 2, used + 1)
   super().__init__(
-   f"{budget_reached(used, budget)}; raise it to resume (e.g. resume --budget {suggest})"
+   f"{budget_reached(used, budget)}; raise it to resume "
+   f"(e.g. resume --budget {suggested_budget(used, budget)})"
   )
   self.used = used
   self.budget = budget
 
 
 def budget_reached(used: int, budget: int) -> str:
- """The reason of the pause the token budget makes."""
+ """The reason of the pause the token budget makes; every view says it in these words."""
  return f"token budget reached: {used:,} of {budget:,} tokens"
+
+
+def suggested_budget(used: int, budget: int | None) -> int:
+ """A budget to suggest raising to: half as much again as the current one, and above what
+ was used (200,000 -> 300,000)."""
+ return max((budget or 0) * 3 // 2, used + 1)
 
 
 class _PauseState(NamedTuple):

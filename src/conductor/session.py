@@ -195,9 +195,9 @@ class DurableRun:
  @property
  def token_budget(self) -> int | None:
   """The run's token budget: the larger of the pipeline file's `token_budget` and the one
-  a person raised (`conductor resume --budget`, kept in the state); None: no budget."""
-  budgets = [b for b in (self.pipeline.token_budget, self.store.raised_token_budget()) if b]
-  return max(budgets) if budgets else None
+  a person raised (`conductor resume --budget`); None: no budget. The state knows both
+  (`restore` recorded the file's): `StateStore.token_budget` says it."""
+  return self.store.token_budget()
 
  async def drive(self, conductor: ConductorEngine, body: Callable[[], Awaitable[T]]) -> T:
   """Run `body()` (which runs `conductor`) with the control socket beside it; hand over

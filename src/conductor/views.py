@@ -32,6 +32,7 @@ from rich.text import Text
 
 from ._text import clock, listed, plural, printable, shell_path, shown_path
 from .dag_engine import ExecutionEngine
+from .multi_agent_conductor import budget_reached, suggested_budget
 from .snapshots import SUMMARY_IDS, SUMMARY_ROWS, MmaStatus, Snapshot, is_notable
 from .transitions import Change, Transition
 
@@ -51,7 +52,6 @@ __all__ = [
  "render",
  "render_status",
  "shell_path",
- "suggested_budget",
  "tokens_words",
  "wall_clock",
 ]
@@ -136,12 +136,6 @@ def budget_spent(used: int, budget: int | None) -> bool:
  return budget is not None and used >= budget
 
 
-def suggested_budget(used: int, budget: int | None) -> int:
- """A budget to suggest raising to: half as much again as the current one, and above what
- was used (200,000 -> 300,000; as `TokenBudgetSpent` suggests)."""
- return max((budget or 0) * 3 // 2, used + 1)
-
-
 def budget_words(used: int, budget: int, raise_with: str, *, asked: int | None = None) -> str:
  """One line for a resume the budget refuses: "token budget reached: 200,340 of 200,000
  tokens; raise it: conductor resume --budget 300000 p.toml". `raise_with` is how the
@@ -152,7 +146,7 @@ def budget_words(used: int, budget: int, raise_with: str, *, asked: int | None =
  )
  if asked is not None:
   return f"a token budget of {asked:,} is not above the {used:,} tokens used; raise it: {command}"
- return f"token budget reached: {used:,} of {budget:,} tokens; raise it: {command}"
+ return f"{budget_reached(used, budget)}; raise it: {command}"
 
 
 def _every(ids: Sequence[str]) -> str:

@@ -36,6 +36,7 @@ from imgui_bundle import hello_imgui, imgui
 
 from .. import MmaStatus, Snapshot, Status
 from .._text import clock, plural
+from ..multi_agent_conductor import budget_reached
 from ..views import budget_spent
 from ._banner import KEEP_PAUSED, Banner
 from ._runs import PipelineRunner
@@ -212,10 +213,7 @@ class Dashboard:
   if resume_shown:
    used, budget = runner.tokens()
    if budget is not None and budget_spent(used, budget):
-    refused = (
-     f"token budget reached: {used:,} of {budget:,} tokens; raise it under Tokens, on the "
-     "right, to resume"
-    )
+    refused = f"{budget_reached(used, budget)}; raise it under Tokens, on the right, to resume"
   return Controls(
    start=runner.can_start(),
    pause=active and status in (MmaStatus.EXECUTING, MmaStatus.PLANNING),
