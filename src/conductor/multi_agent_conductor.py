@@ -84,6 +84,11 @@ def budget_reached(used: int, budget: int) -> str:
  return f"token budget reached: {used:,} of {budget:,} tokens"
 
 
+def budget_spent(used: int, budget: int | None) -> bool:
+ """Whether a token budget is set and spent (the engine pauses then; a resume is refused)."""
+ return budget is not None and used >= budget
+
+
 def suggested_budget(used: int, budget: int | None) -> int:
  """A budget to suggest raising to: half as much again as the current one, and above what
  was used (200,000 -> 300,000)."""
@@ -241,7 +246,7 @@ class _PauseClock:
 
  @property
  def spent(self) -> bool:
-  return self.budget is not None and self.used >= self.budget
+  return budget_spent(self.used, self.budget)
 
  def deadline(self) -> float:
   """When the timer ends the automatic pause, on the loop's clock (anyio's

@@ -34,14 +34,13 @@ from rich.text import Text
 
 from ._text import clock, plural, printable, shown_path
 from .exits import EXIT_FAILED, EXIT_OK, UsageError
-from .multi_agent_conductor import ConductorEngine, TokenBudgetSpent
+from .multi_agent_conductor import ConductorEngine, TokenBudgetSpent, budget_spent
 from .pipeline import Pipeline
 from .session import DurableRun, on_cluster, open_session
 from .snapshots import Snapshot
 from .terminal import Stops, read_keys
 from .views import (
  ApprovalNotices,
- budget_spent,
  budget_words,
  lit,
  pause_words,

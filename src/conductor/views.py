@@ -32,7 +32,7 @@ from rich.text import Text
 
 from ._text import clock, listed, plural, printable, shell_path, shown_path
 from .dag_engine import ExecutionEngine
-from .multi_agent_conductor import budget_reached, suggested_budget
+from .multi_agent_conductor import budget_reached, budget_spent, suggested_budget
 from .snapshots import SUMMARY_IDS, SUMMARY_ROWS, MmaStatus, Snapshot, is_notable
 from .transitions import Change, Transition
 
@@ -42,7 +42,6 @@ __all__ = [
  "STATUS_STYLE",
  "ApprovalNotices",
  "approve_command",
- "budget_spent",
  "budget_words",
  "history_lines",
  "key_hint",
@@ -129,11 +128,6 @@ def tokens_words(used: int, budget: int | None) -> str | None:
  if budget is None and not used:
   return None
  return f"tokens: {used:,}" + ("" if budget is None else f" of {budget:,}")
-
-
-def budget_spent(used: int, budget: int | None) -> bool:
- """Whether a token budget is set and spent (the engine pauses then; a resume is refused)."""
- return budget is not None and used >= budget
 
 
 def budget_words(used: int, budget: int, raise_with: str, *, asked: int | None = None) -> str:

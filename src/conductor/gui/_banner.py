@@ -20,7 +20,8 @@ from imgui_bundle import imgui
 
 from .. import MmaStatus, Snapshot
 from .._text import clock, plural, printable
-from ..views import budget_spent, pause_words
+from ..multi_agent_conductor import budget_spent
+from ..views import pause_words
 from ._runs import PipelineRunner
 from ._widgets import (
  AMBER,

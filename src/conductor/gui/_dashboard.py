@@ -36,8 +36,7 @@ from imgui_bundle import hello_imgui, imgui
 
 from .. import MmaStatus, Snapshot, Status
 from .._text import clock, plural
-from ..multi_agent_conductor import budget_reached
-from ..views import budget_spent
+from ..multi_agent_conductor import budget_reached, budget_spent
 from ._banner import KEEP_PAUSED, Banner
 from ._runs import PipelineRunner
 from ._side import RAISE_AND_RESUME, SidePane

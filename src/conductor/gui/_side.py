@@ -21,8 +21,8 @@ from collections.abc import Callable, Sequence
 from imgui_bundle import imgui
 
 from .. import MmaStatus, RunningWorker, Snapshot, Status, TicketRow
-from ..multi_agent_conductor import suggested_budget
-from ..views import budget_spent, tokens_words
+from ..multi_agent_conductor import budget_spent, suggested_budget
+from ..views import tokens_words
 from ._runs import PipelineRunner, wrap_lines
 from ._widgets import (
  TICKET_COLOR,
