@@ -53,7 +53,7 @@ from typing import Any
 from ._files import trusted_owners
 from ._text import printable, shell_path, shown_path
 from .locks import FileLock, handover_lock_path, owner_lock_path, read_owner, symlink_refusal
-from .multi_agent_conductor import budget_reached
+from .multi_agent_conductor import TokenBudgetSpent, budget_reached
 from .report import status_report
 from .store import StateError, StateStore, check_state_file
 
@@ -267,18 +267,13 @@ def _offline(state: Path, message: dict[str, Any], trusted: frozenset[int]) -> d
 
 
 def _resume_stored(store: StateStore, asked: int | None) -> None:
- # What a live run's engine checks (`ConductorEngine.resume`), against the stored budget:
- # refused before anything is written.
- used = store.tokens_used()
- if asked is not None:
-  if asked <= used:
-   raise BudgetRefusedError(used, store.token_budget() or asked, asked)
+ # The store applies a live run's rule (`StateStore.set_paused`, as `ConductorEngine.resume`):
+ # refused before anything is written. Said here as the command's refusal.
+ try:
   store.set_paused(False, token_budget=asked)
-  return
- budget = store.token_budget()
- if budget is not None and used >= budget:
-  raise BudgetRefusedError(used, budget)
- store.set_paused(False)
+ except TokenBudgetSpent as exc:
+  budget = exc.budget if asked is None else store.token_budget() or asked
+  raise BudgetRefusedError(exc.used, budget, asked) from None
 
 
 def _stored_output(store: StateStore, ticket: str) -> dict[str, Any]:
