@@ -32,6 +32,14 @@ def _escape(ch: str) -> str:
  return repr(ch)[1:-1] if ch not in "'\"" else ch
 
 
+def first_line(text: str, limit: int = 200) -> str:
+ """The first line of `text` (surrounding blanks dropped), cut to `limit` characters with
+ "…": how a message from elsewhere (an exception, a server) becomes part of one line."""
+ lines = text.strip().splitlines()
+ line = lines[0].strip() if lines else ""
+ return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
 def shown_path(path: Path | str) -> str:
  """A path as people read and type it, escaped: relative under the current folder, else
  `~/...`, else absolute. Every path in a message for people goes through this (JSON for

@@ -51,6 +51,7 @@ from urllib.parse import urlsplit
 import anyio
 from anyio.lowlevel import current_token
 
+from ._text import first_line
 from .dag_engine import Ticket
 from .workers import PausePipeline, Usage, WorkFailed, WorkResult, WorkSpec
 
@@ -211,7 +212,7 @@ async def _call(config: AgentConfig, model: str, system: str | None, prompt: str
    except openai.APIConnectionError as exc:
     raise WorkFailed(f"model call failed: cannot reach {where}: {_cause(exc)}") from None
    except (openai.APIResponseValidationError, ValueError) as exc:  # not JSON, bad types
-    raise WorkFailed(f"malformed reply from {where}: {_first_line(str(exc))}") from None
+    raise WorkFailed(f"malformed reply from {where}: {first_line(str(exc))}") from None
  finally:
   await _clients.release(lease)
  if deadline.cancelled_caught:
@@ -324,7 +325,7 @@ def _reply(completion: object, where: str) -> tuple[str, Usage | None]:
  if not isinstance(content, str):
   refusal = getattr(message, "refusal", None)
   if isinstance(refusal, str) and refusal:
-   raise WorkFailed(f"the model refused: {_first_line(refusal)}")
+   raise WorkFailed(f"the model refused: {first_line(refusal)}")
   raise WorkFailed(f"malformed reply from {where}: no content")
  usage = getattr(completion, "usage", None)
  if usage is None:
@@ -452,18 +453,12 @@ def _error_message(exc: openai.APIStatusError) -> str:
  message = body.get("message") if isinstance(body, Mapping) else body
  if not isinstance(message, str) or not message.strip():
   message = exc.response.reason_phrase or "no message"
- return _first_line(message)
+ return first_line(message)
 
 
 def _cause(exc: BaseException) -> str:
  cause = exc.__cause__ or exc.__context__
- return _first_line(str(cause) or type(cause).__name__) if cause else _first_line(str(exc))
-
-
-def _first_line(text: str, limit: int = 200) -> str:
- lines = text.strip().splitlines()
- line = lines[0].strip() if lines else ""
- return line if len(line) <= limit else line[: limit - 1] + "…"
+ return first_line(str(cause) or type(cause).__name__) if cause else first_line(str(exc))
 
 
 def _thousands(value: str) -> str:

@@ -95,6 +95,7 @@ import anyio.abc
 
 from scheduler import LoopHandle
 
+from ._text import first_line
 from .dag_engine import Ticket
 from .leftovers import Leftover, processes_with, stop_leftovers
 from .workers import (
@@ -852,7 +853,7 @@ class DaskExecutor:
   except (OSError, TimeoutError, ValueError) as exc:
    raise DaskError(
     f"cannot reach the Dask scheduler at {self.address} within {self._timeout:g}s "
-    f"({_first_line(exc)}): start one with `dask scheduler` and workers with "
+    f"({first_line(str(exc)) or type(exc).__name__}): start one with `dask scheduler` and workers with "
     f"`dask worker {self.address}`, or fix the address (--dask)"
    ) from None
   try:
@@ -862,7 +863,7 @@ class DaskExecutor:
   except Exception as exc:
    await self._forget(client)
    raise DaskError(
-    f"the Dask cluster at {self.address} refused conductor's setup ({_first_line(exc)}): "
+    f"the Dask cluster at {self.address} refused conductor's setup ({first_line(str(exc)) or type(exc).__name__}): "
     "install conductor on every worker, and let the scheduler run functions "
     "(distributed.scheduler.pickle: true)"
    ) from None
@@ -1040,8 +1041,3 @@ def _on_asyncio() -> bool:
  except RuntimeError:  # trio (or any loop that is not asyncio)
   return False
  return True
-
-
-def _first_line(exc: BaseException) -> str:
- lines = str(exc).strip().splitlines()
- return lines[0] if lines else type(exc).__name__

@@ -37,6 +37,7 @@ import anyio
 from anyio import current_effective_deadline, get_cancelled_exc_class
 from anyio.abc import ByteReceiveStream, Process
 
+from ._text import first_line
 from .dag_engine import Ticket
 
 OUTPUT_LIMIT = 4 * 1024 * 1024
@@ -611,12 +612,9 @@ def describe_exception(exc: BaseException) -> str:
  if isinstance(exc, SystemExit):
   return f"SystemExit: sys.exit({_safe_repr(exc.code)}) was called; a ticket cannot exit the runner"
  try:
-  message = str(exc).strip().splitlines()
+  first = first_line(str(exc), 300)
  except BaseException:  # a hostile __str__: name the type, say why there is no message
   return f"{name} (its message could not be read)"
- first = message[0] if message else ""
- if len(first) > 300:
-  first = first[:299] + "…"
  return f"{name}: {first}" if first else name
 
 
