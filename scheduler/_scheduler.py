@@ -178,6 +178,12 @@ class Scheduler:
    return tuple(self._running.values())
 
  @property
+ def in_flight(self) -> int:
+  """How many workers are admitted and not yet finished (`len(running)`, without the
+  copy). Any thread."""
+  return len(self._running)
+
+ @property
  def running_at_pause(self) -> tuple[str, ...]:
   """Names of the workers that were in flight when the current (or last) pause began."""
   return self._running_at_pause
@@ -293,6 +299,7 @@ class Scheduler:
   name: str | None = None,
   on_admit: Callable[[], object] | None = None,
   handoff: bool = False,
+  after_turn: bool = False,
  ) -> bool:
   """Start `fn(*args)` now if a slot is free and the gate is open; never waits.
 
@@ -308,6 +315,12 @@ class Scheduler:
   anywhere else, are plain `try_spawn`s. For that one step the caller and its successor
   are both admitted (`running` may name `max_workers + 1`), but they run one after the
   other. A worker that awaits after all delays its successor until it returns.
+
+  `after_turn=True` (with a handoff) lets the loop turn once before the successor runs: the
+  steps already due run first, e.g. the other workers of a round finishing, so that a
+  caller that must do something before each worker runs (a commit) does it once for the
+  round. The successor waits in the pool's queue meanwhile (the next pool task free runs
+  it): a yield, not an event to wake.
   """
   tg, slots = self._tg, self._slots
   if tg is None or slots is None:
@@ -334,6 +347,8 @@ class Scheduler:
     slots.release()
    return False
   self._launch(tg, fn, args, key, name, on_admit=on_admit, successor_of=serving)
+  if serving is not None:
+   serving.after_turn = after_turn
   return True
 
  def _live(self, method: str) -> tuple[TaskGroup, Semaphore]:
@@ -422,7 +437,7 @@ class Scheduler:
     job, serving.next = serving.next, None
     if job is not None:
      in_a_row += 1
-     if in_a_row < HANDOFF_CHECKPOINT:
+     if in_a_row < HANDOFF_CHECKPOINT and not serving.after_turn:
       continue
      # Workers that never await would hold the loop for a whole chain: let it turn. The
      # job waits in the queue meanwhile (any task may take it).
@@ -544,7 +559,7 @@ class _Serving:
  """What a pool task holds, in its own context: the successor a worker handed it, or the
  place it idles at."""
 
- __slots__ = ("busy", "idle", "next", "scheduler")
+ __slots__ = ("after_turn", "busy", "idle", "next", "scheduler")
 
  def __init__(self, scheduler: Scheduler) -> None:
   self.scheduler = scheduler
@@ -552,6 +567,7 @@ class _Serving:
   # tasks a worker started elsewhere), and only one (the task runs it next).
   self.busy = False
   self.next: _Job | None = None  # admitted; runs in this task right after the current job
+  self.after_turn = False  # ... once the loop has turned (see try_spawn)
   self.idle: _Idle | None = None  # while the task idles
 
 

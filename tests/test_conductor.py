@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import random
 import sys
 import threading
@@ -782,3 +783,31 @@ async def test_a_row_shows_what_a_work_spec_describes_and_other_work_by_its_type
   "Prompt",
   "",
  ]
+
+
+async def test_a_run_keeps_the_heap_frozen_until_the_last_run_of_the_process_ends() -> None:
+ # The objects that exist as a run begins are left out of the cyclic GC while it goes on
+ # (gc.freeze); two runs at once: the first to end must not thaw the other's.
+ assert gc.get_freeze_count() == 0
+ seen: dict[str, int] = {}
+ second_ends = anyio.Event()
+
+ async def first_worker(ticket: Ticket) -> None:
+  seen["first"] = gc.get_freeze_count()
+
+ async def second_worker(ticket: Ticket) -> None:
+  await second_ends.wait()
+  seen["second"] = gc.get_freeze_count()
+
+ async def first() -> None:
+  await ConductorEngine(ExecutionEngine([Ticket("a")]), first_worker).run()
+  seen["between"] = gc.get_freeze_count()
+  second_ends.set()
+
+ with fail_after(5):
+  async with create_task_group() as tg:
+   tg.start_soon(ConductorEngine(ExecutionEngine([Ticket("b")]), second_worker).run)
+   await wait_all_tasks_blocked()
+   tg.start_soon(first)
+ assert seen["first"] > 0 and seen["between"] > 0 and seen["second"] > 0
+ assert gc.get_freeze_count() == 0  # thawed: the collector sees everything again

@@ -31,7 +31,13 @@ from rich.console import Console, RenderableType
 
 from conductor import control, locks
 from conductor._files import trusted_owners
-from conductor.control import MAX_REASON, ControlError, control_socket_path, request
+from conductor.control import (
+ MAX_REASON,
+ ControlError,
+ control_socket_path,
+ request,
+ status_json,
+)
 from conductor.dag_engine import ExecutionEngine, Ticket
 from conductor.locks import FileLock, handover_lock_path, owner_lock_path
 from conductor.multi_agent_conductor import ConductorEngine
@@ -402,6 +408,8 @@ def test_40_parallel_status_calls_on_a_live_20000_ticket_run_all_succeed(
    assert report["live"] and report["pid"] == run.proc.pid
    assert report["counts"]["total"] == 20_001 and len(report["tickets"]) == 20_001
    assert report["running"] == ["hold"] and report["awaiting_approval"] == []
+   assert report["pending"] == [f"t{i}" for i in range(20_000)]  # many blocks of `Ids`
+   assert next(iter(report)) == "live"
  finally:
   os.close(hold)
 
@@ -770,6 +778,10 @@ async def test_a_status_summary_shows_what_the_full_report_shows_and_the_report_
     # Twice: the second report re-encodes only what changed (nothing here).
     for _ in range(2):
      got["full"] = await anyio.to_thread.run_sync(request, durable.state, "status")
+     got["json"] = await anyio.to_thread.run_sync(status_json, durable.state)
+    got["json history"] = await anyio.to_thread.run_sync(
+     functools.partial(status_json, durable.state, history=True)
+    )
     got["summary"] = await anyio.to_thread.run_sync(
      functools.partial(request, durable.state, "status", summary=True)
     )
@@ -784,6 +796,12 @@ async def test_a_status_summary_shows_what_the_full_report_shows_and_the_report_
  finally:
   durable.close()
  full, summary, expected = got["full"]["report"], got["summary"]["report"], got["expected"]
+ # `status --json` prints the report as the run sent it: one line, `live` first, the same.
+ raw = got["json"]
+ assert raw.endswith(b"\n") and raw.count(b"\n") == 1
+ printed = json.loads(raw)
+ assert next(iter(printed)) == "live" and printed == got["full"]["report"]
+ assert json.loads(got["json history"]) == got["history"]["report"]
  assert full["counts"] == {
   "todo": 20,
   "in_progress": 1,
@@ -817,3 +835,76 @@ def text_of(renderable: RenderableType) -> str:
  with console.capture() as captured:
   console.print(renderable)
  return captured.get()
+
+
+def _answer_once(path: Path, answer: bytes, ready: threading.Event) -> None:
+ # A server at the control socket path that reads one request and sends `answer`.
+ with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+  server.bind(os.fspath(path))
+  server.listen(1)
+  ready.set()
+  server.settimeout(WAIT)
+  conn, _ = server.accept()
+  with conn:
+   conn.settimeout(WAIT)
+   request_line = b""
+   while not request_line.endswith(b"\n"):
+    request_line += conn.recv(4096)
+   assert json.loads(request_line)["raw"] is True
+   conn.sendall(answer)
+
+
+@pytest.mark.parametrize(
+ ("answer", "what"),
+ [
+  (b'{"ok": true, "bytes": 1000}\n{"live": true, "tick', "a body cut short"),
+  (b'{"ok": true, "bytes": 14}\n{"live": true}', "a body not ending its line"),
+  (b'{"ok": true, "bytes": 3}\n{"live": true}\n', "a body longer than it said"),
+  (b'{"ok": true, "bytes": 0}\n', "an empty body"),
+ ],
+)
+def test_a_status_json_answer_cut_short_is_an_error_and_nothing_is_printed(
+ tmp_path: Path, answer: bytes, what: str
+) -> None:
+ (tmp_path / "p.toml").write_text('[[tickets]]\nid = "a"\nsleep = 0\n')
+ assert conductor("run", "p.toml", cwd=tmp_path).returncode == 0
+ state = tmp_path / "p.state.db"
+ for client in ("python", "cli"):
+  ready = threading.Event()
+  server = threading.Thread(target=_answer_once, args=(control_socket_path(state), answer, ready))
+  server.start()
+  try:
+   assert ready.wait(WAIT)
+   if client == "python":
+    with pytest.raises(ControlError, match="incomplete or malformed answer"):
+     status_json(state)
+   else:
+    result = conductor("status", "--state", "p.state.db", "--json", cwd=tmp_path)
+    one_line_error(result, "conductor pid")
+    assert result.stdout == "", what
+  finally:
+   server.join(WAIT)
+   control_socket_path(state).unlink()
+
+
+def test_status_json_from_a_run_that_answers_in_one_line_prints_the_same_report(
+ tmp_path: Path,
+) -> None:
+ # A run of a conductor before `raw` answers it as any status: the report is printed all
+ # the same, `live` first.
+ (tmp_path / "p.toml").write_text('[[tickets]]\nid = "a"\nsleep = 0\n')
+ assert conductor("run", "p.toml", cwd=tmp_path).returncode == 0
+ state = tmp_path / "p.state.db"
+ report = {"state": str(state), "pipeline": "p", "live": True, "pid": 1, "tickets": []}
+ answer = json.dumps({"ok": True, "report": report}).encode() + b"\n"
+ ready = threading.Event()
+ server = threading.Thread(target=_answer_once, args=(control_socket_path(state), answer, ready))
+ server.start()
+ try:
+  assert ready.wait(WAIT)
+  printed = status_json(state)
+ finally:
+  server.join(WAIT)
+  control_socket_path(state).unlink()
+ assert printed.endswith(b"\n") and json.loads(printed) == report
+ assert next(iter(json.loads(printed))) == "live"

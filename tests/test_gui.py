@@ -26,10 +26,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from chat_server import ChatServer, RateLimited, Reply
+
+if TYPE_CHECKING:
+ from conductor import Snapshot
+ from conductor.gui._table import TicketTable
 
 STARTUP_TIMEOUT = 30.0  # seconds for the window to come up (software OpenGL is slow to start)
 HTTP_TIMEOUT = 40.0  # above the hook's own 30 s, so the hook's answer arrives first
@@ -1026,6 +1030,36 @@ def test_pause_closes_the_gate_on_the_gui_thread_while_the_engine_loop_is_blocke
  assert gui.quit() == 0
 
 
+def test_output_lines_are_cut_at_spaces_and_read_from_the_text_when_drawn() -> None:
+ from conductor.gui._runs import wrap_lines
+
+ text = "short\r\nword word word word\n\tx\tend\n" + "y" * 25 + "\n\nlast line   cut  here"
+ lines = wrap_lines(text, 10)
+ assert list(lines) == [
+  "short",  # the line end, \r\n too, is not shown
+  "word word",  # cut after the last space that fits; the space is not shown
+  "word word",
+  "    x",  # tabs are spaces
+  "end",
+  "yyyyyyyyyy",  # no space to cut at: cut inside the word
+  "yyyyyyyyyy",
+  "yyyyy",
+  "",
+  "last line",
+  "cut  here",
+ ]
+ assert (len(lines), lines[-1], lines[1:3]) == (11, "cut  here", ["word word"] * 2)
+ with pytest.raises(IndexError):
+  lines[11]
+ # A line's string is cut when it is read; a chunk of lines that all fit is only counted
+ # until then, and then only the chunks read keep their lines' offsets.
+ big = ("word " * 20 + "\n") * 10_000
+ many = wrap_lines(big, 200)
+ assert len(many) == 10_000 and not many._found
+ assert many[5_000] == "word " * 20 and len(many._found) == 1
+ assert list(wrap_lines("", 10)) == [] and list(wrap_lines("a\n", 10)) == ["a"]
+
+
 def test_fit_text_cuts_after_a_whole_word_and_ends_with_an_ellipsis() -> None:
  from conductor.gui._widgets import fit_text
 
@@ -1043,11 +1077,11 @@ def test_fit_text_cuts_after_a_whole_word_and_ends_with_an_ellipsis() -> None:
  assert fit("", 0) == ""
 
 
-def test_filter_matches_id_description_and_command_and_narrows_by_status(tmp_path: Path) -> None:
- # The filter is plain Python over the snapshot: no window needed.
+def filter_table(tmp_path: Path) -> tuple[TicketTable, Snapshot]:
+ """A ticket table and the snapshot it filters; the filter is plain Python over the
+ snapshot: no window needed."""
  from conductor.gui._dashboard import Dashboard
  from conductor.gui._runs import PipelineRunner
- from conductor.gui._table import STATUS_FILTERS
  from conductor.pipeline import pipeline_from_dict
 
  pipeline = pipeline_from_dict(
@@ -1071,10 +1105,15 @@ def test_filter_matches_id_description_and_command_and_narrows_by_status(tmp_pat
  )
  runner.open()
  try:
-  table = Dashboard(runner).table
-  snap = runner.latest
+  return Dashboard(runner).table, runner.latest
  finally:
   runner.close()
+
+
+def test_filter_matches_id_description_and_command_and_narrows_by_status(tmp_path: Path) -> None:
+ from conductor.gui._table import STATUS_FILTERS
+
+ table, snap = filter_table(tmp_path)
 
  def shown(text: str, status: str = "") -> list[str] | None:
   table.filter_text = text
@@ -1090,6 +1129,67 @@ def test_filter_matches_id_description_and_command_and_narrows_by_status(tmp_pat
  assert shown("", "completed") == []
  assert shown("", "awaiting") == ["build", "lint"]  # ready, waiting for Queue
  assert shown("li", "awaiting") == ["lint"]
+
+
+def test_a_status_filter_follows_the_rows_at_most_every_refresh(tmp_path: Path) -> None:
+ import dataclasses
+
+ from conductor import Status
+ from conductor.gui._table import FILTER_REFRESH, STATUS_FILTERS
+
+ table, snap = filter_table(tmp_path)
+ built = dataclasses.replace(
+  snap,
+  rows=tuple(r._replace(status=Status.COMPLETED) if r.id == "build" else r for r in snap.rows),
+ )
+
+ def shown(snap: Snapshot, now: float) -> list[str]:
+  view = table.filtered(snap, now)
+  assert view is not None
+  return [snap.rows[i].id for i in view]
+
+ table.status_filter = [value for _, value in STATUS_FILTERS].index("todo")
+ assert shown(snap, 0.0) == ["build", "lint", "docs"]
+ assert shown(built, FILTER_REFRESH / 2) == ["build", "lint", "docs"]  # not yet
+ assert shown(built, FILTER_REFRESH) == ["lint", "docs"]
+ # What a text matches never changes: a text alone is not filtered again.
+ table.status_filter, table.filter_text = 0, "build"
+ view = table.filtered(built, 10.0)
+ assert table.filtered(snap, 20.0) is view
+
+
+def test_filter_runs_a_share_per_frame_and_shows_the_last_view_until_it_ends(
+ tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+ # Steps of one row, two rows' worth a frame: three rows take frames, as 100,000 rows do.
+ from conductor.gui import _table
+
+ monkeypatch.setattr(_table, "FILTER_STEP", 1)
+ monkeypatch.setattr(_table, "HAYSTACK_COST", 2)
+ table, snap = filter_table(tmp_path)
+ ids = [row.id for row in snap.rows]
+
+ def frames(text: str) -> list[list[str] | None]:
+  # What each frame shows, frame by frame, until the filtering has ended.
+  table.filter_text = text
+  shown = []
+  while True:
+   view = table.filtered(snap, now=0.0, budget=2)
+   shown.append(None if view is None else [ids[i] for i in view])
+   if table._job is None:
+    return shown
+
+ # The haystack (a row a frame), then the search (2 rows a frame), then the result.
+ assert frames("build") == [None] * 4 + [["build", "docs"]]
+ # Typing on searches the last hits only (2 rows), and the last view stays meanwhile.
+ assert frames("build t") == [["build", "docs"], ["docs"]]
+ # A new text searches every row again.
+ assert frames("lint") == [["docs"], ["lint"]]
+ # The default share filters a small table at once; so does no budget at all.
+ table.filter_text = "static"
+ assert table.filtered(snap, now=0.0, budget=_table.FILTER_BUDGET) == [ids.index("lint")]
+ table.filter_text = "make"
+ assert table.filtered(snap, now=0.0) == [ids.index("build")]
 
 
 # -- agent tickets: a pipeline that pauses itself ----------------------------------------------
@@ -1266,10 +1366,13 @@ def test_the_details_pane_shows_a_large_output_whole(live_gui: GuiFactory, tmp_p
 def test_wrap_lines_cuts_after_a_word_or_inside_a_long_one() -> None:
  from conductor.gui._runs import wrap_lines
 
- assert wrap_lines("the quick brown fox\n\nend", 10) == ("the quick", "brown fox", "", "end")
- assert wrap_lines("abcdefghijklmnopqrstuvwxyz", 10) == ("abcdefghij", "klmnopqrst", "uvwxyz")
- assert wrap_lines("a\tb", 10) == ("a   b",)
- assert wrap_lines("", 10) == ()
+ def wrapped(text: str) -> tuple[str, ...]:
+  return tuple(wrap_lines(text, 10))
+
+ assert wrapped("the quick brown fox\n\nend") == ("the quick", "brown fox", "", "end")
+ assert wrapped("abcdefghijklmnopqrstuvwxyz") == ("abcdefghij", "klmnopqrst", "uvwxyz")
+ assert wrapped("a\tb") == ("a   b",)
+ assert wrapped("") == ()
 
 
 def test_a_budget_typed_in_the_field_is_a_number_above_the_tokens_used() -> None:
@@ -1280,6 +1383,33 @@ def test_a_budget_typed_in_the_field_is_a_number_above_the_tokens_used() -> None
  assert str(parse_budget("", 10)).startswith("a budget is a whole number of tokens")
  assert str(parse_budget("-5", 10)).startswith("a budget is a whole number of tokens")
  assert str(parse_budget("10", 10)).startswith("a budget of 10 is not above the 10 tokens used")
+
+
+def test_a_frame_draws_the_published_snapshot_and_asks_for_the_next_after_it_is_shown() -> None:
+ # The loop builds a snapshot (O(tickets), holding the GIL) between frames, not during one.
+ from conductor import ConductorEngine, ExecutionEngine, Ticket
+ from conductor.gui._runs import PipelineRunner
+ from conductor.pipeline import pipeline_from_dict
+
+ pipeline = pipeline_from_dict({"tickets": [{"id": "a", "sleep": 0.1}]}, path=None)
+ runner = PipelineRunner(
+  pipeline, max_workers=1, backend="asyncio", state=None, fresh=False, on_change=lambda: None
+ )
+ published = ConductorEngine(ExecutionEngine([Ticket("a")])).snapshot()
+ asked: list[float] = []
+
+ class Running:
+  def __init__(self) -> None:
+   self.published = published
+
+  def request_snapshot(self, min_interval: float) -> None:
+   asked.append(min_interval)
+
+ runner._running = Running()  # type: ignore[assignment]  # a run, as the GUI thread sees it
+ assert runner.snapshot() is published
+ assert asked == []  # drawing asks for nothing
+ runner.refresh()  # after the swap
+ assert asked == [runner._pull_every]
 
 
 def test_the_banner_says_who_paused_and_what_ends_the_pause_in_the_terminals_words() -> None:

@@ -402,6 +402,34 @@ async def test_a_handoff_runs_next_in_the_finishing_workers_task_before_anything
  assert events[0][1] == events[2][1]
 
 
+async def test_a_handoff_after_turn_lets_the_steps_already_due_run_first() -> None:
+ events: list[str] = []
+ go = anyio.Event()
+
+ async def successor() -> None:
+  events.append("successor")
+
+ async def a(s: Scheduler) -> None:
+  await go.wait()
+  events.append("a")
+  assert s.try_spawn(successor, name="successor", handoff=True, after_turn=True)
+
+ async def b() -> None:
+  await go.wait()
+  events.append("b")
+
+ with fail_after(5):
+  async with Scheduler(max_workers=2) as s:
+   await s.spawn(a, s, name="a")
+   await s.spawn(b, name="b")
+   await wait_all_tasks_blocked()
+   go.set()  # a and b are both due in the same loop turn
+   await s.wait_drained()
+ # Without after_turn the successor would run right after a, before b (on asyncio).
+ assert sorted(events[:2]) == ["a", "b"]
+ assert events[2:] == ["successor"]
+
+
 async def test_a_handoff_from_outside_the_pool_starts_the_worker_as_usual() -> None:
  ran = anyio.Event()
 

@@ -9,6 +9,7 @@ answers plain `conductor status` with `live_summary`: the same keys, long lists 
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Iterable, Sequence
@@ -36,7 +37,8 @@ def status_report(store: StateStore, *, history: bool = False) -> dict[str, Any]
  pending, the pause (reason, since when, who paused it: `paused_by` "person" or
  "pipeline", and when an automatic one ends by itself: `auto_resume_at`, time.time() like
  `paused_since`), running-at-pause, the tokens used and the budget. Tickets stored
- `in_progress` were interrupted. The keys are those of `live_report`.
+ `in_progress` were interrupted. The keys are those of `live_report`, in the same order,
+ `live` first: `conductor status --json` prints a report as it is (`control.status_json`).
  """
  tickets = store.tickets()
  pause = store.pause_state()
@@ -45,9 +47,9 @@ def status_report(store: StateStore, *, history: bool = False) -> dict[str, Any]
   counts[Status(row.status)] += 1
  total = len(tickets)
  report: dict[str, Any] = {
+  "live": False,
   "state": str(store.path),
   "pipeline": store.meta().get("pipeline"),
-  "live": False,
   "pid": None,
   "mma_status": _offline_status(counts, total, pause),
   "paused": pause.paused,
@@ -110,14 +112,18 @@ def live_report(
  return report
 
 
-def live_head(snap: Snapshot, state: Path, pid: int, ids: int | None = None) -> dict[str, Any]:
+def live_head(
+ snap: Snapshot, state: Path, pid: int, ids: int | None = None, *, pending: bool = True
+) -> dict[str, Any]:
  """The keys of `live_report` but `tickets` and `history`, in order: O(pending), or with
- `ids`, `pending` and `awaiting_approval` cut to their first `ids` and O(ids)."""
+ `ids`, `pending` and `awaiting_approval` cut to their first `ids` and O(ids). With
+ `pending` False, `pending` is `snap.pending` as it is (an `Ids`, not JSON-ready), for a
+ caller that encodes it block by block (`server`)."""
  counts = snap.counts
  return {
+  "live": True,
   "state": str(state),
   "pipeline": snap.name,
-  "live": True,
   "pid": pid,
   "mma_status": snap.status.value,
   "paused": snap.paused,
@@ -131,7 +137,7 @@ def live_head(snap: Snapshot, state: Path, pid: int, ids: int | None = None) -> 
   "running_at_pause": list(snap.running_at_pause),
   "finishing": list(snap.finishing),
   "interrupted": [],
-  "pending": list(snap.pending[:ids]),
+  "pending": list(itertools.islice(snap.pending, ids)) if pending else snap.pending,
   "awaiting_approval": list(snap.awaiting_approval[:ids]),
   "counts": {
    "todo": counts.todo,

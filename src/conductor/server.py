@@ -7,16 +7,17 @@ and its guarantee are in `conductor.control`). `_Answers` answers one run's requ
 A request is answered on the loop, at once: `pause` closes the scheduler's gate
 (`ConductorEngine.pause`, linearizable admission) and commits the flag before it replies, so
 when `conductor pause` returns no worker starts any more and the pause survives a kill. A
-status report is assembled on a worker thread from immutable data taken on the loop
-(`conductor.report`): a snapshot without rows, and each ticket's item of the report already
-encoded, which the run keeps up to date per changed ticket (`snapshots.SnapshotCache`). So
-the loop is held up for the tickets changed since the last report and a list copy, never
-for every ticket (the first report encodes them all, a slice per loop turn). A summary
-(plain `conductor status`) is answered on the loop, O(tickets shown). A ticket's output
-(`conductor output`) is read from the store on the loop and sent in pieces: it may be
-megabytes (`_output_pieces`). Nothing a client
-sends can stop the server or the run: every connection is handled in a task of its own, bounded in time, and
-whatever it raises is caught there.
+full status report is fixed at one moment on the loop (`conductor.report`): a snapshot
+without rows, and each ticket's item of the report already encoded, which the run keeps up
+to date per changed ticket, joined in blocks (`snapshots.SnapshotCache`). So the loop is
+held up for the tickets changed since the last report and their blocks, never for every
+ticket (the first report encodes them all, a slice per loop turn); the report is then put
+together from those blocks, the run going on between slices. `conductor status --json` asks for it `raw` (`_enveloped`): a header line, then the
+report's JSON, which the client prints as it is. A summary (plain `conductor status`) is
+answered on the loop, O(tickets shown). A ticket's output (`conductor output`) is read from
+the store on the loop and sent in pieces: it may be megabytes (`_output_pieces`). Nothing a
+client sends can stop the server or the run: every connection is handled in a task of its
+own, bounded in time, and whatever it raises is caught there.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import socket
 import stat
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ from .control import (
 from .locks import FileLock, handover_lock_path, owner_lock_path, read_owner, symlink_refusal
 from .multi_agent_conductor import ConductorEngine, Snapshot, TokenBudgetSpent
 from .report import history_items, live_head, live_summary
-from .snapshots import SUMMARY_ROWS, SnapshotCache
+from .snapshots import SUMMARY_ROWS, Ids, SnapshotCache
 from .store import StateError, StateStore
 
 __all__ = ["StateLockedError", "StateOwner"]
@@ -63,12 +64,13 @@ _MAX_CONNECTIONS = 256  # connections served at once; more wait in the listen ba
 # is back: wait for one of our own connections to end, or this long (asyncio's
 # ACCEPT_RETRY_DELAY), rather than spin on a listener that stays readable.
 _ACCEPT_RETRY = 1.0
-# A full status report is assembled a slice per loop turn, each slice well under 1 ms:
+# A full status report is assembled in slices, the run going on between them:
 _SLICE = 4096  # list items encoded in one go (json.dumps of 4096 ids: ~0.4 ms)
-_JOIN = 4096  # encoded tickets joined in one go (~0.5 MB: ~0.3 ms)
-# Tickets encoded in one go (`SnapshotCache.fill_entries`): ~1 ms. Only the first report
+_TURN = 0.001  # seconds of slices in one loop turn at most (but for the last slice)
+_CHUNK = 1 << 16  # pieces smaller than this are sent together, not each by itself
+# Tickets encoded in one go (`SnapshotCache.fill_entries`): ~1.5 ms. Only the first report
 # encodes every ticket; later ones, those changed since.
-_FILL = 2000
+_FILL = 1000
 # An output is JSON-encoded this many characters at a time (~0.5 ms each), the run going
 # on between them.
 _OUTPUT_SLICE = 1 << 18
@@ -267,7 +269,7 @@ class StateOwner:
 class _Answers:
  """The answers to one run's control requests, from its engine and store, on its loop.
 
- A full status report is assembled on the loop, a slice per turn (`_pieces`), one at a
+ A full status report is assembled on the loop, in slices (`_report_pieces`), one at a
  time (`_status_lock`); the last one is kept, keyed by what its snapshot shows (`_cached`),
  so that many clients asking at once cost one report. One with its history (O(history)
  dicts from the store) is assembled on a worker thread, one at a time (`_reporter`).
@@ -278,13 +280,16 @@ class _Answers:
   self._conductor = conductor
   self._store = store
   self._reporter = anyio.CapacityLimiter(1)
-  self._cached: tuple[tuple[object, ...], list[bytes]] | None = None
+  self._cached: tuple[tuple[object, ...], list[bytes]] | None = None  # the report's body
   # Status requests that arrive while a report is being built share the next one (see
   # `_status`): a burst of N requests costs two reports, not N. Loop-side state.
   self._status_lock = anyio.Lock()
   self._status_arrived = 0  # status requests received so far, numbered from 1
   self._status_served = 0  # the last report answers every request up to this number
   self._status_data: list[bytes] = []
+  # Each block of `pending` (`snapshots.Ids.blocks`: the same tuple while unchanged)
+  # encoded, by id(): a report encodes only the blocks changed since the last. Loop-side.
+  self._pending_json: dict[int, tuple[tuple[str, ...], bytes]] = {}
 
  @property
  def _table(self) -> SnapshotCache:
@@ -322,12 +327,14 @@ class _Answers:
     reply = await self._output(message["ticket"])
    elif message["op"] != "status":
     reply = [encode(self._answer(message))]
-   elif message.get("history"):
-    reply = await self._status_with_history()
-   elif message.get("summary"):
-    reply = [encode(self._summary())]
    else:
-    reply = await self._status()
+    if message.get("history"):
+     body = await self._status_with_history()
+    elif message.get("summary"):
+     body = [json.dumps(self._summary()).encode()]
+    else:
+     body = await self._status()
+    reply = _enveloped(body, raw=bool(message.get("raw")))
   except _Refused as exc:
    await _send(stream, {"ok": False, "error": str(exc)})
    return
@@ -352,12 +359,22 @@ class _Answers:
     key = _cache_key(snap)
     if self._cached is None or self._cached[0] != key:
      await anyio.lowlevel.checkpoint()  # `_take` held the loop for a few list copies
-     head = live_head(snap, self._state, os.getpid())
-     await anyio.lowlevel.checkpoint()
+     head = live_head(snap, self._state, os.getpid(), pending=False)
+     known, self._pending_json = self._pending_json, {}
+
+     def pending_json(block: tuple[str, ...]) -> bytes:
+      seen = known.get(id(block))
+      data = seen[1] if seen is not None and seen[0] is block else _ids_json(block)
+      self._pending_json[id(block)] = (block, data)
+      return data
+
      parts = []
-     for part in _pieces(head, items, None):
+     turn = time.perf_counter()
+     for part in _coalesced(_report_pieces(head, items, None, pending_json)):
       parts.append(part)
-      await anyio.lowlevel.checkpoint()  # the run goes on between slices
+      if time.perf_counter() - turn > _TURN:
+       await anyio.lowlevel.checkpoint()  # the run goes on between slices
+       turn = time.perf_counter()
      self._cached = (key, parts)
     self._status_data = self._cached[1]
     self._status_served = served
@@ -367,24 +384,24 @@ class _Answers:
   snap, items = await self._take()
   # --history reads the store (O(history)) on the loop: the store is the loop's alone.
   history = self._store.history()
-  head = live_head(snap, self._state, os.getpid())
+  head = live_head(snap, self._state, os.getpid(), pending=False)
 
   def report() -> list[bytes]:  # on a worker thread: history_items is one go, O(history)
    parts = []
-   for part in _pieces(head, items, history_items(history)):
+   for part in _coalesced(_report_pieces(head, items, history_items(history))):
     parts.append(part)
     time.sleep(0)  # drops the GIL: the loop takes it now if it waits for it
    return parts
 
   return await anyio.to_thread.run_sync(report, limiter=self._reporter)
 
- async def _take(self) -> tuple[Snapshot, list[str]]:
-  # What a full report shows, exact at one moment on the loop (after the last await).
+ async def _take(self) -> tuple[Snapshot, tuple[bytes, ...]]:
+  # What a full report shows, exact at one moment on the loop (after the last await):
+  # O(blocks), plus the tickets changed since the last fill and their blocks.
   table = self._table
   while not table.fill_entries(_FILL):
    await anyio.lowlevel.checkpoint()
-  snap = self._conductor.snapshot(rows=False)  # O(1) but for a copy of `pending`
-  return snap, table.status_items()  # the changed since the last fill, and a list copy
+  return self._conductor.snapshot(rows=False), table.status_blocks()
 
  def _summary(self) -> dict[str, Any]:
   # On the loop: small, O(tickets shown), and exact.
@@ -395,8 +412,7 @@ class _Answers:
    notable = len(listed)
   else:
    listed, notable = table.notable(SUMMARY_ROWS)
-  report = live_summary(snap, self._state, os.getpid(), listed=listed, notable=notable)
-  return {"ok": True, "report": report}
+  return live_summary(snap, self._state, os.getpid(), listed=listed, notable=notable)
 
  def _answer(self, message: dict[str, Any]) -> dict[str, Any]:
   # On the loop, synchronously: a pause has taken effect (gate closed, flag committed)
@@ -527,6 +543,8 @@ def _parse(line: bytes) -> dict[str, Any] | str:
    return "approve needs `tickets`, a non-empty list of ticket ids"
  if op == "output" and not isinstance(message.get("ticket"), str):
   return "output needs `ticket`, a ticket id"
+ if not isinstance(message.get("raw", False), bool):
+  return "`raw` is true or false"
  budget = message.get("token_budget")
  if budget is not None and (
   op != "resume" or type(budget) is not int or budget < 1  # not a bool
@@ -535,26 +553,50 @@ def _parse(line: bytes) -> dict[str, Any] | str:
  return message
 
 
-def _pieces(
- head: dict[str, Any], items: Sequence[str], history: list[dict[str, Any]] | None
+def _enveloped(body: list[bytes], *, raw: bool) -> list[bytes]:
+ """The answer carrying the report whose JSON is `body` (in pieces): `{"ok": true,
+ "report": ...}` on one line, as `encode` would write it; or, `raw` (`control.status_json`),
+ the header line `{"ok": true, "bytes": N}` and then the report's N bytes, its JSON and a
+ newline, which the client prints as they are rather than parse 10 MB and write them again.
+ O(pieces): the report is not copied."""
+ if raw:
+  return [encode({"ok": True, "bytes": sum(map(len, body)) + 1}), *body, b"\n"]
+ return [b'{"ok": true, "report": ', *body, b"}\n"]
+
+
+def _report_pieces(
+ head: dict[str, Any],
+ tickets: Sequence[bytes],
+ history: list[dict[str, Any]] | None,
+ pending_json: Callable[[tuple[str, ...]], bytes] | None = None,
 ) -> Iterator[bytes]:
- """The answer `{"ok": true, "report": {**head, "tickets": [...], "history": ...}}` (history
- only if given), encoded as `encode` would, in slices of at most `_SLICE` list items or
- `_JOIN` tickets: a caller yields to the loop between them (`json.dumps` holds the GIL for
- a whole call, tens of ms for 100,000 ids). `items` are the tickets already encoded."""
- yield b'{"ok": true, "report": {'
+ """The report `{**head, "tickets": [...], "history": ...}` (history only if given), encoded
+ as `json.dumps` would, in slices of at most `_SLICE` list items or a block of `Ids`: a
+ caller yields to the loop between them (`json.dumps` holds the GIL for a whole call, tens
+ of ms for 100,000 ids). `tickets` are already encoded (`SnapshotCache.status_blocks`);
+ an `Ids` in `head` is encoded a block at a time by `pending_json` (`_ids_json`)."""
+ encode_ids = pending_json or _ids_json
+ yield b"{"
  for key, value in head.items():
   yield f"{json.dumps(key)}: ".encode()
-  yield from _list_pieces(value) if isinstance(value, list) else (json.dumps(value).encode(),)
+  if isinstance(value, list):
+   yield from _list_pieces(value)
+  elif isinstance(value, Ids):
+   yield b"["
+   for k, block in enumerate(value.blocks):
+    data = encode_ids(block)
+    yield b", " + data if k else data
+   yield b"]"
+  else:
+   yield json.dumps(value).encode()
   yield b", "
  yield b'"tickets": ['
- for i in range(0, len(items), _JOIN):
-  yield ((", " if i else "") + ", ".join(items[i : i + _JOIN])).encode()
+ yield from tickets
  yield b"]"
  if history is not None:
   yield b', "history": '
   yield from _list_pieces(history)
- yield b"}}\n"
+ yield b"}"
 
 
 def _output_pieces(head: dict[str, Any], output: str | None) -> Iterator[bytes]:
@@ -572,6 +614,32 @@ def _output_pieces(head: dict[str, Any], output: str | None) -> Iterator[bytes]:
  for i in range(0, len(output), _OUTPUT_SLICE):
   yield json.dumps(output[i : i + _OUTPUT_SLICE])[1:-1].encode()
  yield b'"}}\n'
+
+
+def _ids_json(ids: tuple[str, ...]) -> bytes:
+ # The items of a JSON list of `ids`, as `json.dumps` writes them, without the brackets.
+ return json.dumps(ids)[1:-1].encode()
+
+
+def _coalesced(pieces: Iterator[bytes]) -> Iterator[bytes]:
+ # Small pieces joined up to `_CHUNK` bytes, big ones passed on as they are (not copied):
+ # each piece is a send, a loop turn, of its own.
+ small: list[bytes] = []
+ size = 0
+ for piece in pieces:
+  if len(piece) >= _CHUNK:
+   if small:
+    yield b"".join(small)
+    small, size = [], 0
+   yield piece
+   continue
+  small.append(piece)
+  size += len(piece)
+  if size >= _CHUNK:
+   yield b"".join(small)
+   small, size = [], 0
+ if small:
+  yield b"".join(small)
 
 
 def _list_pieces(value: list[Any]) -> Iterator[bytes]:

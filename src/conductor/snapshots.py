@@ -1,23 +1,25 @@
 """What a run looks like from outside: the immutable `Snapshot`, and the cache that builds it.
 
-`Snapshot` (with `Counts`, `RunningWorker`, `TicketRow`, `MmaStatus`) is what the terminal
-view, the dashboard and `conductor status` read, from any thread. `SnapshotCache` builds
-snapshots on the loop for `ConductorEngine`, rebuilding only the rows of tickets that
-changed since the last one; it also keeps, for `conductor status`, each ticket's item of the
-report encoded (`ticket_json`) and the notable tickets, updated per changed ticket
-(`status_items`, `notable`).
+`Snapshot` (with `Counts`, `RunningWorker`, `TicketRow`, `MmaStatus`, `Ids`) is what the
+terminal view, the dashboard and `conductor status` read, from any thread. `SnapshotCache`
+builds snapshots on the loop for `ConductorEngine`, rebuilding only the rows of tickets that
+changed since the last one, and only the blocks of `pending` they changed; it also keeps,
+for `conductor status`, each ticket's item of the report encoded (`ticket_json`), joined in
+blocks, and the notable tickets, updated per changed ticket (`status_blocks`, `notable`).
 """
 
 from __future__ import annotations
 
+import bisect
 import enum
 import heapq
 import itertools
 import json
+import operator
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, SupportsIndex, overload
 
 from .dag_engine import ExecutionEngine, Status, Ticket
 from .workers import describe_work
@@ -27,10 +29,12 @@ __all__ = [
  "SUMMARY_IDS",
  "SUMMARY_ROWS",
  "Counts",
+ "Ids",
  "MmaStatus",
  "RunningWorker",
  "Snapshot",
  "SnapshotCache",
+ "TicketIds",
  "TicketRow",
  "is_notable",
  "ticket_json",
@@ -39,7 +43,8 @@ __all__ = [
 OUTPUT_TAIL = 4000  # characters of a ticket's output kept for display
 SUMMARY_ROWS = 30  # tickets plain `conductor status` lists (all of a pipeline this small)
 SUMMARY_IDS = 12  # ids it shows of `pending` and of `awaiting_approval`
-_BLOCK = 10  # todo tickets are kept in blocks of 2**_BLOCK indexes (see SnapshotCache._pending)
+_BLOCK = 10  # tickets are kept in blocks of 2**_BLOCK indexes (see SnapshotCache._pending)
+_JOIN_COST = 64  # `fill_entries`: joining a block's items costs about as much as encoding 64
 
 
 class MmaStatus(enum.StrEnum):
@@ -126,13 +131,75 @@ def is_notable(status: str, attempts: int, error: str | None) -> bool:
  return True
 
 
+class Ids(Sequence[str]):
+ """An immutable sequence of ticket ids, held as the blocks (tuples) it is made of.
+
+ A snapshot's `pending` is one: the blocks are shared with the snapshots before and after
+ it but for the blocks that changed, so a snapshot takes it in O(blocks), not O(ids), and
+ the loop building it is not held up for a copy of every id. `len` is O(1), an index
+ O(log blocks), a slice a tuple; it equals an `Ids` or a tuple of the same ids in the
+ same order. Immutable: safe to read from any thread.
+ """
+
+ __slots__ = ("_blocks", "_ends")
+
+ def __init__(self, blocks: Sequence[tuple[str, ...]] = ()) -> None:
+  self._blocks = tuple(b for b in blocks if b)
+  self._ends = tuple(itertools.accumulate(map(len, self._blocks)))
+
+ @property
+ def blocks(self) -> tuple[tuple[str, ...], ...]:
+  """The non-empty blocks, in order: the same tuple objects while a block is unchanged."""
+  return self._blocks
+
+ def __len__(self) -> int:
+  return self._ends[-1] if self._ends else 0
+
+ def __iter__(self) -> Iterator[str]:
+  return itertools.chain.from_iterable(self._blocks)
+
+ @overload
+ def __getitem__(self, index: SupportsIndex) -> str: ...
+
+ @overload
+ def __getitem__(self, index: slice) -> tuple[str, ...]: ...
+
+ def __getitem__(self, index: SupportsIndex | slice) -> str | tuple[str, ...]:
+  if isinstance(index, slice):
+   start, stop, step = index.indices(len(self))
+   if step != 1:
+    return tuple(self)[index]
+   return tuple(itertools.islice(self, start, max(start, stop)))
+  i = operator.index(index)
+  if i < 0:
+   i += len(self)
+  if not 0 <= i < len(self):
+   raise IndexError("Ids index out of range")
+  b = bisect.bisect_right(self._ends, i)
+  return self._blocks[b][i - (self._ends[b - 1] if b else 0)]
+
+ def __eq__(self, other: object) -> bool:
+  if other is self:
+   return True
+  if isinstance(other, Ids | tuple):  # as a tuple: never equal to a list
+   return len(self) == len(other) and all(map(operator.eq, self, other))
+  return NotImplemented
+
+ def __hash__(self) -> int:
+  return hash(tuple(self))
+
+ def __repr__(self) -> str:
+  return f"Ids({list(self)!r})"
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
  """An immutable view of a run; safe to keep and read from any thread.
 
  `running_at_pause` are the workers that were in flight when the pause began (they finish
  normally); `finishing` are those of them still running: it drains to zero. `ready` are
- the tickets that start first on resume, in order; `pending` all tickets not yet started.
+ the tickets that start first on resume, in order; `pending` all tickets not yet started,
+ in ticket order (an `Ids`: taken in O(blocks)).
  `version` changes with every change of a ticket, of the pause or of `stopping` (not with
  `status` or `elapsed` alone): two snapshots of one run with the same version have the same
  rows, so a reader can skip redrawing them.
@@ -152,8 +219,8 @@ class Snapshot:
  paused_at: float | None  # time.time() when the current pause began
  running_at_pause: tuple[str, ...]
  finishing: tuple[str, ...]
- ready: tuple[str, ...]
- pending: tuple[str, ...]
+ ready: TicketIds
+ pending: Ids
  awaiting_approval: tuple[str, ...]
  elapsed: float  # seconds of run time, excluding time spent paused
  spawned: int
@@ -171,6 +238,55 @@ class Snapshot:
   return self.paused and bool(self.finishing)
 
 
+class TicketIds(Sequence[str]):
+ """The ids of a sequence of tickets, read as they are asked for.
+
+ A snapshot's `ready` is one: the driver's queue can hold every ticket of a wide DAG
+ while the pipeline is paused or its slots are full, and taking it is then one tuple copy
+ in C instead of 100,000 attribute reads on the loop. A ticket's id never changes, so it
+ is safe to read from any thread; `len` and an index are O(1), a slice a tuple of ids; it
+ equals a tuple (or an `Ids`) of the same ids in the same order.
+ """
+
+ __slots__ = ("_tickets",)
+
+ def __init__(self, tickets: Sequence[Ticket] = ()) -> None:
+  self._tickets = tuple(tickets)
+
+ def __len__(self) -> int:
+  return len(self._tickets)
+
+ def __iter__(self) -> Iterator[str]:
+  return map(_ID, self._tickets)
+
+ @overload
+ def __getitem__(self, index: SupportsIndex) -> str: ...
+
+ @overload
+ def __getitem__(self, index: slice) -> tuple[str, ...]: ...
+
+ def __getitem__(self, index: SupportsIndex | slice) -> str | tuple[str, ...]:
+  if isinstance(index, slice):
+   return tuple(map(_ID, self._tickets[index]))
+  return self._tickets[index].id
+
+ def __eq__(self, other: object) -> bool:
+  if other is self:
+   return True
+  if isinstance(other, TicketIds | Ids | tuple):
+   return len(self) == len(other) and all(map(operator.eq, self, other))
+  return NotImplemented
+
+ def __hash__(self) -> int:
+  return hash(tuple(self))
+
+ def __repr__(self) -> str:
+  return f"TicketIds({list(self)!r})"
+
+
+_ID = operator.attrgetter("id")
+
+
 _NO_DETAILS: tuple[int | None, str, float | None, float | None] = (None, "", None, None)
 
 
@@ -180,9 +296,9 @@ class SnapshotCache:
  The driver reports what a snapshot shows beyond the DAG's own state: a worker started
  (`started`), an attempt ended with its exit code and output (`finished`), a ticket changed
  otherwise (`changed`), anything else changed (`touch`). A row is rebuilt only when its
- ticket changed, so a snapshot costs O(tickets) for the tuple of rows and O(changed
- tickets) beyond that; without rows, O(changed tickets) plus copies of `pending` and
- `awaiting_approval` (in C: about 1 ms per 100,000 ids).
+ ticket changed, so a snapshot costs a copy of the list of rows (in C: about 0.3 ms per
+ 100,000) and O(changed tickets) beyond that; without rows, O(changed tickets) plus O(2**_BLOCK) per block of
+ `pending` they changed, plus a copy of `awaiting_approval`.
 
  Loop-side, except `touch()`, which any thread may call (a pause changes what a snapshot
  shows). `version` is drawn from a counter (one C call, atomic under the GIL), so two
@@ -196,12 +312,16 @@ class SnapshotCache:
   "_entries",
   "_fill",
   "_index",
+  "_joined",
   "_notable",
   "_rows",
   "_stale",
   "_tickets",
   "_todo",
+  "_todo_ids",
   "_tokens",
+  "_unbuilt",
+  "_unjoined",
   "_unsorted",
   "_versions",
   "_wall",
@@ -215,32 +335,42 @@ class SnapshotCache:
   self._versions = itertools.count(1)
   self.version = 0
   self._index = {tid: i for i, tid in enumerate(engine.tickets)}
-  self._rows: list[TicketRow | None] = [None] * len(self._index)  # None: rebuild
+  # Each ticket's row as of its last change; `_unbuilt` the indexes whose row is out of
+  # date (all at first): a snapshot with rows rebuilds those and copies the list, so that
+  # one every half second of a 100,000-ticket run does not hold the loop for all of them.
+  self._rows: list[TicketRow | None] = [None] * len(self._index)
+  self._unbuilt: set[int] = set(range(len(self._rows)))
   # Of each ticket's latest finished attempt: (exit code, output tail, started, finished).
   self._details: dict[str, tuple[int | None, str, float | None, float | None]] = {}
   self._work_text: dict[str, str] = {}  # describe_work() of each ticket, once built
   self._tokens: dict[str, int] = {}  # of each ticket's latest completed attempt that spent any
   self.running: dict[str, RunningWorker] = {}  # the workers running, by ticket
   # What status reads, kept up to date per changed ticket rather than rescanned (O(tickets)
-  # once, here): `_dirty` are the indexes changed since `_settle()` last looked; `_todo`
+  # once, here): `_dirty` are the ids changed since `_settle()` last looked; `_todo`
   # the todo tickets (index -> id) in blocks of 2**_BLOCK indexes, each in ticket order
-  # but those in `_unsorted`; `_notable` the indexes `is_notable` picks; `_entries` each
-  # ticket's `ticket_json`, None until taken (`_fill` counts the first ones taken,
-  # `_stale` the ones to take again).
+  # but those in `_unsorted`, and `_todo_ids` each block's ids as a tuple, None until
+  # taken again; `_notable` the indexes `is_notable` picks; `_entries` each ticket's
+  # `ticket_json`, None until taken (`_fill` counts the first ones taken, `_stale` the ones
+  # to take again), and `_joined` each block's entries joined, encoded (None: in
+  # `_unjoined`, to join again).
   self._tickets = list(engine.tickets.values())
-  self._dirty: set[int] = set()
+  self._dirty: set[str] = set()
   tickets, todo, done, size = self._tickets, Status.TODO, Status.COMPLETED, 1 << _BLOCK
   self._todo: list[dict[int, str]] = [
    {i: t.id for i, t in enumerate(tickets[lo : lo + size], lo) if t.status is todo}
    for lo in range(0, len(tickets) + 1, size)
   ]
   self._unsorted: set[int] = set()
+  self._todo_ids: list[tuple[str, ...] | None] = [None] * len(self._todo)
   self._notable: set[int] = {  # is_notable, inlined: this runs once per ticket at start-up
    i
    for i, t in enumerate(tickets)
    if (t.status is not todo and t.status is not done) or t.attempts > 1 or t.error
   }
   self._entries: list[str | None] = [None] * len(self._tickets)
+  blocks = (len(tickets) + size - 1) >> _BLOCK
+  self._joined: list[bytes | None] = [None] * blocks
+  self._unjoined: set[int] = set(range(blocks))
   # One offset from the monotonic clock to the wall clock for the whole run, so that an
   # encoded `updated_at` stays valid for as long as its ticket does not change.
   self._wall = time.time() - time.monotonic()
@@ -252,29 +382,32 @@ class SnapshotCache:
   self.version = next(self._versions)
 
  def changed(self, ticket: Ticket) -> None:
-  """`ticket` changed: its row, and what status shows of it, are rebuilt when next read.
-  O(1)."""
-  i = self._index[ticket.id]
-  self._rows[i] = None
-  self._dirty.add(i)
-  self.version = next(self._versions)
+  """`ticket` changed: its row, and what status shows of it, are rebuilt when next read
+  (and `version` moves on then). O(1)."""
+  self._dirty.add(ticket.id)
+
+ # `started` and `finished` run once per attempt, on the loop: they note, and leave the
+ # rest to whoever reads next (`_settle`), which sees a ticket changed twice once.
 
  def started(self, ticket: Ticket) -> None:
   """An attempt of `ticket` started (after `ExecutionEngine.start` counted it)."""
-  self.running[ticket.id] = RunningWorker(ticket.id, ticket.attempts, time.monotonic())
-  self.changed(ticket)
+  tid = ticket.id
+  self.running[tid] = RunningWorker(tid, ticket.attempts, time.monotonic())
+  self._dirty.add(tid)
 
  def finished(
   self, ticket: Ticket, exit_code: int | None, output: str, tokens: int | None = None
  ) -> None:
   """The running attempt of `ticket` ended, however it ended. `tokens`: it completed,
   having spent that many."""
-  worker = self.running.pop(ticket.id, None)
+  tid = ticket.id
+  worker = self.running.pop(tid, None)
   started = worker.started_at if worker is not None else None
-  self._details[ticket.id] = (exit_code, output[-OUTPUT_TAIL:], started, time.monotonic())
+  tail = output[-OUTPUT_TAIL:] if output else ""
+  self._details[tid] = (exit_code, tail, started, time.monotonic())
   if tokens is not None:
-   self._tokens[ticket.id] = tokens
-  self.changed(ticket)
+   self._tokens[tid] = tokens
+  self._dirty.add(tid)
 
  def restore_tokens(self, tokens: Mapping[str, int]) -> None:
   """The tokens of tickets' latest completed attempts in earlier runs (what a store kept),
@@ -283,7 +416,7 @@ class SnapshotCache:
   for tid, n in tokens.items():
    if tid in index:
     self._tokens[tid] = n
-    self._rows[index[tid]] = None
+    self._unbuilt.add(index[tid])
   self.touch()
 
  def build(
@@ -297,7 +430,7 @@ class SnapshotCache:
   paused_at: float | None,
   running_at_pause: tuple[str, ...],
   finishing: tuple[str, ...],
-  ready: tuple[str, ...],
+  ready: Sequence[Ticket],
   elapsed: float,
   spawned: int,
   max_workers: int,
@@ -312,7 +445,7 @@ class SnapshotCache:
   engine = self._engine
   self._settle()
   counts = engine.counts()
-  table = tuple(self._row(i, t) for i, t in enumerate(self._tickets)) if rows else ()
+  table = self._table() if rows else ()
   return Snapshot(
    version=self.version,
    name=name,
@@ -330,7 +463,7 @@ class SnapshotCache:
    paused_at=paused_at,
    running_at_pause=running_at_pause,
    finishing=finishing,
-   ready=ready,
+   ready=TicketIds(ready),
    pending=self._pending(),
    awaiting_approval=tuple(engine.awaiting_approval()),
    elapsed=elapsed,
@@ -345,52 +478,63 @@ class SnapshotCache:
    token_budget=token_budget,
   )
 
- def _row(self, i: int, ticket: Ticket) -> TicketRow:
-  row = self._rows[i]
-  if row is None:
-   exit_code, output, started, finished = self._details.get(ticket.id, _NO_DETAILS)
-   worker = self.running.get(ticket.id)
-   if worker is not None:  # running again: the last attempt's end is no longer news
-    started, finished = worker.started_at, None
-   work = self._work_text.get(ticket.id)
-   if work is None:  # the work spec never changes: describe it once
-    work = self._work_text[ticket.id] = describe_work(ticket.work)
-   row = TicketRow(
-    ticket.id,
-    ticket.status,
-    ticket.attempts,
-    ticket.description,
-    ticket.depends_on,
-    work,
-    ticket.error,
-    exit_code,
-    output,
-    started,
-    finished,
-    self._tokens.get(ticket.id) if self._tokens else None,
-   )
-   self._rows[i] = row
-  return row
+ def _table(self) -> tuple[TicketRow, ...]:
+  # O(rows out of date) plus a copy of the list (in C).
+  rows, tickets = self._rows, self._tickets
+  for i in self._unbuilt:
+   rows[i] = self._row(tickets[i])
+  self._unbuilt.clear()
+  return tuple(rows)  # type: ignore[arg-type]  # no None left
+
+ def _row(self, ticket: Ticket) -> TicketRow:
+  exit_code, output, started, finished = self._details.get(ticket.id, _NO_DETAILS)
+  worker = self.running.get(ticket.id)
+  if worker is not None:  # running again: the last attempt's end is no longer news
+   started, finished = worker.started_at, None
+  work = self._work_text.get(ticket.id)
+  if work is None:  # the work spec never changes: describe it once
+   work = self._work_text[ticket.id] = describe_work(ticket.work)
+  return TicketRow(
+   ticket.id,
+   ticket.status,
+   ticket.attempts,
+   ticket.description,
+   ticket.depends_on,
+   work,
+   ticket.error,
+   exit_code,
+   output,
+   started,
+   finished,
+   self._tokens.get(ticket.id) if self._tokens else None,
+  )
 
  # -- for conductor status ----------------------------------------------------------------
 
  def _settle(self) -> None:
-  # O(tickets changed since the last call): the tickets' changes reach `_todo`, `_notable`
-  # and `_entries`. Lazily, as rows are: `changed()` may come before the change itself.
+  # O(tickets changed since the last call): the tickets' changes reach `version`, `_rows`,
+  # `_todo`, `_notable` and `_entries`. Lazily: `changed()` may come before the change
+  # itself, and a ticket that changed twice meanwhile is settled once.
   if not self._dirty:
    return
   dirty, self._dirty = self._dirty, set()
-  tickets, notable = self._tickets, self._notable
-  for i in dirty:
+  self.version = next(self._versions)
+  tickets, notable, index, unbuilt = self._tickets, self._notable, self._index, self._unbuilt
+  todo_ids = self._todo_ids
+  for tid in dirty:
+   i = index[tid]
+   unbuilt.add(i)
    t = tickets[i]
-   block = self._todo[i >> _BLOCK]
+   b = i >> _BLOCK
+   block = self._todo[b]
    if t.status is Status.TODO:
     if i not in block:
      if block and i < next(reversed(block)):  # back to todo (a retry): out of order
-      self._unsorted.add(i >> _BLOCK)
+      self._unsorted.add(b)
      block[i] = t.id
-   else:
-    block.pop(i, None)
+     todo_ids[b] = None
+   elif block.pop(i, None) is not None:
+    todo_ids[b] = None
    if is_notable(t.status, t.attempts, t.error):
     notable.add(i)
    else:
@@ -398,18 +542,24 @@ class SnapshotCache:
    if i < self._fill:
     self._stale.add(i)
 
- def _pending(self) -> tuple[str, ...]:
-  # O(pending) in C, plus O(2**_BLOCK) per block a ticket came back to: blocks, rather
-  # than one dict, so that a retry re-sorts a thousand tickets, not all of them.
+ def _pending(self) -> Ids:
+  # O(blocks), plus O(2**_BLOCK) per block changed since the last call: blocks, rather
+  # than one dict, so that a retry re-sorts a thousand tickets, not all of them, and a
+  # snapshot copies the blocks that changed, not every todo id.
   for b in self._unsorted:
    self._todo[b] = dict(sorted(self._todo[b].items()))
   self._unsorted.clear()
-  return tuple(itertools.chain.from_iterable(map(dict.values, self._todo)))
+  todo_ids = self._todo_ids
+  for b, ids in enumerate(todo_ids):
+   if ids is None:
+    todo_ids[b] = tuple(self._todo[b].values())
+  return Ids(todo_ids)  # type: ignore[arg-type]  # no None left
 
  def fill_entries(self, limit: int) -> bool:
-  """Encode up to `limit` tickets' `ticket_json` that are missing or out of date; True when
-  none is left. Loop-side. O(limit): a caller spreads the first fill (every ticket) over
-  several loop turns."""
+  """Encode up to `limit` tickets' `ticket_json` that are missing or out of date, then join
+  the blocks of them that changed (one costing `_JOIN_COST`); True when none is left.
+  Loop-side. O(limit): a caller spreads the first fill (every ticket) over several loop
+  turns."""
   self._settle()
   n = len(self._tickets)
   if self._fill < n:
@@ -418,12 +568,30 @@ class SnapshotCache:
     self._entries[i] = self._entry(i)
    limit -= end - self._fill
    self._fill = end
-  stale = self._stale
+  stale, unjoined = self._stale, self._unjoined
   while stale and limit > 0:
    i = stale.pop()
    self._entries[i] = self._entry(i)
+   unjoined.add(i >> _BLOCK)
    limit -= 1
-  return self._fill == n and not stale
+  if self._fill < n or stale:
+   return False
+  entries, size = self._entries, 1 << _BLOCK
+  while unjoined and limit > 0:
+   b = unjoined.pop()
+   joined = ", ".join(entries[b * size : (b + 1) * size])  # type: ignore[arg-type]  # filled
+   self._joined[b] = (", " + joined if b else joined).encode()
+   limit -= _JOIN_COST
+  return not unjoined
+
+ def status_blocks(self) -> tuple[bytes, ...]:
+  """Every ticket's `ticket_json`, in ticket order, as of now, joined by ", " and encoded:
+  in blocks (each but the first starts with ", "), the blocks of unchanged tickets the same
+  bytes objects as before. Loop-side: O(blocks) once `fill_entries` returned True, plus
+  the tickets changed since and their blocks."""
+  while not self.fill_entries(len(self._tickets)):
+   pass
+  return tuple(self._joined)  # type: ignore[arg-type]  # filled: no None left
 
  def status_items(self) -> list[str]:
   """Every ticket's `ticket_json`, in ticket order, as of now. Loop-side: O(tickets) in C

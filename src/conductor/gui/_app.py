@@ -202,6 +202,7 @@ def _show(
  gl_options.anti_aliasing_samples = 0
  params.renderer_backend_options.open_gl_options = gl_options
  params.callbacks.show_gui = dashboard.draw
+ params.callbacks.after_swap = runner.refresh  # see PipelineRunner.refresh
  start = bool(getattr(args, "start", False))
 
  def post_init() -> None:
@@ -222,7 +223,14 @@ def _show(
   params.use_imgui_test_engine = True
   params.callbacks.register_tests = test_hook.register_tests
   params.callbacks.pre_new_frame = test_hook.pre_new_frame
-  params.callbacks.after_swap = test_hook.after_swap
+  after_swap = test_hook.after_swap
+
+  def end_frame() -> None:
+   after_swap()  # the frame's clock stops first
+   runner.refresh()
+
+  params.callbacks.after_swap = end_frame
+  params.callbacks.show_gui = test_hook.clock.timed(dashboard.draw)
 
  try:
   hello_imgui.run(params)

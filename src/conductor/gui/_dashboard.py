@@ -319,12 +319,12 @@ class Dashboard:
   counts = snap.counts
   # Paused, the workers still running are finishing: name them so.
   doing = "finishing" if snap.paused else "running"
-  parts = [f"{counts.completed} / {counts.total} completed", f"{len(snap.running)} {doing}"]
+  parts = [f"{counts.completed:,} / {counts.total:,} completed", f"{len(snap.running)} {doing}"]
   if counts.failed:
-   parts.append(f"{counts.failed} failed")
+   parts.append(f"{counts.failed:,} failed")
   if counts.blocked:
-   parts.append(f"{counts.blocked} blocked")
-  parts.append(f"{counts.todo} todo")
+   parts.append(f"{counts.blocked:,} blocked")
+  parts.append(f"{counts.todo:,} todo")
   report.clock = f"{clock(snap.elapsed)} run time"  # see the module docstring
   if runner.active and runner.conductor.paused:
    report.clock += f" · paused {clock(time.time() - paused_at(snap))}"

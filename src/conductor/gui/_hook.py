@@ -16,7 +16,8 @@ another one, is answered 401 and does nothing.
                       strip, the ticket table and its row metrics, the pending list; "cells":
                       the visible description cells, their text and rectangle)
  GET  /state?rows=1   the same with every ticket row and the pending list
- GET  /frames?since=N recent frame timings: frame number, start, work (ms)
+ GET  /frames?since=N recent frame timings: frame number, start, work, the GUI thread's CPU
+                      time in it and the dashboard's draw (Python) CPU time (ms)
  POST /frames/reset
  POST /click          {"label": "Pause"} or {"ref": "//Dashboard/**/Pause"}
  POST /key            {"key": "Space"}
@@ -63,6 +64,7 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -109,31 +111,52 @@ class _Request:
  frame0: int = 0  # the frame it was picked up in
 
 
+Sample = tuple[int, float, float, float, float]  # frame, start, work, cpu, draw (seconds)
+
+
 class FrameClock:
  """How long each frame took, from `pre_new_frame` to `after_swap` (GUI thread).
 
  Work time excludes the idle wait between frames, so it is the frame's real cost: our
  Python, Dear ImGui, and the renderer (with software OpenGL, rasterising happens at swap).
+ Beside it, CPU times, which another busy process does not inflate as it does the wall
+ clock: the GUI thread's in the frame (not the renderer's own threads), and the dashboard's
+ `draw` alone (our Python and the Dear ImGui calls it makes).
  """
 
  def __init__(self, keep: int = 20_000) -> None:
   self._frame = 0
   self._start = 0.0
+  self._cpu = 0.0
+  self._draw = 0.0  # CPU seconds of this frame's draw
   self._lock = threading.Lock()  # guards `_samples`: the GUI appends, the HTTP thread copies
-  self._samples: deque[tuple[int, float, float]] = deque(maxlen=keep)
+  self._samples: deque[Sample] = deque(maxlen=keep)
 
  def begin(self, frame: int) -> None:
   """Frame number `frame` starts (the dashboard's own count)."""
   self._frame = frame
   self._start = time.perf_counter()
+  self._cpu = time.thread_time()
+  self._draw = 0.0
+
+ def timed(self, draw: Callable[[], None]) -> Callable[[], None]:
+  """`draw`, its CPU time counted into the frame's sample."""
+
+  def timed_draw() -> None:
+   cpu = time.thread_time()
+   draw()
+   self._draw += time.thread_time() - cpu
+
+  return timed_draw
 
  def end(self) -> None:
   start = self._start
-  sample = (self._frame, start, time.perf_counter() - start)
+  cpu = time.thread_time() - self._cpu
+  sample = (self._frame, start, time.perf_counter() - start, cpu, self._draw)
   with self._lock:
    self._samples.append(sample)
 
- def samples(self, since_frame: int = 0) -> list[tuple[int, float, float]]:
+ def samples(self, since_frame: int = 0) -> list[Sample]:
   with self._lock:
    copy = list(self._samples)
   return [s for s in copy if s[0] >= since_frame]
@@ -355,7 +378,10 @@ class TestHook:
   samples = self.clock.samples(since_frame)
   return {
    "frame": self.dashboard.frame,
-   "samples": [[n, round(start, 6), round(work * 1000, 3)] for n, start, work in samples],
+   "samples": [
+    [n, round(start, 6), *(round(seconds * 1000, 3) for seconds in times)]
+    for n, start, *times in samples
+   ],
   }
 
  # -- GUI thread -----------------------------------------------------------------------
@@ -453,7 +479,7 @@ class TestHook:
   if action is not None and action is not before:
    request.result.update(acted=True, action=asdict(action))
    # Frames the click took, and the slowest of them: a click must not stall a frame.
-   spent = [work for n, _, work in self.clock.samples(request.frame0 + 1) if n <= action.frame]
+   spent = [s[2] for s in self.clock.samples(request.frame0 + 1) if s[0] <= action.frame]
    request.result["action_frames"] = action.frame - request.frame0
    request.result["max_frame_ms"] = round(max(spent, default=0.0) * 1000, 3)
    applied = self.dashboard.runner.applied

@@ -2,23 +2,27 @@
 and runs its event loop for as long as the window is open.
 
 `Output` is a ticket's whole latest output as the details pane shows it: fetched on that
-loop (from the engine, or from the state's store, which only the loop may use), cut into
-display lines there too, and published whole (`PipelineRunner.output`), so a frame never
-reads a database or scans megabytes of text.
+loop (from the engine, or from the state's store, which only the loop may use), its display
+lines found there too (`Lines`: offsets, a line's string cut when a frame draws it), and
+published whole (`PipelineRunner.output`), so a frame never reads a database or scans
+megabytes of text.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import functools
-import io
+import itertools
+import operator
 import re
 import threading
 import time
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, overload
 
 import anyio
 
@@ -54,26 +58,128 @@ class Output:
 
  asked: tuple[object, ...]
  text: str | None
- lines: tuple[str, ...]
+ lines: Sequence[str]
 
 
-def wrap_lines(text: str, width: int) -> tuple[str, ...]:
+class Lines(Sequence[str]):
+ """A text's display lines (see `wrap_lines`), kept as chunks of the text: a line's string
+ is cut when asked for (a frame asks for those in sight), so 4 MB of output costs a few
+ bytes a line rather than a second copy of itself in line strings. A chunk whose lines all
+ fit as they are (the usual case) is only counted: its lines' offsets are found when one
+ of them is first read (a few µs per chunk, the last few kept). Any thread."""
+
+ __slots__ = ("_chunks", "_counts", "_found", "_text")
+
+ def __init__(self, text: str, chunks: list[Chunk]) -> None:
+  self._text = text
+  self._chunks = chunks
+  self._counts = array("q", itertools.accumulate(c[0] for c in chunks))  # lines so far
+  # The offsets of the last chunks read (a cache: any thread may replace it whole).
+  self._found: dict[int, Offsets] = {}
+
+ def __len__(self) -> int:
+  return self._counts[-1] if self._counts else 0
+
+ @overload
+ def __getitem__(self, k: int) -> str: ...
+ @overload
+ def __getitem__(self, k: slice) -> list[str]: ...
+ def __getitem__(self, k: int | slice) -> str | list[str]:
+  if isinstance(k, slice):
+   return [self[i] for i in range(*k.indices(len(self)))]
+  if k < 0:
+   k += len(self)
+  if not 0 <= k < len(self):
+   raise IndexError(k)
+  c = bisect.bisect_right(self._counts, k)
+  local = k - (self._counts[c - 1] if c else 0)
+  starts, ends, expanded = self._offsets(c)
+  line = expanded.get(local)
+  if line is None:
+   line = self._text[starts[local] : ends[local]]
+  return line
+
+ def _offsets(self, c: int) -> Offsets:
+  _, lo, hi, cut = self._chunks[c]
+  if cut is not None:
+   return cut
+  found = self._found.get(c)
+  if found is None:
+   sizes = list(map(len, self._text[lo:hi].split("\n")))
+   firsts = array("q", itertools.accumulate(map(_PLUS_ONE, sizes[:-1]), initial=lo))
+   found = (firsts, array("q", map(operator.add, firsts, sizes)), {})
+   # A frame reads a chunk or two: keep the last few, in a dict replaced whole.
+   kept = dict(list(self._found.items())[-FOUND_KEPT + 1 :])
+   kept[c] = found
+   self._found = kept
+  return found
+
+
+# A chunk's display lines: starts, ends (line k is text[starts[k] : ends[k]]) and the lines
+# shown otherwise (tabs expanded), by their index in the chunk.
+Offsets = tuple["array[int]", "array[int]", dict[int, str]]
+# A chunk: how many display lines, where it is in the text, and its Offsets when they had
+# to be found at once (a line end with \r, a tab, a line too long); None when every line
+# fits as it is.
+Chunk = tuple[int, int, int, Offsets | None]
+WRAP_CHUNK = 4096  # characters of a text in a chunk (about 50 lines of output)
+FOUND_KEPT = 8  # chunks whose offsets `Lines` keeps
+
+
+def wrap_lines(text: str, width: int) -> Lines:
  """`text` as display lines of at most `width` characters: a longer line is cut after the
  last space that fits, or, in a run of `width` characters without one, inside it. Tabs
- become spaces (Dear ImGui draws no tabs). O(len(text)): tens of ms per MB, meant for the
- engine's thread, not a frame. It works a line, or a piece of one, at a time, never
- holding the GIL for long in one C call: the GUI thread keeps drawing meanwhile."""
- piece = _piece(max(width, 8))
- lines: list[str] = []
- for ended in io.StringIO(text):
-  line = ended.rstrip("\r\n")
-  if "\t" in line:
-   line = line.expandtabs(4)
-  if len(line) <= width:
-   lines.append(line)
+ become spaces (Dear ImGui draws no tabs). O(len(text)): a few ms per MB when lines fit (a
+ chunk is looked at by a few C calls), more when they need cutting; meant for the engine's
+ thread, not a frame. It works a chunk at a time, never holding the GIL for long in one C
+ call: the GUI thread keeps drawing meanwhile."""
+ chunks: list[Chunk] = []
+ lo, size = 0, len(text)
+ while lo < size:
+  hi = text.find("\n", min(lo + WRAP_CHUNK, size))  # a chunk ends at a line's end
+  if hi < 0:
+   hi = size
+  if hi == size and text.endswith("\n"):
+   hi -= 1  # the text ends with a line end: no line after it
+  chunk = text[lo:hi]
+  lines = chunk.split("\n")
+  if max(map(len, lines)) <= width and "\r" not in chunk and "\t" not in chunk:
+   chunks.append((len(lines), lo, hi, None))  # every line fits as it is (the usual case)
   else:
-   lines.extend(match.group().rstrip(" ") for match in piece.finditer(line))
- return tuple(lines)
+   chunks.append(_cut(text, lo, hi, lines, width))
+  lo = hi + 1
+ return Lines(text, chunks)
+
+
+def _cut(text: str, lo: int, hi: int, lines: list[str], width: int) -> Chunk:
+ # A chunk's display lines one by one: its line ends, tabs and lines too long.
+ piece = _piece(max(width, 8))
+ starts: list[int] = []
+ ends: list[int] = []
+ expanded: dict[int, str] = {}
+ first = lo
+ for ended in lines:
+  line = ended.rstrip("\r")
+  if "\t" in line:
+   shown = line.expandtabs(4)
+   cuts = [shown] if len(shown) <= width else [c.rstrip(" ") for c in piece.findall(shown)]
+   for cut in cuts:
+    expanded[len(starts)] = cut
+    starts.append(0)
+    ends.append(0)
+  elif len(line) <= width:
+   starts.append(first)
+   ends.append(first + len(line))
+  else:
+   for match in piece.finditer(text, first, first + len(line)):
+    start = match.start()
+    starts.append(start)
+    ends.append(start + len(match.group().rstrip(" ")))  # not the spaces it was cut at
+  first += len(ended) + 1
+ return (len(starts), lo, hi, (array("q", starts), array("q", ends), expanded))
+
+
+_PLUS_ONE = functools.partial(operator.add, 1)  # a line and its line end
 
 
 @functools.lru_cache(maxsize=8)
@@ -224,16 +330,14 @@ class PipelineRunner:
  def snapshot(self) -> Snapshot:
   """The snapshot to draw this frame. GUI thread; never blocks, O(1).
 
-  During a run: the running conductor's `published` snapshot, after asking it for a fresh
-  one (at most every `_pull_every` seconds; the loop builds it at its next turn). One
-  published without rows (a `conductor status` from another terminal asks for those) is
-  skipped: the last one with rows is drawn again. Between runs: `latest`, which the loop
-  replaces on every change.
+  During a run: the running conductor's latest `published` snapshot (`refresh` asks for
+  them). One published without rows (a `conductor status` from another terminal asks for
+  those) is skipped: the last one with rows is drawn again. Between runs: `latest`, which
+  the loop replaces on every change.
   """
   running = self._running
   if running is None:
    return self.latest
-  running.request_snapshot(self._pull_every)
   published = running.published
   if published.rows or not self.ticket_ids:
    self._pulled = (running, published)
@@ -241,6 +345,16 @@ class PipelineRunner:
   if pulled is not None and pulled[0] is running:
    return pulled[1]
   return self.latest  # the run has just begun: its first full snapshot is on its way
+
+ def refresh(self) -> None:
+  """Ask the running conductor for a fresh snapshot, at most every `_pull_every` seconds;
+  the loop builds it at its next turn. GUI thread, once a frame, after the frame is on
+  screen (hello_imgui's `after_swap`): the loop then builds it (O(tickets), holding the
+  GIL) while this thread waits for the next frame rather than while it draws one. Never
+  blocks."""
+  running = self._running
+  if running is not None:
+   running.request_snapshot(self._pull_every)
 
  # -- commands (GUI thread; none waits) ----------------------------------------------------
 
@@ -455,7 +569,7 @@ class PipelineRunner:
   text = conductor.output(ticket_id) if conductor is not None else None
   if text is None and durable is not None:
    text = durable.store.output(ticket_id)
-  lines = wrap_lines(text, width) if text else ()
+  lines: Sequence[str] = wrap_lines(text, width) if text else ()
   self.output = Output(asked, text, lines)
   self._on_change()
 

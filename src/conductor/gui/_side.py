@@ -83,7 +83,7 @@ class SidePane:
   # The output shown: which text (to scroll to its start or end once, when it changes), the
   # tail's display lines (when the whole output is not kept), the glyph width per font size.
   self._output_seen: object = None
-  self._tail: tuple[tuple[str, int], tuple[str, ...]] = (("", 0), ())
+  self._tail: tuple[tuple[str, int], Sequence[str]] = (("", 0), ())
   self._glyph: tuple[float, float] = (0.0, 0.0)
 
  def settle_retries(self, snap: Snapshot) -> None:
@@ -368,7 +368,7 @@ class SidePane:
    self._glyph = (size, imgui.calc_text_size(GLYPHS).x / len(GLYPHS))
   return self._glyph[1]
 
- def _tail_lines(self, tail: str, chars: int) -> tuple[str, ...]:
+ def _tail_lines(self, tail: str, chars: int) -> Sequence[str]:
   # The row's tail (a few KB) is wrapped here, once per change of it or of the width.
   if self._tail[0] != (tail, chars):
    self._tail = ((tail, chars), wrap_lines(tail, chars))

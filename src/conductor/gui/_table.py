@@ -1,9 +1,16 @@
 """The dashboard's ticket table, `TicketTable`: the filter (by text and by status) and the
-rows, of which a frame draws only those in sight."""
+rows, of which a frame draws only those in sight.
+
+A frame costs O(rows in sight), not O(tickets), filtered or not: filtering 100,000 rows takes
+several ms of Python, so a filtering does a share of its rows per frame (`FILTER_BUDGET`)
+and the table shows the previous result until it is done (at once for a few thousand rows,
+a few frames at 100,000).
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Generator, Sequence
 
 from imgui_bundle import imgui
 
@@ -23,7 +30,25 @@ STATUS_FILTERS: tuple[tuple[str, str], ...] = (
  ("awaiting approval", "awaiting"),
 )
 
-FILTER_REFRESH = 0.25  # seconds between re-filtering 10,000 rows while they change
+FILTER_REFRESH = 0.25  # seconds between re-filterings while the rows change
+# A frame's share of a filtering: FILTER_BUDGET rows looked at (about 0.06 µs each; building
+# a row's search text, done once, counts as HAYSTACK_COST rows), in steps of FILTER_STEP rows
+# (a frame may overrun its budget by one step): about 1 ms of a frame at most.
+FILTER_BUDGET = 10_000
+FILTER_STEP = 2_000
+HAYSTACK_COST = 3
+
+Filtering = Generator[int, None, list[int]]  # yields each step's cost; returns the view
+
+
+def _stepwise(indexes: Sequence[int], pick: Callable[[Sequence[int]], list[int]]) -> Filtering:
+ # What `pick` keeps of `indexes`, given FILTER_STEP of them at a time.
+ kept: list[int] = []
+ for lo in range(0, len(indexes), FILTER_STEP):
+  part = indexes[lo : lo + FILTER_STEP]
+  kept += pick(part)
+  yield len(part)
+ return kept
 
 
 def label(text: str) -> str:
@@ -42,11 +67,15 @@ class TicketTable:
   self.status_filter = 0
   self._index = index
   self._awaiting = awaiting
-  self._haystack: list[str] | None = None  # per row, lower case: what the filter searches
+  self._haystack: list[str] = []  # per row, lower case: what the filter searches
+  # The rows whose haystack holds a text: those of the last text searched.
+  self._hits: tuple[str, list[int]] | None = None
   self._view: list[int] | None = None  # filtered row indices; None shows every row
+  # What `_view` was filtered with: the key, the rows (a snapshot's), and when it began.
   self._view_key: tuple[str, int] = ("", 0)
   self._view_rows: tuple[TicketRow, ...] = ()
   self._view_at = 0.0
+  self._job: tuple[tuple[str, int], tuple[TicketRow, ...], float, Filtering] | None = None
   self._fitted: dict[int, tuple[float, str]] = {}  # row -> (cell width, description shown)
   self._rows: tuple[float, float] | None = None  # (header height, row height) as measured
   self._scroll = WholeRows()
@@ -54,30 +83,64 @@ class TicketTable:
  def shown_rows(self, snap: Snapshot) -> int:
   return len(snap.rows) if self._view is None else len(self._view)
 
- def filtered(self, snap: Snapshot, now: float) -> list[int] | None:
-  """The rows the filter lets through (None: all), re-filtered at most every
-  FILTER_REFRESH seconds while they change."""
+ def filtered(self, snap: Snapshot, now: float, budget: int | None = None) -> list[int] | None:
+  """The rows the filter lets through (None: all). A new filter, or (with a status filter)
+  rows changed at least FILTER_REFRESH seconds after the last filtering began, start a
+  filtering; each call advances it by `budget` rows' worth of work (None: to its end), and
+  until it ends the last view stays."""
   text = self.filter_text.strip().lower()
   key = (text, self.status_filter)
   if not text and not self.status_filter:
-   self._view, self._view_key = None, key
+   self._view, self._view_key, self._job = None, key, None
    return None
-  stale = snap.rows is not self._view_rows and now - self._view_at >= FILTER_REFRESH
-  if key != self._view_key or stale or self._view is None:
-   rows = snap.rows
-   if self._haystack is None:  # ids, descriptions and work never change: build once
-    self._haystack = [f"{r.id}\n{r.description}\n{r.work}".lower() for r in rows]
-   hay = self._haystack
-   want = STATUS_FILTERS[self.status_filter][1]
-   if want == "awaiting":
-    waiting = {self._index[t] for t in snap.awaiting_approval}
-    self._view = [i for i in sorted(waiting) if text in hay[i]]
-   else:
-    self._view = [
-     i for i, r in enumerate(rows) if (not want or r.status == want) and text in hay[i]
-    ]
-   self._view_key, self._view_rows, self._view_at = key, rows, now
+  if self._job is not None and self._job[0] != key:
+   self._job = None  # the filter changed: its result is not wanted
+  if self._job is None:
+   # What a text matches never changes (ids, descriptions, work): only statuses go stale.
+   stale = (
+    self.status_filter != 0
+    and snap.rows is not self._view_rows
+    and now - self._view_at >= FILTER_REFRESH
+   )
+   if key != self._view_key or stale or self._view is None:
+    self._job = (key, snap.rows, now, self._filter(key, snap))
+  if self._job is not None:
+   key, rows, began, steps = self._job
+   spent = 0
+   try:
+    while budget is None or spent < budget:
+     spent += next(steps)
+   except StopIteration as done:
+    self._view, self._view_key, self._view_rows, self._view_at = done.value, key, rows, began
+    self._job = None
   return self._view
+
+ def _filter(self, key: tuple[str, int], snap: Snapshot) -> Filtering:
+  text, status = key
+  rows, hay = snap.rows, self._haystack
+  while len(hay) < len(rows):  # ids, descriptions and work never change: built once
+   lo = len(hay)
+   part = rows[lo : lo + FILTER_STEP]
+   hay.extend(f"{r.id}\n{r.description}\n{r.work}".lower() for r in part)
+   yield len(part) * HAYSTACK_COST
+  want = STATUS_FILTERS[status][1]
+  if want == "awaiting":  # few, as a rule: search those only
+   waiting = sorted(self._index[t] for t in snap.awaiting_approval)
+   return (yield from _stepwise(waiting, lambda part: [i for i in part if text in hay[i]]))
+  candidates: Sequence[int] = range(len(rows))
+  if text:
+   if self._hits is None or self._hits[0] != text:
+    # A row that holds the text holds every part of it: typing on searches the last hits.
+    if self._hits is not None and self._hits[0] in text:
+     candidates = self._hits[1]
+    found = yield from _stepwise(candidates, lambda part: [i for i in part if text in hay[i]])
+    self._hits = (text, found)
+   candidates = self._hits[1]
+  if not want:
+   return list(candidates)
+  return (
+   yield from _stepwise(candidates, lambda part: [i for i in part if rows[i].status == want])
+  )
 
  def _fit(self, i: int, text: str, width: float) -> str:
   # Per row and cell width: a row's text never changes, so a frame measures only rows that
@@ -107,11 +170,11 @@ class TicketTable:
   _, self.status_filter = imgui.combo(
    "##status-filter", self.status_filter, [name for name, _ in STATUS_FILTERS]
   )
-  view = self.filtered(snap, now)
+  view = self.filtered(snap, now, FILTER_BUDGET)
   rows = snap.rows
   shown = len(rows) if view is None else len(view)
   imgui.same_line()
-  imgui.text_disabled(f"{shown:,} of {len(rows):,}")
+  imgui.text_disabled(f"{shown:,} of {len(rows):,}" + (" · filtering" if self._job else ""))
 
   # Row lines rather than row stripes: with software OpenGL each stripe is a blended
   # rectangle, about 15% of a frame's rendering at this size.
