@@ -2,7 +2,7 @@
 
 For each size (default 10,000 and 100,000 tickets) it writes a pipeline file: a random DAG
 of `sleep = 0` tickets (each depends on up to two of the 1,000 tickets before it), about
-70 bytes a ticket (7 MB at 100,000). Then, `--trials` times, it measures with real
+64 bytes a ticket (6.4 MB at 100,000). Then, `--trials` times, it measures with real
 subprocesses (`python -m conductor`, output to a pipe, as off a terminal):
 
 - validate:   `conductor validate FILE`, from process start to exit;

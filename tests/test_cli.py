@@ -87,6 +87,13 @@ run = "echo fine"
  assert "broken failed" in result.stdout and "exit code 3" in result.stdout
  assert "after blocked" in result.stdout
  assert "independent completed" in result.stdout
+ # Then, after the final view, the tickets that did not complete, with why.
+ lines = result.stdout.splitlines()
+ assert [line.split(":")[0] for line in lines if line.startswith(("failed ", "blocked "))] == [
+  "failed broken",
+  "blocked after",
+ ]
+ assert "blocked after: dependency 'broken' failed; retry 'broken' to unblock" in lines
 
 
 @pytest.mark.parametrize(

@@ -84,6 +84,33 @@ def test_tickets_may_depend_on_tickets_defined_later() -> None:
  assert drain(engine) == ["early", "late"]
 
 
+def test_a_chain_listed_from_its_end_runs_from_its_start() -> None:
+ # Every dependency defined after its dependent: the build cannot trust the listing order.
+ engine = build({"c": ("b", "b"), "b": ("a",), "a": ()})
+ assert engine.counts()[Status.TODO] == 3
+ assert drain(engine) == ["a", "b", "c"]
+
+
+def test_a_ticket_naming_a_later_ticket_after_earlier_ones_waits_for_all_of_them() -> None:
+ engine = build({"a": (), "b": (), "x": ("a", "a", "b", "y"), "y": ()})
+ assert ids(engine.tick()) == ["a", "b", "y"]
+ assert run(engine, "a") == [] and run(engine, "b") == []
+ assert run(engine, "y") == ["x"]
+
+
+def test_restored_statuses_of_tickets_listed_before_their_dependencies_are_honoured() -> None:
+ engine = ExecutionEngine(
+  [
+   Ticket("c", ("b",), status=Status.BLOCKED, blocked_by="a", error="x"),
+   Ticket("b", ("a",), status=Status.TODO),
+   Ticket("a", status=Status.FAILED, attempts=1, error="broke"),
+  ]
+ )
+ assert engine.tickets["b"].status is Status.BLOCKED and engine.tickets["c"].blocked_by == "a"
+ assert engine.retry("a") == ["b", "c"]
+ assert drain(engine) == ["a", "b", "c"]
+
+
 def test_repeated_dependency_ids_count_as_one_dependency() -> None:
  engine = build({"a": (), "b": ("a", "a")})
  assert drain(engine) == ["a", "b"]

@@ -340,9 +340,83 @@ def test_a_big_file_read_in_slices_loads_as_it_does_whole(
  whole = _outcome(path)
  monkeypatch.undo()
  monkeypatch.setattr(pipeline_module, "_WHOLE_FAST", 0)  # every file is big
- monkeypatch.setattr(pipeline_module, "_SLICE", 4)  # tickets a slice
+ monkeypatch.setattr(pipeline_module, "_SLICE", 150)  # characters: 2 or 3 tickets a slice
  sliced = _outcome(path)
  assert sliced == whole
+
+
+def test_equal_work_specs_and_ids_are_held_once(tmp_path: Path) -> None:
+ # Memory, at 100,000 tickets: one SleepWork per distinct sleep, one string per id.
+ text = (
+  "".join(
+   f'[[tickets]]\nid = "t{i}"\ndepends_on = {json.dumps([f"t{d}" for d in range(i)][-2:])}\n'
+   f"sleep = {value}\n"
+   for i, value in enumerate(["0", "0.0", "-0.0", "1", "1.0", "2.5"])
+  )
+  + '[[tickets]]\nid = "r1"\nrun = "make"\n[[tickets]]\nid = "r2"\nrun = "make"\n'
+ )
+ tickets = load_pipeline(write(tmp_path, text)).tickets
+ works = [t.work for t in tickets]
+ assert works[0] is works[1] and works[3] is works[4] and works[6] is works[7]
+ assert works[2] is not works[0]  # -0.0: equal to 0.0, but told apart where it is shown
+ assert [w.describe() for w in works[:6]] == [  # type: ignore[attr-defined]
+  "sleep 0s",
+  "sleep 0s",
+  "sleep -0s",
+  "sleep 1s",
+  "sleep 1s",
+  "sleep 2.5s",
+ ]
+ assert all(dep is tickets[int(dep[1:])].id for t in tickets for dep in t.depends_on)
+
+
+PLAIN_CASES = [
+ {"id": "a", "sleep": 0},
+ {"id": "a", "sleep": -0.0},
+ {"id": "a", "sleep": 1.5, "fail": True, "retries": 2, "description": "d"},
+ {"id": "a", "depends_on": ["b", "b", "c"], "run": "make"},
+ {"id": "a", "depends_on": [], "run": "make", "description": "x"},
+ {"id": "a", "sleep": True},
+ {"id": "a", "sleep": float("inf")},
+ {"id": "a", "sleep": float("nan")},
+ {"id": "a", "sleep": -1},
+ {"id": "a", "sleep": 1, "fail": 1},
+ {"id": "a", "run": "make", "fail": False},
+ {"id": "a", "run": "  "},
+ {"id": "a", "run": "make", "sleep": 1},
+ {"id": "a", "sleep": 1, "retries": True},
+ {"id": "a", "sleep": 1, "retries": -1},
+ {"id": "a", "sleep": 1, "description": 3},
+ {"id": "a", "depends_on": "b", "sleep": 1},
+ {"id": "a", "depends_on": ["b", ""], "sleep": 1},
+ {"id": "a", "depends_on": ["b\n"], "sleep": 1},
+ {"id": "a", "depends_on": ["x" * 257], "sleep": 1},
+ {"id": " ", "sleep": 1},
+ {"id": "a\x1b", "sleep": 1},
+ {"id": "x" * 257, "sleep": 1},
+ {"id": 3, "sleep": 1},
+ {"sleep": 1},
+ {"id": "a"},
+ {"id": "a", "sleep": 1, "model": "m"},
+ {"id": "a", "sleep": 1, "bogus": 1},
+]
+
+
+@pytest.mark.parametrize("raw", PLAIN_CASES)
+def test_the_quick_path_for_plain_tickets_builds_what_the_full_checks_build(
+ raw: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+ def outcome() -> object:
+  try:
+   pipeline = pipeline_from_dict({"tickets": [raw]}, path=Path("/p/pipe.toml"))
+  except PipelineFileError as exc:
+   return str(exc)
+  (t,) = pipeline.tickets
+  return t.id, t.depends_on, t.description, t.work, t.retries, repr(getattr(t.work, "seconds", 0))
+
+ quick = outcome()
+ monkeypatch.setattr(pipeline_module, "_plain_ticket", lambda *args: None)
+ assert outcome() == quick
 
 
 def test_a_big_file_is_parsed_a_slice_at_a_time(
@@ -351,7 +425,7 @@ def test_a_big_file_is_parsed_a_slice_at_a_time(
  # The tables of one slice are turned into tickets before the next slice is parsed.
  assert pipeline_module._rtoml is not None
  monkeypatch.setattr(pipeline_module, "_WHOLE_FAST", 0)
- monkeypatch.setattr(pipeline_module, "_SLICE", 4)
+ monkeypatch.setattr(pipeline_module, "_SLICE", 1)  # characters: a ticket a slice
  parsed: list[int] = []
  built: list[int] = []
  real_loads, real_ticket = pipeline_module._rtoml.loads, pipeline_module._ticket
@@ -367,7 +441,7 @@ def test_a_big_file_is_parsed_a_slice_at_a_time(
  monkeypatch.setattr(pipeline_module._rtoml, "loads", loads)
  monkeypatch.setattr(pipeline_module, "_ticket", ticket)
  assert len(load_pipeline(write(tmp_path, _many(10))).tickets) == 10
- assert parsed == [0, 0, 4, 8]  # the head, then a slice each 4 tickets
+ assert parsed == [0, *range(10)]  # the head, then each ticket's slice
 
 
 def test_a_file_without_tickets_says_how_to_add_one(tmp_path: Path) -> None:
@@ -963,6 +1037,22 @@ def test_the_fast_fingerprint_is_the_canonical_json_one(ticket: Ticket) -> None:
  }
  blob = json.dumps(definition, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
  assert fingerprint(ticket) == hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def test_fingerprints_of_many_tickets_are_each_ticket_s_fingerprint(tmp_path: Path) -> None:
+ # They share work specs (as a loaded file's do), and some take the general path.
+ shared = SleepWork(1)
+ tickets = [
+  Ticket("a", work=shared),
+  Ticket("b", ("a",), work=shared, retries=2),
+  Ticket("c", ("a", "b"), work=ShellWork("make", tmp_path)),
+  Ticket("d", work=ShellWork("make", tmp_path, {"X": "1"})),
+  Ticket("e", work=None),
+  Ticket("f", work=SleepWork(1.0)),
+ ]
+ loaded = load_pipeline(write(tmp_path, GOOD.format(steps="steps"), "p.toml"), resolve_calls=False)
+ for some in (tickets, list(loaded.tickets)):
+  assert list(pipeline_module.fingerprints(some)) == [fingerprint(t) for t in some]
 
 
 AGENT_HERE = AgentConfig("http://localhost:11434/v1", "m", None, 600.0)

@@ -14,7 +14,7 @@ print is `views`.
 from __future__ import annotations
 
 import argparse
-import json
+import gc
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +25,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from ._text import listed, plural, printable, shell_path, shown_path
-from .control import BudgetRefusedError, request
+from .control import BudgetRefusedError, request, status_json
 from .exits import EXIT_OK, EXIT_STOPPED, EXIT_USAGE, UsageError
 from .pipeline import Pipeline, PipelineFileError, load_pipeline
 from .session import check_pipeline
@@ -48,7 +48,14 @@ def _load(path: str) -> Pipeline:
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
- return execute(_load(args.file), args, console)
+ # No cyclic collection while the pipeline is loaded and its run built: it would walk the
+ # whole growing heap and find nothing. `execute` freezes what was built and turns it back on
+ # (`terminal_run._freeze_heap`); if loading or opening the state fails first, `finally` does.
+ gc.disable()
+ try:
+  return execute(_load(args.file), args, console)
+ finally:
+  gc.enable()
 
 
 def cmd_demo(args: argparse.Namespace, console: Console) -> int:
@@ -62,8 +69,15 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_validate(args: argparse.Namespace, console: Console) -> int:
- pipeline = _load(args.file)
- engine = check_pipeline(pipeline)
+ # What is built here lives until the process exits: no cyclic collection walks it, while it
+ # is built (as in `cmd_run`) nor at the exit (frozen).
+ gc.disable()
+ try:
+  pipeline = _load(args.file)
+  engine = check_pipeline(pipeline)
+ finally:
+  gc.freeze()
+  gc.enable()
  edges = sum(len(t.depends_on) for t in engine.tickets.values())
  console.print(
   f"{lit(shown_path(args.file))}: ok — pipeline {lit(repr(pipeline.name))}, "
@@ -252,10 +266,14 @@ def cmd_approve(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_status(args: argparse.Namespace, console: Console) -> int:
- answer = _control(args, "status")
- if args.json:
-  print(json.dumps({"live": answer["live"], **answer["report"]}, indent=1))
+ if args.json:  # the report as the run sent it: not parsed and encoded again here
+  try:
+   data = status_json(_state_for(args, "status"), history=args.history)
+  except StateError as exc:
+   raise UsageError(str(exc)) from None
+  _write_whole(data.decode())  # ASCII: JSON's escapes
   return EXIT_OK
+ answer = _control(args, "status")
  # Wrapped even off a terminal: the paused panel's lines would be cut at its border.
  console.print(render_status(answer, every_ticket=args.all, named=_named(args)), soft_wrap=False)
  if args.history:

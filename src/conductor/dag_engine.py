@@ -192,21 +192,22 @@ _HANDED = 3  # handed out by tick(), not started yet: counted in `_n_handed`
 
 
 class _Node:
- __slots__ = ("approved", "dependents", "deps", "stage", "ticket", "try_began", "unmet")
+ __slots__ = ("approved", "dependents", "stage", "ticket", "try_began", "unmet")
 
  def __init__(self, ticket: Ticket) -> None:
   # The ticket this record augments; the engine mutates its status, attempts, error and
   # blocked_by in place, so callers holding the Ticket see every transition.
   self.ticket = ticket
 
-  # The distinct tickets this one depends on, and those depending on this one. Duplicated
-  # ids in depends_on are folded into one edge so `unmet` counts each dependency once.
-  self.deps: tuple[_Node, ...] = ()
-  self.dependents: list[_Node] = []
+  # The tickets depending on this one, in insertion order: a list while the engine is
+  # built, a tuple once it is (the smaller; a quarter of a random DAG's nodes have none).
+  # (Those it depends on are not kept: only a restore, retry() and a cycle's report need
+  # them, `ExecutionEngine._deps`.)
+  self.dependents: list[_Node] | tuple[_Node, ...] = ()
 
-  # How many of `deps` are not completed. It only ever goes down (nothing un-completes), and
-  # a todo ticket is ready exactly when it reaches 0. Also the in-degree counter of the
-  # topological sort during __init__.
+  # How many of its distinct dependencies are not completed. It only ever goes down
+  # (nothing un-completes), and a todo ticket is ready exactly when it reaches 0. Also the
+  # in-degree counter of the topological sort during __init__.
   self.unmet = 0
 
   # One of _IDLE, _AWAITING, _QUEUED, _HANDED; see above.
@@ -303,51 +304,82 @@ class ExecutionEngine:
 
   nodes = self._nodes
   fresh = True  # every ticket todo: nothing to restore (the common case, made cheap)
+  # A file lists dependencies before their dependents, as a rule: each ticket is linked to
+  # them as it is added, the insertion order is a topological order, and no cycle is
+  # possible. From the first ticket that names one not added yet (or itself), the rest are
+  # linked once all are added (`_link`), which also finds what is wrong with them.
+  late: list[_Node] | None = None
   for ticket in tickets:
-   if type(ticket.id) is not str or not ticket.id.isprintable():
-    raise InvalidTicketIdError(ticket.id)
-   if ticket.id in nodes:
-    raise DuplicateTicketError(ticket.id)
+   tid = ticket.id
+   if type(tid) is not str or not tid.isprintable():
+    raise InvalidTicketIdError(tid)
+   if tid in nodes:
+    raise DuplicateTicketError(tid)
    try:
     if type(ticket.status) is not Status:  # a store may hand back plain strings
      ticket.status = Status(ticket.status)
    except ValueError:
     raise PipelineError(
-     f"ticket {ticket.id!r} has unknown status {ticket.status!r}: use one of {', '.join(Status)}",
-     ticket.id,
+     f"ticket {tid!r} has unknown status {ticket.status!r}: use one of {', '.join(Status)}",
+     tid,
     ) from None
-   nodes[ticket.id] = _Node(ticket)
-   self._tickets[ticket.id] = ticket
+   node = nodes[tid] = _Node(ticket)
+   self._tickets[tid] = ticket
    fresh = fresh and ticket.status is Status.TODO
-
-  for tid, node in nodes.items():
-   deps: list[_Node] = []
-   depends_on = node.ticket.depends_on
+   if late is not None:
+    late.append(node)
+    continue
+   depends_on = ticket.depends_on
    for dep_id in dict.fromkeys(depends_on) if len(depends_on) > 1 else depends_on:
-    if dep_id == tid:
-     raise SelfDependencyError(tid)
     dep = nodes.get(dep_id)
-    if dep is None:  # every known id is printable: only an unknown one needs checking
-     if type(dep_id) is not str or not dep_id.isprintable():
-      raise InvalidTicketIdError(tid, dep_id)
-     raise UnknownDependencyError(tid, dep_id)
-    deps.append(dep)
-    dep.dependents.append(node)
-   node.deps = tuple(deps)
-   node.unmet = len(deps)
+    if dep is None or dep is node:
+     for linked in list(dict.fromkeys(depends_on))[: node.unmet]:  # undone: linked later
+      nodes[linked].dependents.pop()  # type: ignore[union-attr]  # a list while built
+     node.unmet = 0
+     late = [node]
+     break
+    node.unmet += 1
+    if type(dependents := dep.dependents) is list:
+     dependents.append(node)
+    else:
+     dep.dependents = [node]
+  if late is not None:
+   for node in late:
+    self._link(node)
 
-  order = self._topological_order()
-
-  if fresh:  # nothing to restore; only the counters, which the sort counted down
-   for node in order:
-    node.unmet = len(node.deps)
+  order = list(nodes.values()) if late is None else self._topological_order()
+  if fresh:  # nothing to restore; the counters, if the sort counted them down
+   if late is not None:
+    for node in order:
+     node.unmet = len(self._deps(node))
    self._counts[Status.TODO] = len(order)
   else:
    self._restore(order)
 
   for node in nodes.values():
+   if node.dependents:
+    node.dependents = tuple(node.dependents)
    if node.unmet == 0 and node.ticket.status is Status.TODO:
     self._make_ready(node)
+
+ def _link(self, node: _Node) -> None:
+  # Count `node`'s distinct dependencies and add it to their dependents, or raise what
+  # `__init__` says about a dependency that is unknown, not an id, or the ticket itself.
+  tid, nodes = node.ticket.id, self._nodes
+  depends_on = node.ticket.depends_on
+  for dep_id in dict.fromkeys(depends_on) if len(depends_on) > 1 else depends_on:
+   if dep_id == tid:
+    raise SelfDependencyError(tid)
+   dep = nodes.get(dep_id)
+   if dep is None:  # every known id is printable: only an unknown one needs checking
+    if type(dep_id) is not str or not dep_id.isprintable():
+     raise InvalidTicketIdError(tid, dep_id)
+    raise UnknownDependencyError(tid, dep_id)
+   node.unmet += 1
+   if type(dependents := dep.dependents) is list:
+    dependents.append(node)
+   else:
+    dep.dependents = [node]
 
  def _restore(self, order: list[_Node]) -> None:
   # Honour the statuses a store handed back (see __init__) and count them. Dependencies
@@ -366,12 +398,12 @@ class ExecutionEngine:
      ticket.status = Status.TODO
      ticket.blocked_by = None
      ticket.error = None
-   node.unmet = sum(1 for dep in node.deps if dep.ticket.status is not Status.COMPLETED)
+   node.unmet = sum(1 for dep in self._deps(node) if dep.ticket.status is not Status.COMPLETED)
    self._counts[ticket.status] += 1
 
  def _topological_order(self) -> list[_Node]:
-  # Kahn's algorithm on the `unmet` counters (still equal to len(deps) here). Nodes left
-  # with unmet > 0 afterwards are on a cycle or downstream of one.
+  # Kahn's algorithm on the `unmet` counters (each node's number of dependencies, still).
+  # Nodes left with unmet > 0 afterwards are on a cycle or downstream of one.
   nodes = self._nodes
   order = [node for node in nodes.values() if node.unmet == 0]
   i = 0
@@ -393,7 +425,7 @@ class ExecutionEngine:
   while node not in position:
    position[node] = len(path)
    path.append(node)
-   node = next(dep for dep in node.deps if dep.unmet > 0)
+   node = next(dep for dep in self._deps(node) if dep.unmet > 0)
   cycle = path[position[node] :]
   # Start at the ticket defined first so the message does not depend on where the walk began.
   index = {tid: i for i, tid in enumerate(nodes)}
@@ -624,7 +656,7 @@ class ExecutionEngine:
     if dependent.ticket.status is Status.BLOCKED and dependent not in members:
      members[dependent] = None
      stack.append(dependent)
-  region = {member: sum(1 for dep in member.deps if dep in members) for member in members}
+  region = {member: sum(1 for dep in self._deps(member) if dep in members) for member in members}
 
   # ...then settle them in topological order, so each sees its dependencies' final state.
   changed: list[str] = []
@@ -673,6 +705,11 @@ class ExecutionEngine:
   except KeyError:
    raise KeyError(f"unknown ticket {ticket_id!r}") from None
 
+ def _deps(self, node: _Node) -> list[_Node]:
+  # The distinct tickets `node` depends on, in depends_on order; _build checked every id.
+  nodes, depends_on = self._nodes, node.ticket.depends_on
+  return [nodes[d] for d in (dict.fromkeys(depends_on) if len(depends_on) > 1 else depends_on)]
+
  def _running(self, ticket_id: str, action: str) -> _Node:
   node = self._node(ticket_id)
   if node.ticket.status is not Status.IN_PROGRESS:
@@ -697,8 +734,7 @@ class ExecutionEngine:
   self._awaiting[node.ticket.id] = node
   return False
 
- @staticmethod
- def _blocking_root(node: _Node) -> str | None:
+ def _blocking_root(self, node: _Node) -> str | None:
   """The failed ticket upstream that blocks `node`, or None if nothing does.
 
   Relies on the dependencies' own state being final: a failed dependency is a root itself,
@@ -707,7 +743,7 @@ class ExecutionEngine:
   """
   current = node.ticket.blocked_by
   found: str | None = None
-  for dep in node.deps:
+  for dep in self._deps(node):
    status = dep.ticket.status
    if status is Status.FAILED:
     root: str | None = dep.ticket.id

@@ -70,6 +70,7 @@ from .workers import (
  CallWork,
  ShellWork,
  SleepWork,
+ WorkSpec,
  describe_exception,
  parse_call_target,
  resolve_call_target,
@@ -252,7 +253,7 @@ def _parse_toml(text: str, given: Path) -> dict[str, Any]:
 # text rtoml refuses (a syntax error, or a value only tomllib takes, such as 1e400), the
 # whole file is parsed again by tomllib, so the result and every message are tomllib's.
 _TICKETS_HEADER = re.compile(r"^\[\[tickets\]\][ \t]*(?:#[^\n]*)?\r?$", re.MULTILINE)
-_SLICE = 2000  # tickets a slice
+_SLICE = 64 * 1024  # characters a slice at least: it ends where a `[[tickets]]` line begins
 _WHOLE_FAST = 1 << 20  # bytes of text rtoml may parse at once
 
 
@@ -266,16 +267,22 @@ def _sliced(text: str) -> tuple[dict[str, Any], Iterator[object]] | None:
  # can be a `[[tickets]]` line; a file with one is parsed whole.
  if _rtoml is None or len(text) <= _WHOLE_FAST or '"""' in text or "'''" in text:
   return None
- starts = [m.start() for m in _TICKETS_HEADER.finditer(text)]
- if not starts:
+ first = _TICKETS_HEADER.search(text)
+ if first is None:
   return None
  try:
-  head = _rtoml.loads(text[: starts[0]])
+  head = _rtoml.loads(text[: first.start()])
  except Exception:
   return None
  if "tickets" in head:
   return None
- return head, _slices(_rtoml.loads, text, [*starts[::_SLICE], len(text)])
+ # Only the headers that end slices are looked for: `^` matches where a line begins, also
+ # when the search begins mid-line.
+ bounds = [first.start()]
+ while (found := _TICKETS_HEADER.search(text, bounds[-1] + _SLICE)) is not None:
+  bounds.append(found.start())
+ bounds.append(len(text))
+ return head, _slices(_rtoml.loads, text, bounds)
 
 
 def _slices(
@@ -443,12 +450,13 @@ def _build(
  if tickets is None and not isinstance(raw_tickets, list):
   check.fail(f"'tickets' must be an array of tables ([[tickets]]), found {_toml_type(raw_tickets)}")
  folder = path.parent if path is not None else Path.cwd()
+ shared = _Shared()
  built = tuple(
-  _ticket(check, index, raw, folder, path is not None, agent=agent)
+  _ticket(check, index, raw, folder, path is not None, agent=agent, shared=shared)
   for index, raw in enumerate(raw_tickets)
  )
  if resolve_calls:  # after the whole file is checked: a typo is reported before any import
-  _resolve_calls(check, built)
+  _resolve_calls(check, shared.calls.values())
  return Pipeline(
   name=pipeline_name,
   path=path,
@@ -600,6 +608,89 @@ def _is_int(value: object) -> bool:
 
 
 _NO_DEPS: list[str] = []  # read, never changed
+_TICKET_KEY_SET = frozenset(_TICKET_KEYS)
+
+
+class _Shared:
+ """What many tickets of one file hold equal, kept once: a 100,000-ticket file names each id
+ about twice (as `id` and in a `depends_on`) and mostly repeats a few work specs. Sharing
+ them is memory, not meaning: ids are immutable strings and work specs frozen dataclasses.
+ Lives while the file is built; every ticket's work is in the file's folder."""
+
+ __slots__ = ("calls", "ids", "shells", "sleeps")
+
+ def __init__(self) -> None:
+  self.ids: dict[str, str] = {}  # each id's first string object
+  self.sleeps: dict[tuple[float | str, bool], SleepWork] = {}
+  self.shells: dict[str, ShellWork] = {}
+  # By target: its work, and the first ticket calling it (named if it cannot be imported).
+  self.calls: dict[str, tuple[CallWork, str]] = {}
+
+ def sleep(self, seconds: float, fail: bool) -> SleepWork:
+  # 0.0 and -0.0 are equal but written apart (in `describe` and the fingerprint).
+  same = (seconds if seconds else repr(seconds), fail)
+  work = self.sleeps.get(same)
+  if work is None:
+   work = self.sleeps[same] = SleepWork(seconds=seconds, fail=fail)
+  return work
+
+ def shell(self, command: str, folder: Path) -> ShellWork:
+  work = self.shells.get(command)
+  if work is None:
+   work = self.shells[command] = ShellWork(command=command, cwd=folder)
+  return work
+
+
+def _plain_ticket(raw: dict[str, Any], folder: Path, shared: _Shared) -> Ticket | None:
+ # The common ticket, built at a tenth of `_ticket`'s cost (it runs 100,000 times for a big
+ # file): an id, maybe depends_on, description and retries, and a `sleep` (with or without
+ # `fail`) or a `run`. It takes only what `_ticket` takes, and builds the same ticket; None
+ # for anything else, at the first doubt, and `_ticket` checks it (and words the mistake).
+ if not raw.keys() <= _PLAIN_KEYS:
+  return None
+ tid = raw.get("id")
+ if type(tid) is not str or len(tid) > MAX_ID_LENGTH or not tid.isprintable() or not tid.strip():
+  return None
+ ids = shared.ids
+ deps = raw.get("depends_on")
+ if deps is None:
+  depends_on: tuple[str, ...] = ()
+ elif type(deps) is list:
+  kept = []  # each id kept once (see `_Shared`)
+  for dep in deps:
+   if type(dep) is not str or not dep or len(dep) > MAX_ID_LENGTH or not dep.isprintable():
+    return None
+   kept.append(ids.setdefault(dep, dep))
+  # A dependency listed twice is still one edge.
+  depends_on = tuple(dict.fromkeys(kept) if len(kept) > 1 else kept)
+ else:
+  return None
+ description = raw.get("description", "")
+ retries = raw.get("retries", 0)
+ if type(description) is not str or type(retries) is not int or retries < 0:
+  return None
+ work: WorkSpec
+ value = raw.get("sleep")
+ if value is not None:
+  fail = raw.get("fail", False)
+  if (
+   "run" in raw
+   or type(value) not in (float, int)
+   or not 0 <= value < math.inf
+   or type(fail) is not bool
+  ):
+   return None
+  work = shared.sleep(float(value), fail)
+ else:
+  value = raw.get("run")
+  if type(value) is not str or "fail" in raw or not value.strip():
+   return None
+  work = shared.shell(value, folder)
+ return Ticket(ids.setdefault(tid, tid), depends_on, description, work, retries)
+
+
+# The keys `_plain_ticket` takes: without call, prompt, system and model.
+_PLAIN_KEYS = frozenset(("id", "depends_on", "description", "run", "sleep", "fail", "retries"))
 
 
 def _ticket(
@@ -610,8 +701,14 @@ def _ticket(
  importable_folder: bool,
  *,
  agent: _AgentTable | None,
+ shared: _Shared,
 ) -> Ticket:
- # Runs once per ticket: the checks of the good case come first and cost little.
+ # Runs once per ticket: the checks of the good case come first and cost little; the first
+ # doubt takes the slower checks that find and word the mistake.
+ if type(raw) is dict:
+  plain = _plain_ticket(raw, folder, shared)
+  if plain is not None:
+   return plain
  if type(raw) is not dict and not isinstance(raw, Mapping):
   check.fail(
    f"each entry of 'tickets' must be a table ([[tickets]]), found {_toml_type(raw)}",
@@ -626,22 +723,27 @@ def _ticket(
   check.fail(
    f"'id' must be a non-empty string, found {_toml_type(tid)}", label=f"ticket #{index + 1}"
   )
- _check_id(check, tid, tid)
- check.unknown_keys(raw, _TICKET_KEYS, "a ticket", tid)
+ if len(tid) > MAX_ID_LENGTH or not tid.isprintable():
+  _check_id(check, tid, tid)
+ if not raw.keys() <= _TICKET_KEY_SET:
+  check.unknown_keys(raw, _TICKET_KEYS, "a ticket", tid)
 
+ ids = shared.ids
+ tid = ids.setdefault(tid, tid)
  deps = raw.get("depends_on", _NO_DEPS)
- if not isinstance(deps, list) or not all(isinstance(d, str) and d for d in deps):
-  found = (
-   _toml_type(deps)
-   if not isinstance(deps, list)
-   else "an array with " + next(_toml_type(d) for d in deps if not isinstance(d, str) or not d)
-  )
-  check.fail(
-   f'\'depends_on\' must be an array of ticket ids (depends_on = ["a", "b"]), found {found}',
-   tid,
-  )
- for dep in deps:
-  _check_id(check, dep, tid, dependency=True)
+ depends_on: tuple[str, ...] | None = None
+ if type(deps) is list:
+  kept = []
+  for dep in deps:
+   if type(dep) is not str or not dep or len(dep) > MAX_ID_LENGTH or not dep.isprintable():
+    break
+   kept.append(ids.setdefault(dep, dep))
+  else:
+   # A dependency listed twice is still one edge.
+   depends_on = tuple(dict.fromkeys(kept) if len(kept) > 1 else kept)
+ if depends_on is None:
+  _check_deps(check, tid, deps)
+  depends_on = tuple(dict.fromkeys(deps))
  description = raw.get("description", "")
  if not isinstance(description, str):
   check.fail(f"'description' must be a string, found {_toml_type(description)}", tid)
@@ -669,7 +771,7 @@ def _ticket(
  if kind == "run":
   if not isinstance(value, str) or not value.strip():
    check.fail(f"'run' must be a non-empty shell command string, found {_toml_type(value)}", tid)
-  work = ShellWork(command=value, cwd=folder)
+  work = shared.shell(value, folder)
  elif kind == "call":
   if not isinstance(value, str):
    check.fail(f"'call' must be a string \"module:function\", found {_toml_type(value)}", tid)
@@ -677,7 +779,11 @@ def _ticket(
    parse_call_target(value)
   except ValueError as exc:
    check.fail(printable(str(exc)), tid)
-  work = CallWork(target=value, search_path=folder if importable_folder else None)
+  call = shared.calls.get(value)
+  if call is None:
+   search_path = folder if importable_folder else None
+   call = shared.calls[value] = (CallWork(target=value, search_path=search_path), tid)
+  work = call[0]
  elif kind == "prompt":
   work = _agent_work(check, tid, raw, deps, agent)
  else:
@@ -688,15 +794,31 @@ def _ticket(
   fail = raw.get("fail", False)
   if not isinstance(fail, bool):
    check.fail(f"'fail' must be a boolean (true or false), found {_toml_type(fail)}", tid)
-  work = SleepWork(seconds=float(value), fail=fail)
+  work = shared.sleep(float(value), fail)
 
  return Ticket(
   id=tid,
-  depends_on=tuple(dict.fromkeys(deps)),  # a dependency listed twice is still one edge
+  depends_on=depends_on,
   description=description,
   work=work,
   retries=retries,
  )
+
+
+def _check_deps(check: _Checker, tid: str, deps: object) -> None:
+ # Fails, saying what is wrong with `depends_on`, where `_ticket`'s quick check found doubt.
+ if not isinstance(deps, list) or not all(isinstance(d, str) and d for d in deps):
+  found = (
+   _toml_type(deps)
+   if not isinstance(deps, list)
+   else "an array with " + next(_toml_type(d) for d in deps if not isinstance(d, str) or not d)
+  )
+  check.fail(
+   f'\'depends_on\' must be an array of ticket ids (depends_on = ["a", "b"]), found {found}',
+   tid,
+  )
+ for dep in deps:
+  _check_id(check, dep, tid, dependency=True)
 
 
 def _agent_work(
@@ -754,23 +876,19 @@ def _agent_work(
  return AgentWork(prompt=prompt, agent=agent.config, system=system, model=model)
 
 
-def _resolve_calls(check: _Checker, tickets: tuple[Ticket, ...]) -> None:
- # Each distinct target once: 100,000 tickets calling one function import it once.
- seen: set[tuple[str, Path | None]] = set()
- for ticket in tickets:
-  work = ticket.work
-  if not isinstance(work, CallWork) or (work.target, work.search_path) in seen:
-   continue
-  seen.add((work.target, work.search_path))
+def _resolve_calls(check: _Checker, calls: Iterable[tuple[CallWork, str]]) -> None:
+ # Each distinct target once (100,000 tickets calling one function import it once), in the
+ # order the file first names them: `calls` holds each with the first ticket calling it.
+ for work, tid in calls:
   try:
    resolve_call_target(work.target, work.search_path)
   except CallTargetError as exc:
-   check.fail(printable(str(exc)), ticket.id)
+   check.fail(printable(str(exc)), tid)
   except BaseException as exc:
    # The user's module ran and raised: a mistake in the pipeline's code, whatever it is
    # (sys.exit() and KeyboardInterrupt included), so one line naming it, never a traceback.
    # A Ctrl+C pressed during a slow import lands here too, and ends as the same line.
-   check.fail(_import_failure(work.target, exc), ticket.id)
+   check.fail(_import_failure(work.target, exc), tid)
 
 
 def _import_failure(target: str, exc: BaseException) -> str:
@@ -817,13 +935,46 @@ _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_asci
 _quote = json.encoder.encode_basestring  # how that encoder writes a str (ensure_ascii off)
 
 
-def _canonical_fast(ticket: Ticket) -> str | None:
+def fingerprints(tickets: Iterable[Ticket]) -> Iterator[str]:
+ """`fingerprint(ticket)` of each of `tickets`, in order, lazily: the same digests, with the
+ part of a work spec that tickets share (a file's loader shares equal ones) written once."""
+ # By id(): each work spec is held here too, so that no other one can take its id.
+ specs: dict[int, tuple[object, str | None]] = {}
+ for ticket in tickets:
+  work = ticket.work
+  known = specs.get(id(work))
+  if known is None:
+   known = specs[id(work)] = (work, _work_spec(work))
+  spec = known[1]
+  blob = _canonical_fast(ticket, spec)
+  yield fingerprint(ticket) if blob is None else hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+_UNKNOWN = "?"  # not a spec `_work_spec` writes (those are JSON objects)
+
+
+def _canonical_fast(ticket: Ticket, spec: str | None = _UNKNOWN) -> str | None:
  # The same text as `_CANONICAL.encode` for the work kinds a pipeline file makes, written
  # directly (100,000 fingerprints in a third of the time); None for anything else, which
- # takes the general path. tests/test_pipeline.py checks the two agree.
- work, retries = ticket.work, ticket.retries
+ # takes the general path. tests/test_pipeline.py checks the two agree. `spec`: the
+ # ticket's `_work_spec`, when the caller has it.
+ retries = ticket.retries
  if type(retries) is not int:
   return None
+ if spec is _UNKNOWN:
+  spec = _work_spec(ticket.work)
+ if spec is None:
+  return None
+ try:
+  deps = ",".join(map(_quote, ticket.depends_on))
+  tid = _quote(ticket.id)
+ except TypeError:  # not strings: the general path says what it makes of them
+  return None
+ return f'{{"depends_on":[{deps}],"id":{tid},"retries":{retries},"v":1,"work":{spec}}}'
+
+
+def _work_spec(work: object) -> str | None:
+ # The canonical JSON of `_work_definition(work)` for the kinds a file makes; else None.
  if type(work) is SleepWork:
   seconds = work.seconds
   fail = work.fail
@@ -844,12 +995,7 @@ def _canonical_fast(ticket: Ticket) -> str | None:
   )
  else:
   return None
- try:
-  deps = ",".join(map(_quote, ticket.depends_on))
-  tid = _quote(ticket.id)
- except TypeError:  # not strings: the general path says what it makes of them
-  return None
- return f'{{"depends_on":[{deps}],"id":{tid},"retries":{retries},"v":1,"work":{spec}}}'
+ return spec
 
 
 def _quote_or_null(text: str | None) -> str:
@@ -886,4 +1032,11 @@ def _work_definition(work: object) -> object:
  return {"kind": type(work).__qualname__, "repr": repr(work)}
 
 
-__all__ = ["Pipeline", "PipelineFileError", "fingerprint", "load_pipeline", "pipeline_from_dict"]
+__all__ = [
+ "Pipeline",
+ "PipelineFileError",
+ "fingerprint",
+ "fingerprints",
+ "load_pipeline",
+ "pipeline_from_dict",
+]

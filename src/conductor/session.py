@@ -334,7 +334,9 @@ def open_run(
    raise
   # Before anything starts: no attempt may overlap the interrupted one it replaces.
   interrupted = set(restored.interrupted)
-  attempts = {t.id: t.attempts for t in pipeline.tickets if t.id in interrupted}
+  attempts = (
+   {t.id: t.attempts for t in pipeline.tickets if t.id in interrupted} if interrupted else {}
+  )
   stopped = find_leftovers(state, attempts)
   unstoppable = stop_leftovers(stopped)
  except BaseException:

@@ -80,7 +80,7 @@ from ._files import trusted_owners
 from ._text import printable, shell_path, shown_path
 from .dag_engine import Status, Ticket
 from .multi_agent_conductor import ConductorEngine, TokenBudgetSpent
-from .pipeline import fingerprint
+from .pipeline import fingerprints
 from .transitions import Change, Transition
 
 __all__ = [
@@ -666,6 +666,12 @@ class Restored:
 # The history's event for a transition is its `Change` value, except for a ticket a retry
 # unblocked, stored as "todo" (detail "unblocked by a retry") since the first format.
 _UNBLOCKED_EVENT = "todo"
+# ... as plain `str`s, as the status too: sqlite3 binds an exact str directly, while a
+# `StrEnum` member goes through its adapter look-ups (a tenth of a chain's commit).
+_EVENTS: dict[Change, str] = {c: str(c.value) for c in Change} | {
+ Change.UNBLOCKED: _UNBLOCKED_EVENT
+}
+_STATUSES: dict[Status | None, str | None] = {s: str(s.value) for s in Status} | {None: None}
 # A history row as recorded: (at, ticket, event, status, attempt, detail, error, exit_code);
 # the pid is written into the statement. Up to `_BATCH` rows go in one INSERT statement.
 # Most rows have no detail, error or exit code: while all buffered rows are such "plain"
@@ -1025,7 +1031,7 @@ class StateStore:
    self._write_fresh(name, tickets, now, token_budget)
    return Restored(True, (), (), 0, len(tickets), self.pause_state())
 
-  prints = {t.id: fingerprint(t) for t in tickets}
+  prints = dict(zip([t.id for t in tickets], fingerprints(tickets), strict=True))
   added = [tid for tid in prints if tid not in stored]
   removed = [tid for tid in stored if tid not in prints]
   changed = [tid for tid, fp in prints.items() if tid in stored and stored[tid].fingerprint != fp]
@@ -1122,7 +1128,7 @@ class StateStore:
     zip(
      [t.id for t in tickets],
      itertools.count(),
-     map(fingerprint, tickets),
+     fingerprints(tickets),
      itertools.repeat(now),
     ),
    )
@@ -1241,13 +1247,18 @@ class StateStore:
   A write error (disk full, the file deleted, ...) does not raise here: the run is
   cancelled and `failure` says why, so no worker starts on an undurable state.
   """
-  if not self._row_count and not self._dirty:
+  count = self._row_count
+  if not count and not self._dirty:
    return
   try:
-   if self._row_count > _BATCH:  # several statements: one transaction around them
+   if count > _BATCH:  # several statements: one transaction around them
     self._begin()
+    self._write_rows()
+   elif count:  # `_write_rows` inlined: the one statement of most commits (a chain's all)
+    rows, plain = self._rows, self._plain
+    self._rows, self._row_count, self._plain = [], 0, True
+    self._conn.execute(self._inserts.get((count, plain)) or self._insert(count, plain), rows)
    # Alone, one statement is one transaction: no BEGIN and COMMIT to send.
-   self._write_rows()
    if self._dirty:
     self._conn.execute("COMMIT")
   except sqlite3.Error as exc:
@@ -1264,7 +1275,7 @@ class StateStore:
   # The listener: ConductorEngine calls it on the loop for every transition. Hot path.
   if self.failure is not None:
    return
-  tid, change, at, status, attempt, detail, error, exit_code, _, output, usage = t[:11]
+  tid, change, at, status, attempt, detail, error, exit_code, _, output, usage, _, _ = t
   if tid is None:
    try:
     self._record_pipeline_event(t)
@@ -1272,12 +1283,12 @@ class StateStore:
     self._failed(exc)
     return
   else:
-   event = _UNBLOCKED_EVENT if change is Change.UNBLOCKED else change
+   event, after = _EVENTS[change], _STATUSES[status]
    if self._plain and detail is None and error is None and exit_code is None:
-    self._rows += (at, tid, event, status, attempt)
+    self._rows += (at, tid, event, after, attempt)
     self._row_count += 1
    else:
-    self._add_row(at, tid, event, status, attempt, detail, error, exit_code)
+    self._add_row(at, tid, event, after, attempt, detail, error, exit_code)
    # Only attempts with an output or a usage, or that end one with a stored output, cost more.
    if (
     output is not None

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import sys
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from ._text import clock, plural, printable, shown_path
+from .dag_engine import Status
 from .exits import EXIT_FAILED, EXIT_OK, UsageError
 from .multi_agent_conductor import ConductorEngine, TokenBudgetSpent, budget_spent
 from .pipeline import Pipeline
@@ -184,15 +186,21 @@ def _execute(
    frame.notice = "not resumed: " + budget_words(used, budget, f"--state {state}")
 
  with read_keys(on_key) if interactive else contextlib.nullcontext():
+  _freeze_heap()
   final = anyio.run(main, backend=args.backend)
+ gc.freeze()  # and what the run made: the collection at exit would walk it all, for nothing
  if not interactive:  # a terminal's live view already ends on the final frame
   console.print(render(final, final.status, keys=False, state=durable.state))
  if store.failure:
   raise UsageError(f"{store.failure}; the run was stopped")
- for row in final.rows:
-  if row.status in ("failed", "blocked"):
+ # From the engine, settled now, not from the final snapshot's rows: a run of 100,000
+ # tickets need not build 100,000 rows at its end to list the few that failed.
+ for ticket in engine.tickets.values():
+  if ticket.status is Status.FAILED or ticket.status is Status.BLOCKED:
    console.print(
-    Text.assemble((row.status, "red"), f" {printable(row.id)}: {printable(row.error or '')}"),
+    Text.assemble(
+     (str(ticket.status), "red"), f" {printable(ticket.id)}: {printable(ticket.error or '')}"
+    ),
     soft_wrap=True,
    )
  code = stops.exit_code(final)
@@ -208,6 +216,15 @@ def _execute(
   )
  console.print(f"{verdict}[/] in {clock(final.elapsed)} (exit {code})", soft_wrap=True)
  return code
+
+
+def _freeze_heap() -> None:
+ # The pipeline, its DAG and the run's own records live until the process exits: moved out of
+ # the cyclic collector's reach (gc.freeze), its collections during the run and at exit walk
+ # only what the run makes, not 100,000 tickets each time. The collector is on from here,
+ # also if the caller held it off while building (`cli.cmd_run`).
+ gc.freeze()
+ gc.enable()
 
 
 class _LiveFrame:

@@ -18,6 +18,7 @@ Everything here runs unchanged on asyncio and trio (only anyio APIs), and nothin
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import inspect
 import math
@@ -137,7 +138,17 @@ class SleepWork(WorkSpec):
  fail: bool = False
 
  def describe(self) -> str:
-  return f"sleep {self.seconds:g}s" + (" then fail" if self.fail else "")
+  if not self.seconds and math.copysign(1.0, self.seconds) < 0:  # equal to 0.0, written apart
+   return _sleep_words(self.seconds, self.fail)
+  return _shared_sleep_words(self.seconds, self.fail)
+
+
+def _sleep_words(seconds: float, fail: bool) -> str:
+ return f"sleep {seconds:g}s" + (" then fail" if fail else "")
+
+
+# One string for each distinct sleep, not one per ticket: the views keep every ticket's.
+_shared_sleep_words = functools.lru_cache(maxsize=64)(_sleep_words)
 
 
 @dataclass(frozen=True, slots=True)
