@@ -5,10 +5,20 @@ from __future__ import annotations
 
 import json
 
+import anyio
 import pytest
 
 from conductor.dag_engine import ExecutionEngine, Status, Ticket
-from conductor.snapshots import Ids, MmaStatus, Snapshot, SnapshotCache, TicketIds
+from conductor.multi_agent_conductor import ConductorEngine
+from conductor.snapshots import (
+ Ids,
+ MmaStatus,
+ Rows,
+ Snapshot,
+ SnapshotCache,
+ TicketIds,
+ TicketRow,
+)
 
 N = 3000  # three blocks of 2**10 tickets, the last one partly filled
 
@@ -168,3 +178,55 @@ def _snapshot_with_rows(cache: SnapshotCache) -> Snapshot:
   error=None,
   stopping=False,
  )
+
+
+def test_a_finished_attempts_exit_code_and_output_show_until_the_next_one_ends() -> None:
+ engine, cache = _chain()
+ t = engine.tickets["t0000"]
+ engine.tick()
+ engine.start("t0000")
+ cache.started(t)
+ engine.fail("t0000", "exit 3")
+ cache.finished(t, 3, "boom\n")
+ row = _snapshot_with_rows(cache).rows[0]
+ assert (row.exit_code, row.output) == (3, "boom\n") and row.started_at is not None
+ assert row.finished_at is not None and row.started_at <= row.finished_at
+ engine.retry("t0000")
+ engine.tick()
+ engine.start("t0000")
+ cache.started(t)
+ running = _snapshot_with_rows(cache).rows[0]
+ assert running.finished_at is None and running.started_at is not None
+ engine.complete("t0000")
+ cache.finished(t, None, "")
+ row = _snapshot_with_rows(cache).rows[0]
+ assert (row.exit_code, row.output, row.status) == (None, "", Status.COMPLETED)
+ untouched = _snapshot_with_rows(cache).rows[1]
+ assert (untouched.started_at, untouched.finished_at, untouched.exit_code) == (None, None, None)
+
+
+def test_final_rows_are_built_once_when_first_read() -> None:
+ calls = []
+
+ def build() -> tuple[TicketRow, ...]:
+  calls.append(1)
+  return tuple(_snapshot_with_rows(cache).rows)
+
+ _engine, cache = _chain()
+ rows = Rows(build)
+ assert not calls
+ assert len(rows) == N and rows[0].id == "t0000" and rows == tuple(rows) and calls == [1]
+ assert [r.id for r in rows[:2]] == ["t0000", "t0001"] and calls == [1]
+
+
+@pytest.mark.anyio
+async def test_a_runs_final_snapshot_has_every_row() -> None:
+ engine = ExecutionEngine([Ticket("a"), Ticket("b", ("a",))])
+
+ async def work(ticket: Ticket) -> None:
+  pass
+
+ with anyio.fail_after(10):
+  final = await ConductorEngine(engine, work, max_workers=2).run()
+ assert isinstance(final.rows, Rows)
+ assert [(r.id, r.status) for r in final.rows] == [("a", Status.COMPLETED), ("b", Status.COMPLETED)]

@@ -36,7 +36,7 @@ from collections import deque
 from collections.abc import Callable, Collection, Mapping
 from functools import partial
 from itertools import chain
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from anyio import CancelScope, Event, current_time, get_cancelled_exc_class
 from anyio.lowlevel import checkpoint
@@ -671,7 +671,7 @@ class ConductorEngine:
     self._journal.close()
     self._table.touch()
     with gc_paused():
-     self._bridge.detach(self._build_snapshot())
+     self._bridge.detach(self._build_snapshot(rows="final"))
    finally:
     _thaw_heap()
   return self._bridge.snapshot
@@ -964,7 +964,7 @@ class ConductorEngine:
   except KeyError:
    raise KeyError(f"no ticket {ticket_id!r} in pipeline {self.name!r}") from None
 
- def _build_snapshot(self, *, rows: bool = True) -> Snapshot:
+ def _build_snapshot(self, *, rows: bool | Literal["final"] = True) -> Snapshot:
   # The driver's and the control's part of a snapshot; the cache adds the DAG and rows.
   state = self._pause.read()
   paused, reason, paused_at, elapsed, sched = state[:5]

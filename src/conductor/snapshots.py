@@ -15,11 +15,14 @@ import enum
 import heapq
 import itertools
 import json
+import math
 import operator
+import threading
 import time
+from array import array
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, SupportsIndex, overload
+from typing import Literal, NamedTuple, SupportsIndex, overload
 
 from .dag_engine import ExecutionEngine, Status, Ticket
 from .workers import describe_work
@@ -31,6 +34,7 @@ __all__ = [
  "Counts",
  "Ids",
  "MmaStatus",
+ "Rows",
  "RunningWorker",
  "Snapshot",
  "SnapshotCache",
@@ -44,6 +48,9 @@ OUTPUT_TAIL = 4000  # characters of a ticket's output kept for display
 SUMMARY_ROWS = 30  # tickets plain `conductor status` lists (all of a pipeline this small)
 SUMMARY_IDS = 12  # ids it shows of `pending` and of `awaiting_approval`
 _BLOCK = 10  # tickets are kept in blocks of 2**_BLOCK indexes (see SnapshotCache._pending)
+# Changed tickets noted before they are settled anyway (`SnapshotCache.changed`): without a
+# reader (a terminal run off a terminal) the set would grow to every ticket (4 MB at 100,000).
+_SETTLE_AT = 4096
 _JOIN_COST = 64  # `fill_entries`: joining a block's items costs about as much as encoding 64
 
 
@@ -227,7 +234,7 @@ class Snapshot:
  max_workers: int
  error: str | None  # why the run itself failed, if it did
  stopping: bool  # stop() or cancel() was asked: the run ends once running workers finish
- rows: tuple[TicketRow, ...] = field(repr=False)
+ rows: Sequence[TicketRow] = field(repr=False)  # a tuple, or the final snapshot's `Rows`
  paused_by_person: bool = True  # meaningful while paused
  auto_resume_at: float | None = None  # time.time() the automatic pause ends, if it does
  tokens_used: int = 0
@@ -284,7 +291,67 @@ class TicketIds(Sequence[str]):
   return f"TicketIds({list(self)!r})"
 
 
+class Rows(Sequence[TicketRow]):
+ """A run's final rows, built when first read.
+
+ `ConductorEngine.run()` returns a snapshot with every ticket's row; at 100,000 tickets
+ building them costs a third of a second and 14 MB, which a terminal run that never reads
+ them should not pay on its way out. Once the run has ended its tickets no longer change,
+ so rows built later are the rows of that moment. Built once, under a lock: safe to read
+ from any thread; otherwise a tuple (equal to the tuple of the same rows).
+ """
+
+ __slots__ = ("_build", "_lock", "_rows")
+
+ def __init__(self, build: Callable[[], tuple[TicketRow, ...]]) -> None:
+  self._build: Callable[[], tuple[TicketRow, ...]] | None = build
+  self._lock = threading.Lock()
+  self._rows: tuple[TicketRow, ...] | None = None
+
+ def _get(self) -> tuple[TicketRow, ...]:
+  rows = self._rows
+  if rows is None:
+   with self._lock:
+    if self._rows is None:
+     assert self._build is not None
+     self._rows, self._build = self._build(), None
+    rows = self._rows
+  return rows
+
+ def __len__(self) -> int:
+  return len(self._get())
+
+ def __iter__(self) -> Iterator[TicketRow]:
+  return iter(self._get())
+
+ @overload
+ def __getitem__(self, index: SupportsIndex) -> TicketRow: ...
+
+ @overload
+ def __getitem__(self, index: slice) -> tuple[TicketRow, ...]: ...
+
+ def __getitem__(self, index: SupportsIndex | slice) -> TicketRow | tuple[TicketRow, ...]:
+  return self._get()[index]
+
+ def __eq__(self, other: object) -> bool:
+  if isinstance(other, Rows):
+   return other is self or self._get() == other._get()
+  if isinstance(other, tuple):
+   return self._get() == other
+  return NotImplemented
+
+ def __hash__(self) -> int:
+  return hash(self._get())
+
+ def __repr__(self) -> str:
+  return f"Rows({len(self)} rows)"
+
+
 _ID = operator.attrgetter("id")
+
+
+def _ignore(_i: int) -> None:
+ pass
 
 
 _NO_DETAILS: tuple[int | None, str, float | None, float | None] = (None, "", None, None)
@@ -306,16 +373,19 @@ class SnapshotCache:
  """
 
  __slots__ = (
-  "_details",
+  "_began",
   "_dirty",
+  "_ended",
   "_engine",
   "_entries",
+  "_exits",
   "_fill",
   "_index",
   "_joined",
   "_notable",
   "_rows",
   "_stale",
+  "_tails",
   "_tickets",
   "_todo",
   "_todo_ids",
@@ -325,7 +395,6 @@ class SnapshotCache:
   "_unsorted",
   "_versions",
   "_wall",
-  "_work_text",
   "running",
   "version",
  )
@@ -334,15 +403,25 @@ class SnapshotCache:
   self._engine = engine
   self._versions = itertools.count(1)
   self.version = 0
-  self._index = {tid: i for i, tid in enumerate(engine.tickets)}
+  # One int object per index, shared by the structures below (a `range` makes new ones
+  # each time it is walked: 3 MB per structure at 100,000 tickets).
+  numbers = list(range(len(engine.tickets)))
+  self._index = dict(zip(engine.tickets, numbers, strict=True))
   # Each ticket's row as of its last change; `_unbuilt` the indexes whose row is out of
-  # date (all at first): a snapshot with rows rebuilds those and copies the list, so that
-  # one every half second of a 100,000-ticket run does not hold the loop for all of them.
-  self._rows: list[TicketRow | None] = [None] * len(self._index)
-  self._unbuilt: set[int] = set(range(len(self._rows)))
-  # Of each ticket's latest finished attempt: (exit code, output tail, started, finished).
-  self._details: dict[str, tuple[int | None, str, float | None, float | None]] = {}
-  self._work_text: dict[str, str] = {}  # describe_work() of each ticket, once built
+  # date (None: all of them, at first): a snapshot with rows rebuilds those and copies the
+  # list, so that one every half second of a 100,000-ticket run does not hold the loop for
+  # all of them.
+  self._rows: list[TicketRow | None] = [None] * len(numbers)
+  self._unbuilt: set[int] | None = None
+  # Of each ticket's latest finished attempt, by index: when it started and ended (NaN: no
+  # attempt ended in this run), its exit code and output tail when it had them. Arrays and
+  # sparse dicts rather than a tuple per ticket: 100,000 finished tickets cost 1.6 MB here,
+  # not 15.
+  n = len(self._rows)
+  self._began = array("d", bytes(8 * n))
+  self._ended = array("d", [math.nan]) * n
+  self._exits: dict[int, int] = {}
+  self._tails: dict[int, str] = {}
   self._tokens: dict[str, int] = {}  # of each ticket's latest completed attempt that spent any
   self.running: dict[str, RunningWorker] = {}  # the workers running, by ticket
   # What status reads, kept up to date per changed ticket rather than rescanned (O(tickets)
@@ -357,14 +436,18 @@ class SnapshotCache:
   self._dirty: set[str] = set()
   tickets, todo, done, size = self._tickets, Status.TODO, Status.COMPLETED, 1 << _BLOCK
   self._todo: list[dict[int, str]] = [
-   {i: t.id for i, t in enumerate(tickets[lo : lo + size], lo) if t.status is todo}
+   {
+    i: t.id
+    for i, t in zip(numbers[lo : lo + size], tickets[lo : lo + size], strict=True)
+    if t.status is todo
+   }
    for lo in range(0, len(tickets) + 1, size)
   ]
   self._unsorted: set[int] = set()
   self._todo_ids: list[tuple[str, ...] | None] = [None] * len(self._todo)
   self._notable: set[int] = {  # is_notable, inlined: this runs once per ticket at start-up
    i
-   for i, t in enumerate(tickets)
+   for i, t in zip(numbers, tickets, strict=True)
    if (t.status is not todo and t.status is not done) or t.attempts > 1 or t.error
   }
   self._entries: list[str | None] = [None] * len(self._tickets)
@@ -383,8 +466,14 @@ class SnapshotCache:
 
  def changed(self, ticket: Ticket) -> None:
   """`ticket` changed: its row, and what status shows of it, are rebuilt when next read
-  (and `version` moves on then). O(1)."""
-  self._dirty.add(ticket.id)
+  (and `version` moves on then). O(1) amortized."""
+  self._note(ticket.id)
+
+ def _note(self, tid: str) -> None:
+  dirty = self._dirty
+  dirty.add(tid)
+  if len(dirty) >= _SETTLE_AT:  # nobody read for a while: settle, so the set stays small
+   self._settle()
 
  # `started` and `finished` run once per attempt, on the loop: they note, and leave the
  # rest to whoever reads next (`_settle`), which sees a ticket changed twice once.
@@ -393,7 +482,7 @@ class SnapshotCache:
   """An attempt of `ticket` started (after `ExecutionEngine.start` counted it)."""
   tid = ticket.id
   self.running[tid] = RunningWorker(tid, ticket.attempts, time.monotonic())
-  self._dirty.add(tid)
+  self._note(tid)
 
  def finished(
   self, ticket: Ticket, exit_code: int | None, output: str, tokens: int | None = None
@@ -401,13 +490,21 @@ class SnapshotCache:
   """The running attempt of `ticket` ended, however it ended. `tokens`: it completed,
   having spent that many."""
   tid = ticket.id
+  i = self._index[tid]
   worker = self.running.pop(tid, None)
-  started = worker.started_at if worker is not None else None
-  tail = output[-OUTPUT_TAIL:] if output else ""
-  self._details[tid] = (exit_code, tail, started, time.monotonic())
+  self._began[i] = worker.started_at if worker is not None else math.nan
+  self._ended[i] = time.monotonic()
+  if exit_code is None:
+   self._exits.pop(i, None)
+  else:
+   self._exits[i] = exit_code
+  if output:
+   self._tails[i] = output[-OUTPUT_TAIL:]
+  else:
+   self._tails.pop(i, None)
   if tokens is not None:
    self._tokens[tid] = tokens
-  self._dirty.add(tid)
+  self._note(tid)
 
  def restore_tokens(self, tokens: Mapping[str, int]) -> None:
   """The tokens of tickets' latest completed attempts in earlier runs (what a store kept),
@@ -416,13 +513,14 @@ class SnapshotCache:
   for tid, n in tokens.items():
    if tid in index:
     self._tokens[tid] = n
-    self._unbuilt.add(index[tid])
+    if self._unbuilt is not None:
+     self._unbuilt.add(index[tid])
   self.touch()
 
  def build(
   self,
   *,
-  rows: bool,
+  rows: bool | Literal["final"],
   name: str,
   status: MmaStatus,
   paused: bool,
@@ -441,11 +539,17 @@ class SnapshotCache:
   tokens_used: int = 0,
   token_budget: int | None = None,
  ) -> Snapshot:
-  """A snapshot of the DAG's state and the rows, with the driver's own state given."""
+  """A snapshot of the DAG's state and the rows, with the driver's own state given.
+  `rows="final"`: the rows are built when first read (`Rows`): only once nothing changes
+  the tickets any more, i.e. for the snapshot a run ends with."""
   engine = self._engine
   self._settle()
   counts = engine.counts()
-  table = self._table() if rows else ()
+  table: Sequence[TicketRow] = ()
+  if rows == "final":
+   table = Rows(self._table)
+  elif rows:
+   table = self._table()
   return Snapshot(
    version=self.version,
    name=name,
@@ -480,20 +584,30 @@ class SnapshotCache:
 
  def _table(self) -> tuple[TicketRow, ...]:
   # O(rows out of date) plus a copy of the list (in C).
-  rows, tickets = self._rows, self._tickets
-  for i in self._unbuilt:
-   rows[i] = self._row(tickets[i])
-  self._unbuilt.clear()
+  rows, tickets, unbuilt = self._rows, self._tickets, self._unbuilt
+  if unbuilt is None:
+   rows[:] = map(self._row, range(len(tickets)), tickets)
+  else:
+   for i in unbuilt:
+    rows[i] = self._row(i, tickets[i])
+  self._unbuilt = set()
   return tuple(rows)  # type: ignore[arg-type]  # no None left
 
- def _row(self, ticket: Ticket) -> TicketRow:
-  exit_code, output, started, finished = self._details.get(ticket.id, _NO_DETAILS)
+ def _details(self, i: int) -> tuple[int | None, str, float | None, float | None]:
+  # Of ticket i's latest finished attempt: (exit code, output tail, started, finished);
+  # all None ("" for the tail) if no attempt of it ended in this run.
+  ended = self._ended[i]
+  if math.isnan(ended):
+   return _NO_DETAILS
+  began = self._began[i]
+  return self._exits.get(i), self._tails.get(i, ""), None if math.isnan(began) else began, ended
+
+ def _row(self, i: int, ticket: Ticket) -> TicketRow:
+  exit_code, output, started, finished = self._details(i)
   worker = self.running.get(ticket.id)
   if worker is not None:  # running again: the last attempt's end is no longer news
    started, finished = worker.started_at, None
-  work = self._work_text.get(ticket.id)
-  if work is None:  # the work spec never changes: describe it once
-   work = self._work_text[ticket.id] = describe_work(ticket.work)
+  work = describe_work(ticket.work)  # no copy: work specs keep their text
   return TicketRow(
    ticket.id,
    ticket.status,
@@ -519,11 +633,13 @@ class SnapshotCache:
    return
   dirty, self._dirty = self._dirty, set()
   self.version = next(self._versions)
-  tickets, notable, index, unbuilt = self._tickets, self._notable, self._index, self._unbuilt
+  tickets, notable, index = self._tickets, self._notable, self._index
+  # Rows to rebuild: none to note while none was ever built (`_unbuilt` None: all are).
+  note = self._unbuilt.add if self._unbuilt is not None else _ignore
   todo_ids = self._todo_ids
   for tid in dirty:
    i = index[tid]
-   unbuilt.add(i)
+   note(i)
    t = tickets[i]
    b = i >> _BLOCK
    block = self._todo[b]
@@ -614,9 +730,7 @@ class SnapshotCache:
   worker = self.running.get(t.id)
   if worker is not None:
    return ticket_json(t, None, worker.started_at + self._wall, tokens)
-  details = self._details.get(t.id)
-  if details is None:  # not touched by this run
+  ended = self._ended[i]
+  if math.isnan(ended):  # no attempt of it ended in this run
    return ticket_json(t, None, None, tokens)
-  exit_code, _output, started, finished = details
-  at = finished if finished is not None else started
-  return ticket_json(t, exit_code, None if at is None else at + self._wall, tokens)
+  return ticket_json(t, self._exits.get(i), ended + self._wall, tokens)

@@ -709,7 +709,7 @@ _NO_PAUSE = (
 # `ticket_state` view says of them). In place with UPDATE ... FROM where SQLite has it
 # (3.33): a third faster than replacing the rows, which takes 0.6 s after 100,000 tickets.
 _LAST_ENTRIES = (
- "(SELECT ticket, max(seq) AS seq FROM history WHERE seq > ? AND ticket IS NOT NULL "
+ "(SELECT ticket, max(seq) AS seq FROM history WHERE seq > ? AND seq <= ? AND ticket IS NOT NULL "
  "GROUP BY ticket) AS last"
 )
 _COMPACT_UPDATE = (
@@ -719,9 +719,14 @@ _COMPACT_UPDATE = (
 )
 _COMPACT_REPLACE = (
  f"INSERT OR REPLACE INTO tickets ({_TICKET_COLUMNS}) SELECT {_TICKET_COLUMNS} "
- "FROM ticket_state WHERE id IN (SELECT ticket FROM history WHERE seq > ? AND ticket IS NOT NULL)"
+ "FROM ticket_state WHERE id IN "
+ "(SELECT ticket FROM history WHERE seq > ? AND seq <= ? AND ticket IS NOT NULL)"
 )
 _COMPACT = _COMPACT_UPDATE if sqlite3.sqlite_version_info >= (3, 33) else _COMPACT_REPLACE
+# History entries brought into `tickets` per statement: in order, so a later slice's entry
+# for a ticket overrides an earlier one's, and SQLite's working memory for the grouping stays
+# ~1 MB instead of growing with the run (8 MB for 200,000 entries).
+_COMPACT_SLICE = 25_000
 
 
 class StateStore:
@@ -1370,7 +1375,8 @@ class StateStore:
   last = self._conn.execute("SELECT max(seq) FROM history").fetchone()[0] or 0
   if last <= synced:
    return
-  self._conn.execute(_COMPACT, (synced,))
+  for first in range(synced, last, _COMPACT_SLICE):
+   self._conn.execute(_COMPACT, (first, min(first + _COMPACT_SLICE, last)))
   self._conn.execute("UPDATE meta SET value = ? WHERE key = 'synced_seq'", (str(last),))
 
  def _begin(self) -> None:

@@ -73,9 +73,9 @@ class TicketTable:
   self._view: list[int] | None = None  # filtered row indices; None shows every row
   # What `_view` was filtered with: the key, the rows (a snapshot's), and when it began.
   self._view_key: tuple[str, int] = ("", 0)
-  self._view_rows: tuple[TicketRow, ...] = ()
+  self._view_rows: Sequence[TicketRow] = ()
   self._view_at = 0.0
-  self._job: tuple[tuple[str, int], tuple[TicketRow, ...], float, Filtering] | None = None
+  self._job: tuple[tuple[str, int], Sequence[TicketRow], float, Filtering] | None = None
   self._fitted: dict[int, tuple[float, str]] = {}  # row -> (cell width, description shown)
   self._rows: tuple[float, float] | None = None  # (header height, row height) as measured
   self._scroll = WholeRows()
