@@ -7,39 +7,19 @@ import json
 
 import anyio
 import pytest
+from snapshot_kit import build
 
 from conductor.dag_engine import ExecutionEngine, Status, Ticket
 from conductor.multi_agent_conductor import ConductorEngine
 from conductor.snapshots import (
  Ids,
- MmaStatus,
  Rows,
- Snapshot,
  SnapshotCache,
  TicketIds,
  TicketRow,
 )
 
 N = 3000  # three blocks of 2**10 tickets, the last one partly filled
-
-
-def _snapshot(cache: SnapshotCache) -> Snapshot:
- return cache.build(
-  rows=False,
-  name="p",
-  status=MmaStatus.EXECUTING,
-  paused=False,
-  pause_reason=None,
-  paused_at=None,
-  running_at_pause=(),
-  finishing=(),
-  ready=(),
-  elapsed=0.0,
-  spawned=0,
-  max_workers=4,
-  error=None,
-  stopping=False,
- )
 
 
 def _chain() -> tuple[ExecutionEngine, SnapshotCache]:
@@ -87,31 +67,16 @@ def test_ticket_ids_read_the_ids_of_the_tickets_it_holds() -> None:
 
 def test_a_snapshots_ready_is_the_ids_of_the_queue_given() -> None:
  engine, cache = _chain()
- snap = cache.build(
-  rows=False,
-  name="p",
-  status=MmaStatus.EXECUTING,
-  paused=True,
-  pause_reason=None,
-  paused_at=None,
-  running_at_pause=(),
-  finishing=(),
-  ready=(engine.tickets["t0000"],),
-  elapsed=0.0,
-  spawned=0,
-  max_workers=4,
-  error=None,
-  stopping=False,
- )
+ snap = build(cache, ready=(engine.tickets["t0000"],))
  assert snap.ready == ("t0000",) and isinstance(snap.ready, TicketIds)
 
 
 def test_a_snapshot_shares_the_blocks_of_pending_that_did_not_change() -> None:
  engine, cache = _chain()
- first = _snapshot(cache).pending
+ first = build(cache).pending
  assert first == tuple(engine.pending()) and len(first.blocks) == 3
  _run(engine, cache)  # t0000 done: only the first block changes
- second = _snapshot(cache).pending
+ second = build(cache).pending
  assert second == tuple(engine.pending()) and len(second) == N - 1
  assert second.blocks[0] is not first.blocks[0]
  assert second.blocks[1] is first.blocks[1] and second.blocks[2] is first.blocks[2]
@@ -119,16 +84,16 @@ def test_a_snapshot_shares_the_blocks_of_pending_that_did_not_change() -> None:
 
 def test_pending_stays_in_ticket_order_across_retries_and_blocks() -> None:
  engine, cache = _chain()
- _snapshot(cache)
+ build(cache)
  for _ in range(1100):  # into the second block
   _run(engine, cache)
  (failing,) = engine.tick()
  engine.start(failing.id)
  cache.started(failing)
- assert failing.id not in _snapshot(cache).pending  # running: out of its block
+ assert failing.id not in build(cache).pending  # running: out of its block
  cache.finished(failing, 1, "")
  engine.requeue(failing.id, "broke")  # a retry: todo again, before the todo of its block
- snap = _snapshot(cache)
+ snap = build(cache)
  assert snap.pending == tuple(engine.pending()) and snap.pending[0] == failing.id
  assert snap.counts.todo == len(snap.pending) == N - 1100
  assert all(engine.tickets[tid].status is Status.TODO for tid in snap.pending)
@@ -151,33 +116,14 @@ def test_status_blocks_join_every_tickets_item_and_rejoin_only_changed_blocks() 
 
 def test_rows_are_rebuilt_for_the_changed_tickets_only() -> None:
  engine, cache = _chain()
- first = _snapshot_with_rows(cache)
+ first = build(cache, rows=True)
  assert [r.id for r in first.rows] == list(engine.tickets)
  engine.tick()
  engine.start("t0000")
  cache.changed(engine.tickets["t0000"])
- second = _snapshot_with_rows(cache)
+ second = build(cache, rows=True)
  assert second.rows[0].status == Status.IN_PROGRESS and first.rows[0].status == Status.TODO
  assert all(a is b for a, b in zip(first.rows[1:], second.rows[1:], strict=True))
-
-
-def _snapshot_with_rows(cache: SnapshotCache) -> Snapshot:
- return cache.build(
-  rows=True,
-  name="p",
-  status=MmaStatus.EXECUTING,
-  paused=False,
-  pause_reason=None,
-  paused_at=None,
-  running_at_pause=(),
-  finishing=(),
-  ready=(),
-  elapsed=0.0,
-  spawned=0,
-  max_workers=4,
-  error=None,
-  stopping=False,
- )
 
 
 def test_a_finished_attempts_exit_code_and_output_show_until_the_next_one_ends() -> None:
@@ -188,32 +134,32 @@ def test_a_finished_attempts_exit_code_and_output_show_until_the_next_one_ends()
  cache.started(t)
  engine.fail("t0000", "exit 3")
  cache.finished(t, 3, "boom\n")
- row = _snapshot_with_rows(cache).rows[0]
+ row = build(cache, rows=True).rows[0]
  assert (row.exit_code, row.output) == (3, "boom\n") and row.started_at is not None
  assert row.finished_at is not None and row.started_at <= row.finished_at
  engine.retry("t0000")
  engine.tick()
  engine.start("t0000")
  cache.started(t)
- running = _snapshot_with_rows(cache).rows[0]
+ running = build(cache, rows=True).rows[0]
  assert running.finished_at is None and running.started_at is not None
  engine.complete("t0000")
  cache.finished(t, None, "")
- row = _snapshot_with_rows(cache).rows[0]
+ row = build(cache, rows=True).rows[0]
  assert (row.exit_code, row.output, row.status) == (None, "", Status.COMPLETED)
- untouched = _snapshot_with_rows(cache).rows[1]
+ untouched = build(cache, rows=True).rows[1]
  assert (untouched.started_at, untouched.finished_at, untouched.exit_code) == (None, None, None)
 
 
 def test_final_rows_are_built_once_when_first_read() -> None:
  calls = []
 
- def build() -> tuple[TicketRow, ...]:
+ def make() -> tuple[TicketRow, ...]:
   calls.append(1)
-  return tuple(_snapshot_with_rows(cache).rows)
+  return tuple(build(cache, rows=True).rows)
 
  _engine, cache = _chain()
- rows = Rows(build)
+ rows = Rows(make)
  assert not calls
  assert len(rows) == N and rows[0].id == "t0000" and rows == tuple(rows) and calls == [1]
  assert [r.id for r in rows[:2]] == ["t0000", "t0001"] and calls == [1]

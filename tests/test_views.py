@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console, RenderableType
+from snapshot_kit import build
 
 from conductor import ConductorEngine, ExecutionEngine, MmaStatus, Snapshot, Status, Ticket
 from conductor.multi_agent_conductor import suggested_budget
@@ -168,22 +169,7 @@ def test_pending_and_notable_follow_each_change_in_ticket_order_after_a_retry() 
  cache = SnapshotCache(engine)
 
  def pending() -> tuple[str, ...]:
-  return cache.build(
-   rows=False,
-   name="p",
-   status=MmaStatus.EXECUTING,
-   paused=False,
-   pause_reason=None,
-   paused_at=None,
-   running_at_pause=(),
-   finishing=(),
-   ready=(),
-   elapsed=0.0,
-   spawned=0,
-   max_workers=1,
-   error=None,
-   stopping=False,
-  ).pending
+  return tuple(build(cache, max_workers=1).pending)
 
  def run(tid: str, *, fail: bool = False) -> None:
   ticket = engine.tickets[tid]

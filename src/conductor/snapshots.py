@@ -138,7 +138,39 @@ def is_notable(status: str, attempts: int, error: str | None) -> bool:
  return True
 
 
-class Ids(Sequence[str]):
+class _IdSequence(Sequence[str]):
+ # What `Ids` and `TicketIds` share: an index gives an id, a slice a tuple of ids (`_item`);
+ # they compare, hash and print as the tuple of their ids (equal to a tuple, never to a
+ # list, as a tuple is).
+ __slots__ = ()
+
+ @overload
+ def __getitem__(self, index: SupportsIndex) -> str: ...
+
+ @overload
+ def __getitem__(self, index: slice) -> tuple[str, ...]: ...
+
+ def __getitem__(self, index: SupportsIndex | slice) -> str | tuple[str, ...]:
+  return self._item(index)
+
+ def _item(self, index: SupportsIndex | slice) -> str | tuple[str, ...]:
+  raise NotImplementedError
+
+ def __eq__(self, other: object) -> bool:
+  if other is self:
+   return True
+  if isinstance(other, _IdSequence | tuple):
+   return len(self) == len(other) and all(map(operator.eq, self, other))
+  return NotImplemented
+
+ def __hash__(self) -> int:
+  return hash(tuple(self))
+
+ def __repr__(self) -> str:
+  return f"{type(self).__name__}({list(self)!r})"
+
+
+class Ids(_IdSequence):
  """An immutable sequence of ticket ids, held as the blocks (tuples) it is made of.
 
  A snapshot's `pending` is one: the blocks are shared with the snapshots before and after
@@ -165,13 +197,7 @@ class Ids(Sequence[str]):
  def __iter__(self) -> Iterator[str]:
   return itertools.chain.from_iterable(self._blocks)
 
- @overload
- def __getitem__(self, index: SupportsIndex) -> str: ...
-
- @overload
- def __getitem__(self, index: slice) -> tuple[str, ...]: ...
-
- def __getitem__(self, index: SupportsIndex | slice) -> str | tuple[str, ...]:
+ def _item(self, index: SupportsIndex | slice) -> str | tuple[str, ...]:
   if isinstance(index, slice):
    start, stop, step = index.indices(len(self))
    if step != 1:
@@ -184,19 +210,6 @@ class Ids(Sequence[str]):
    raise IndexError("Ids index out of range")
   b = bisect.bisect_right(self._ends, i)
   return self._blocks[b][i - (self._ends[b - 1] if b else 0)]
-
- def __eq__(self, other: object) -> bool:
-  if other is self:
-   return True
-  if isinstance(other, Ids | tuple):  # as a tuple: never equal to a list
-   return len(self) == len(other) and all(map(operator.eq, self, other))
-  return NotImplemented
-
- def __hash__(self) -> int:
-  return hash(tuple(self))
-
- def __repr__(self) -> str:
-  return f"Ids({list(self)!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +258,7 @@ class Snapshot:
   return self.paused and bool(self.finishing)
 
 
-class TicketIds(Sequence[str]):
+class TicketIds(_IdSequence):
  """The ids of a sequence of tickets, read as they are asked for.
 
  A snapshot's `ready` is one: the driver's queue can hold every ticket of a wide DAG
@@ -266,29 +279,10 @@ class TicketIds(Sequence[str]):
  def __iter__(self) -> Iterator[str]:
   return map(_ID, self._tickets)
 
- @overload
- def __getitem__(self, index: SupportsIndex) -> str: ...
-
- @overload
- def __getitem__(self, index: slice) -> tuple[str, ...]: ...
-
- def __getitem__(self, index: SupportsIndex | slice) -> str | tuple[str, ...]:
+ def _item(self, index: SupportsIndex | slice) -> str | tuple[str, ...]:
   if isinstance(index, slice):
    return tuple(map(_ID, self._tickets[index]))
   return self._tickets[index].id
-
- def __eq__(self, other: object) -> bool:
-  if other is self:
-   return True
-  if isinstance(other, TicketIds | Ids | tuple):
-   return len(self) == len(other) and all(map(operator.eq, self, other))
-  return NotImplemented
-
- def __hash__(self) -> int:
-  return hash(tuple(self))
-
- def __repr__(self) -> str:
-  return f"TicketIds({list(self)!r})"
 
 
 class Rows(Sequence[TicketRow]):
