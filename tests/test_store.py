@@ -112,12 +112,15 @@ async def test_a_new_state_carries_the_marker_and_records_a_whole_run(tmp_path: 
 
 
 @pytest.mark.parametrize("statement", ["_COMPACT_UPDATE", "_COMPACT_REPLACE"])
+@pytest.mark.parametrize("entries", [25_000, 2])  # history entries a slice of it
 async def test_closing_brings_the_tickets_table_to_what_the_history_says(
- tmp_path: Path, statement: str, monkeypatch: pytest.MonkeyPatch
+ tmp_path: Path, statement: str, entries: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
  # Both forms of the compaction (UPDATE ... FROM where SQLite has it) leave the table
- # equal to the always-current `ticket_state` view: statuses, errors, exit codes, times.
+ # equal to the always-current `ticket_state` view: statuses, errors, exit codes, times;
+ # also through the history in slices, a ticket's entries in different slices.
  monkeypatch.setattr(store_module, "_COMPACT", getattr(store_module, statement))
+ monkeypatch.setattr(store_module, "_COMPACT_SLICE", entries)
  path = tmp_path / "p.state.db"
  columns = "id, position, fingerprint, status, attempts, error, exit_code, updated_at"
  with StateStore.open(path) as store:
@@ -131,6 +134,8 @@ async def test_closing_brings_the_tickets_table_to_what_the_history_says(
 
   await run_with_store(store, tickets, worker)
   view = store._conn.execute(f"SELECT {columns} FROM ticket_state ORDER BY id").fetchall()
+  assert (store.ticket_status("b"), store.ticket_status("a")) == ("failed", "completed")
+  assert store.ticket_status("nope") is None
  conn = sqlite3.connect(path)
  try:
   table = conn.execute(f"SELECT {columns} FROM tickets ORDER BY id").fetchall()

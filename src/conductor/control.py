@@ -304,9 +304,7 @@ def _resume_stored(store: StateStore, asked: int | None) -> None:
 def _stored_output(store: StateStore, ticket: str) -> dict[str, Any]:
  # The report of `output` from a state no run holds (the keys a live run answers with:
  # `server._Answers._output`).
- status = None
- if store.has_ticket(ticket):  # O(tickets) then, as offline status: no single-ticket read
-  status = next((t.status for t in store.tickets() if t.id == ticket), None)
+ status = store.ticket_status(ticket)
  return {
   "pipeline": store.meta().get("pipeline"),
   "ticket": ticket,

@@ -916,11 +916,13 @@ class StateStore:
   return dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
 
  @_user_errors
- def has_ticket(self, ticket_id: str) -> bool:
-  """Whether the state records a ticket `ticket_id`. O(log tickets)."""
-  return (
-   self._conn.execute("SELECT 1 FROM tickets WHERE id = ?", (ticket_id,)).fetchone() is not None
-  )
+ def ticket_status(self, ticket_id: str) -> str | None:
+  """The ticket's current status (a `dag_engine.Status` value); None if the state has no
+  such ticket. One row of `ticket_state`: O(log tickets + history since the tickets were
+  last brought up to date)."""
+  self.commit()
+  row = self._conn.execute("SELECT status FROM ticket_state WHERE id = ?", (ticket_id,)).fetchone()
+  return None if row is None else str(row[0])
 
  @_user_errors
  def output(self, ticket_id: str) -> str | None:
