@@ -12,12 +12,13 @@ without rows, and each ticket's item of the report already encoded, which the ru
 to date per changed ticket, joined in blocks (`snapshots.SnapshotCache`). So the loop is
 held up for the tickets changed since the last report and their blocks, never for every
 ticket (the first report encodes them all, a slice per loop turn); the report is then put
-together from those blocks, the run going on between slices. `conductor status --json` asks for it `raw` (`_enveloped`): a header line, then the
-report's JSON, which the client prints as it is. A summary (plain `conductor status`) is
-answered on the loop, O(tickets shown). A ticket's output (`conductor output`) is read from
-the store on the loop and sent in pieces: it may be megabytes (`_output_pieces`). Nothing a
-client sends can stop the server or the run: every connection is handled in a task of its
-own, bounded in time, and whatever it raises is caught there.
+together from those blocks, the run going on between slices. `conductor status --json` asks
+for it `raw` (`_enveloped`): a header line, then the report's JSON, which the client prints
+as it is. A summary (plain `conductor status`) is answered on the loop, O(tickets shown). A
+ticket's output (`conductor output`) is read from the store on the loop and sent in pieces:
+it may be megabytes (`_output_pieces`). Nothing a client sends can stop the server or the
+run: every connection is handled in a task of its own, bounded in time, and whatever it
+raises is caught there.
 """
 
 from __future__ import annotations

@@ -138,17 +138,14 @@ class SleepWork(WorkSpec):
  fail: bool = False
 
  def describe(self) -> str:
-  if not self.seconds and math.copysign(1.0, self.seconds) < 0:  # equal to 0.0, written apart
-   return _sleep_words(self.seconds, self.fail)
-  return _shared_sleep_words(self.seconds, self.fail)
+  # The sign is part of the key: -0.0 equals 0.0, but is written apart ("sleep -0s").
+  return _sleep_words(self.seconds, math.copysign(1.0, self.seconds), self.fail)
 
 
-def _sleep_words(seconds: float, fail: bool) -> str:
+@functools.lru_cache(maxsize=64)
+def _sleep_words(seconds: float, _sign: float, fail: bool) -> str:
+ # One string for each distinct sleep, not one per ticket: the views keep every ticket's.
  return f"sleep {seconds:g}s" + (" then fail" if fail else "")
-
-
-# One string for each distinct sleep, not one per ticket: the views keep every ticket's.
-_shared_sleep_words = functools.lru_cache(maxsize=64)(_sleep_words)
 
 
 @dataclass(frozen=True, slots=True)
