@@ -94,6 +94,8 @@ run = "echo fine"
   "blocked after",
  ]
  assert "blocked after: dependency 'broken' failed; retry 'broken' to unblock" in lines
+ # ... and how to retry from the terminal: run it again (there is no `retry` command).
+ assert lines[-1].endswith("(exit 1); run it again to retry the failed ones"), lines[-1]
 
 
 @pytest.mark.parametrize(

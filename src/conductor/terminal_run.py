@@ -204,17 +204,23 @@ def _execute(
     soft_wrap=True,
    )
  code = stops.exit_code(final)
+ hint = ""
  if code == EXIT_OK:
-  verdict = "[green]all tickets completed"
+  verdict = "[green]all tickets completed[/]"
  elif code == EXIT_FAILED:
-  verdict = "[red]some tickets failed or are blocked"
+  # A re-run gives every failed ticket its retries again (a new try): say so, or people
+  # look for a `retry` command.
+  verdict, hint = (
+   "[red]some tickets failed or are blocked[/]",
+   "; run it again to retry the failed ones",
+  )
  else:
   why = f" ({stops.first.name})" if stops.first is not None else ""
   verdict = (
    f"[yellow]stopped before the end{why}; run it again to carry on "
-   f"(state {lit(shown_path(durable.state))})"
+   f"(state {lit(shown_path(durable.state))})[/]"
   )
- console.print(f"{verdict}[/] in {clock(final.elapsed)} (exit {code})", soft_wrap=True)
+ console.print(f"{verdict} in {clock(final.elapsed)} (exit {code}){hint}", soft_wrap=True)
  return code
 
 
