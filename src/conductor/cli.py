@@ -14,7 +14,6 @@ print is `views`.
 from __future__ import annotations
 
 import argparse
-import gc
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
+from ._heap import gc_paused, keep_until_exit
 from ._text import listed, plural, printable, shell_path, shown_path
 from .control import BudgetRefusedError, request, status_json
 from .exits import EXIT_OK, EXIT_STOPPED, EXIT_USAGE, UsageError
@@ -48,14 +48,10 @@ def _load(path: str) -> Pipeline:
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
- # No cyclic collection while the pipeline is loaded and its run built: it would walk the
- # whole growing heap and find nothing. `execute` freezes what was built and turns it back on
- # (`terminal_run._freeze_heap`); if loading or opening the state fails first, `finally` does.
- gc.disable()
- try:
+ # No cyclic collection while the pipeline is loaded and its run built (`_heap`); the run
+ # turns the collector back on once what was built is frozen (`keep_until_exit`).
+ with gc_paused():
   return execute(_load(args.file), args, console)
- finally:
-  gc.enable()
 
 
 def cmd_demo(args: argparse.Namespace, console: Console) -> int:
@@ -70,14 +66,11 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_validate(args: argparse.Namespace, console: Console) -> int:
  # What is built here lives until the process exits: no cyclic collection walks it, while it
- # is built (as in `cmd_run`) nor at the exit (frozen).
- gc.disable()
- try:
+ # is built nor at the exit (`_heap`).
+ with gc_paused():
   pipeline = _load(args.file)
   engine = check_pipeline(pipeline)
- finally:
-  gc.freeze()
-  gc.enable()
+ keep_until_exit()
  edges = sum(len(t.depends_on) for t in engine.tickets.values())
  console.print(
   f"{lit(shown_path(args.file))}: ok — pipeline {lit(repr(pipeline.name))}, "

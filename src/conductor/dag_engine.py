@@ -4,18 +4,17 @@
 ticket holding a counter of unmet dependencies, so finding what may start next never rescans the
 pipeline and a whole run costs O(V + E). It does no I/O, owns no event loop and starts no threads;
 the caller (`ConductorEngine`) decides when and where work runs and reports back. Building
-one holds off Python's cyclic garbage collector (`gc_paused`, also used to load pipelines).
+one holds off Python's cyclic garbage collector (`_heap.gc_paused`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import enum
-import gc
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from ._heap import gc_paused
 from ._text import printable
 
 __all__ = [
@@ -30,25 +29,6 @@ __all__ = [
  "UnknownDependencyError",
  "gc_paused",
 ]
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
- """Hold off Python's cyclic garbage collector while building many long-lived objects.
-
- Each 700 allocations start a collection, and the oldest generation's ones walk the whole
- heap: building a 100,000-ticket pipeline (its parsed file, tickets, this engine's nodes)
- would spend half its time there, finding nothing, since all of it is kept. The collector
- is re-enabled on exit (if it was on) and catches up at its next turn. Nests; the switch is
- process-wide, so another thread's garbage waits too, for as long as the build takes.
- """
- enabled = gc.isenabled()
- gc.disable()
- try:
-  yield
- finally:
-  if enabled:
-   gc.enable()
 
 
 class Status(enum.StrEnum):

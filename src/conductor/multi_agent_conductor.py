@@ -28,7 +28,6 @@ each ticket changed.
 
 from __future__ import annotations
 
-import gc
 import math
 import threading
 import time
@@ -43,7 +42,8 @@ from anyio.lowlevel import checkpoint
 
 from scheduler import Scheduler, ThreadBridge
 
-from .dag_engine import ExecutionEngine, Status, Ticket, gc_paused
+from ._heap import frozen_for_run, gc_paused
+from .dag_engine import ExecutionEngine, Status, Ticket
 from .journal import Flush, Journal, Listener
 from .snapshots import Counts, MmaStatus, RunningWorker, Snapshot, SnapshotCache, TicketRow
 from .transitions import Change, Transition
@@ -643,25 +643,26 @@ class ConductorEngine:
    raise RuntimeError("ConductorEngine.run() can be called only once per engine")
   self._started = True
   self._phase = MmaStatus.PLANNING
-  _freeze_heap()
-  try:
-   self._bridge.attach()  # and pause/resume/stop/... asked before the run apply now
-   async with Scheduler(self._max_workers, paused=True) as sched:
-    self._pause.bind(sched)
-    self._phase = MmaStatus.EXECUTING
-    self._table.touch()
-    self._spend(0)  # a budget spent before (restored) pauses at once
-    with CancelScope() as self._drive_scope:
-     await self._drive(sched)
-  except BaseException as exc:
-   self._phase = MmaStatus.ERROR
-   if not isinstance(exc, get_cancelled_exc_class()):
-    self._error = f"{type(exc).__name__}: {exc}"
-   raise
-  else:
-   self._phase = MmaStatus.DONE if self.engine.is_done else self._end_phase()
-  finally:
+  # What exists as the run begins (its tickets, the DAG, whatever the program holds) is left
+  # out of the cyclic GC's walks while it goes on: see `_heap`.
+  with frozen_for_run():
    try:
+    self._bridge.attach()  # and pause/resume/stop/... asked before the run apply now
+    async with Scheduler(self._max_workers, paused=True) as sched:
+     self._pause.bind(sched)
+     self._phase = MmaStatus.EXECUTING
+     self._table.touch()
+     self._spend(0)  # a budget spent before (restored) pauses at once
+     with CancelScope() as self._drive_scope:
+      await self._drive(sched)
+   except BaseException as exc:
+    self._phase = MmaStatus.ERROR
+    if not isinstance(exc, get_cancelled_exc_class()):
+     self._error = f"{type(exc).__name__}: {exc}"
+    raise
+   else:
+    self._phase = MmaStatus.DONE if self.engine.is_done else self._end_phase()
+   finally:
     bound = self._pause.unbind()
     if bound is not None:
      self._spawned = bound.spawned
@@ -672,8 +673,6 @@ class ConductorEngine:
     self._table.touch()
     with gc_paused():
      self._bridge.detach(self._build_snapshot(rows="final"))
-   finally:
-    _thaw_heap()
   return self._bridge.snapshot
 
  def _end_phase(self) -> MmaStatus:
@@ -991,34 +990,6 @@ class ConductorEngine:
    tokens_used=state.tokens_used,
    token_budget=state.token_budget,
   )
-
-
-# Runs going on in this process that keep the heap frozen (`_freeze_heap`), under its lock.
-_frozen_lock = threading.Lock()
-_frozen_runs = 0
-
-
-def _freeze_heap() -> None:
- # While a run goes on, the objects that exist as it begins (its tickets, the DAG, whatever
- # the program holds) are left out of the cyclic GC (`gc.freeze`): the oldest generation's
- # collections walked all of them, over and over, finding nothing, so 10x the tickets took
- # 13x the time. Objects made during the run, cycles included, are collected as ever; a
- # cycle among the frozen ones that becomes garbage during the run waits for its end. The
- # freeze is process-wide, so runs (nested, or on several threads) count: each freezes what
- # exists as it begins, and only the last to end thaws (`gc.unfreeze`); the collector
- # catches up then.
- global _frozen_runs
- with _frozen_lock:
-  gc.freeze()
-  _frozen_runs += 1
-
-
-def _thaw_heap() -> None:
- global _frozen_runs
- with _frozen_lock:
-  _frozen_runs -= 1
-  if _frozen_runs == 0:
-   gc.unfreeze()
 
 
 def _inputs_of(tickets: Collection[Ticket]) -> dict[str, tuple[str, ...]]:

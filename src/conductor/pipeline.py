@@ -62,9 +62,10 @@ from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from ._heap import gc_paused
 from ._text import printable, shown_path
 from .agents import AgentConfig, AgentWork, template_refs
-from .dag_engine import Ticket, gc_paused
+from .dag_engine import Ticket
 from .workers import (
  CallTargetError,
  CallWork,

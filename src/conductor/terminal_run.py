@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.text import Text
 
+from ._heap import keep_until_exit
 from ._text import clock, plural, printable, shown_path
 from .dag_engine import Status
 from .exits import EXIT_FAILED, EXIT_OK, UsageError
@@ -186,9 +186,12 @@ def _execute(
    frame.notice = "not resumed: " + budget_words(used, budget, f"--state {state}")
 
  with read_keys(on_key) if interactive else contextlib.nullcontext():
-  _freeze_heap()
+  # The pipeline, its DAG and the run's records live until the process exits: frozen, the
+  # run's collections and the one at exit do not walk them (`_heap`); and the collector is
+  # on from here, if the caller held it off while loading (`cli.cmd_run`).
+  keep_until_exit()
   final = anyio.run(main, backend=args.backend)
- gc.freeze()  # and what the run made: the collection at exit would walk it all, for nothing
+ keep_until_exit()  # and what the run made, for the collection at exit
  if not interactive:  # a terminal's live view already ends on the final frame
   console.print(render(final, final.status, keys=False, state=durable.state))
  if store.failure:
@@ -222,15 +225,6 @@ def _execute(
   )
  console.print(f"{verdict} in {clock(final.elapsed)} (exit {code}){hint}", soft_wrap=True)
  return code
-
-
-def _freeze_heap() -> None:
- # The pipeline, its DAG and the run's own records live until the process exits: moved out of
- # the cyclic collector's reach (gc.freeze), its collections during the run and at exit walk
- # only what the run makes, not 100,000 tickets each time. The collector is on from here,
- # also if the caller held it off while building (`cli.cmd_run`).
- gc.freeze()
- gc.enable()
 
 
 class _LiveFrame:
