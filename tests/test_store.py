@@ -263,6 +263,12 @@ async def test_a_crash_image_resumes_with_the_interrupted_attempt_counted(tmp_pa
   assert by_id["d"].attempts == 2
   events = [h.status for h in store.history() if h.ticket == "d"]
   assert events == ["in_progress", "interrupted", "in_progress", "completed"]
+  # The process died under d: that stays known (its call would run apart), until --fresh.
+  assert restored.died_under == ("d",) and store.died_under() == {"d"}
+  assert store.restore("p", diamond()).died_under == ()
+  assert store.died_under() == {"d"}
+  store.restore("p", diamond(), fresh=True)
+  assert store.died_under() == frozenset()
 
 
 async def test_a_re_run_names_the_tickets_a_cancelled_run_interrupted(tmp_path: Path) -> None:
@@ -292,6 +298,8 @@ async def test_a_re_run_names_the_tickets_a_cancelled_run_interrupted(tmp_path: 
   again = diamond()
   restored = store.restore("p", again)
   assert restored.interrupted == ("d",) and restored.completed == 4
+  # Cancelled and recorded by its own run: the process did not die under it.
+  assert restored.died_under == () and store.died_under() == frozenset()
   await run_with_store(store, again, lambda ticket: anyio.lowlevel.checkpoint())
 
  with StateStore.open(path) as store:  # d completed since: nothing is interrupted any more

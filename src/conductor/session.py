@@ -12,7 +12,9 @@ this order (`open_session`):
    one is refused, or with `fresh` moved aside), and restored onto the tickets: statuses,
    attempts, the pause (`StateStore.restore`);
 4. the processes a killed run left running for its interrupted attempts are stopped, so an
-   attempt never overlaps its re-run (`leftovers`);
+   attempt never overlaps its re-run (`leftovers`); the `call` tickets a run ever died under
+   run in processes of their own from now on (`isolation`: one that ends its process, by
+   `os._exit` or a crash, then fails alone instead of ending every re-run);
 5. the built-in demo, found finished, starts over (it is for watching).
 
 Then `DurableRun.conductor()` builds the `ConductorEngine` from the restored statuses (on a
@@ -41,6 +43,7 @@ from ._text import listed, plural, printable, shown_path
 from .agents import AgentWork
 from .dag_engine import ExecutionEngine, PipelineError, Status
 from .exits import UsageError
+from .isolation import isolating
 from .leftovers import STATE_VARIABLE, Leftover, find_leftovers, stop_leftovers
 from .multi_agent_conductor import ConductorEngine
 from .pipeline import Pipeline
@@ -53,7 +56,7 @@ from .store import (
  default_state_path,
  demo_state_path,
 )
-from .workers import Worker, run_work
+from .workers import CallWork, Worker, run_work
 
 if TYPE_CHECKING:
  from .dask_executor import DaskExecutor
@@ -151,12 +154,18 @@ class DurableRun:
  # todo, never started, before and after the restore: a fresh state): the first
  # `conductor()` takes it instead of building the same O(tickets) graph again.
  checked: ExecutionEngine | None = field(default=None, repr=False)
+ # The `call` tickets a run of this state died under (`StateStore.died_under`): the default
+ # worker runs them in processes of their own (`isolation`).
+ isolated: frozenset[str] = frozenset()
 
  @property
  def worker(self) -> Worker:
   """The default worker for this run: its shell tickets carry `CONDUCTOR_STATE`, by which
-  a later run finds what they left running if this one is killed."""
-  return functools.partial(run_work, env={STATE_VARIABLE: str(self.state)})
+  a later run finds what they left running if this one is killed; the `isolated` call
+  tickets run in processes of their own."""
+  env = {STATE_VARIABLE: str(self.state)}
+  worker = functools.partial(run_work, env=env)
+  return isolating(worker, self.isolated, env) if self.isolated else worker
 
  def conductor(
   self, max_workers: int | None = None, *, worker: Worker | None = None, linger: bool = False
@@ -230,6 +239,20 @@ class DurableRun:
    if restored.retried:
     found.append(f"{len(restored.retried)} failed, retrying: {listed(restored.retried)}")
    notes.append(Note(f"state: {where} (resuming: {'; '.join(found)})"))
+  newly = [tid for tid in restored.died_under if tid in self.isolated]
+  if newly:
+   these = (
+    "these calls run in processes of their own"
+    if len(newly) > 1
+    else "this call runs in a process of its own"
+   )
+   notes.append(
+    Note(
+     f"the last run died while {listed(newly)} ran: {these} from now on, so one that ends "
+     "its process fails alone",
+     True,
+    )
+   )
   if self.stopped:
    notes.append(
     Note(
@@ -339,10 +362,25 @@ def open_run(
   )
   stopped = find_leftovers(state, attempts)
   unstoppable = stop_leftovers(stopped)
+  died = store.died_under()
+  isolated = (
+   frozenset(t.id for t in pipeline.tickets if t.id in died and isinstance(t.work, CallWork))
+   if died
+   else frozenset()
+  )
  except BaseException:
   owner.release()
   raise
- return DurableRun(pipeline, state, store, owner, restored, tuple(stopped), tuple(unstoppable))
+ return DurableRun(
+  pipeline,
+  state,
+  store,
+  owner,
+  restored,
+  tuple(stopped),
+  tuple(unstoppable),
+  isolated=isolated,
+ )
 
 
 def open_session(

@@ -657,6 +657,9 @@ class Restored:
  pause: PauseState
  tokens_used: int = 0  # every usage recorded so far, across runs (not after --fresh)
  token_budget: int | None = None  # raised by `conductor resume --budget` (see `StateStore`)
+ # Of `interrupted`, those the last process died under without recording it (killed, or
+ # ended by a ticket's own code): now also in `StateStore.died_under()`.
+ died_under: tuple[str, ...] = ()
 
  @property
  def done(self) -> bool:
@@ -1047,6 +1050,7 @@ class StateStore:
   self._upgrade()
 
   interrupted: list[str] = []
+  died: list[str] = []
   retried: list[str] = []
   completed = 0
   cancelled = self._cancelled_last_run(stored)
@@ -1058,6 +1062,7 @@ class StateStore:
      interrupted.append(ticket.id)
     if status == Status.IN_PROGRESS:
      interrupted.append(ticket.id)
+     died.append(ticket.id)
      event, detail = "interrupted", "the previous run ended while it ran"
     elif status == Status.FAILED:
      retried.append(ticket.id)
@@ -1088,6 +1093,11 @@ class StateStore:
     "INSERT OR REPLACE INTO meta VALUES ('pipeline', ?), ('opened_at', ?)", (name, str(now))
    )
    self._set_meta_int("pipeline_token_budget", token_budget)
+   if died:
+    self._conn.execute(
+     "INSERT OR REPLACE INTO meta VALUES ('died_under', ?)",
+     (json.dumps(sorted(self.died_under().union(died))),),
+    )
    self._compact()
    self._mark_run_start()
   return Restored(
@@ -1099,7 +1109,17 @@ class StateStore:
    self.pause_state(),
    self.tokens_used(),
    self.raised_token_budget(),
+   tuple(died),
   )
+
+ def died_under(self) -> frozenset[str]:
+  """The tickets a run of this state ever died under: in progress when its process ended
+  without recording them (a kill, a crash, or the ticket's own code ending the process),
+  as `restore` found them. Kept until `--fresh`; the session runs the `call` tickets among
+  them in processes of their own (`conductor.isolation`)."""
+  with _translating(self.path):
+   row = self._conn.execute("SELECT value FROM meta WHERE key = 'died_under'").fetchone()
+  return frozenset() if row is None else frozenset(json.loads(row[0]))
 
  def _cancelled_last_run(self, stored: dict[str, TicketState]) -> set[str]:
   # Tickets whose attempt the last run cancelled (a second Ctrl+C, SIGTERM, Cancel): that
@@ -1129,6 +1149,7 @@ class StateStore:
    self._conn.execute(_NO_PAUSE)
    self._set_meta_int("token_budget", None)
    self._set_meta_int("pipeline_token_budget", token_budget)
+   self._conn.execute("DELETE FROM meta WHERE key = 'died_under'")
    # A fresh state: fresh run state too. The rows are made in C (zip), 100,000 of them.
    self._conn.executemany(
     f"INSERT INTO tickets VALUES (?, ?, ?, '{Status.TODO}', 0, NULL, NULL, ?)",

@@ -1,0 +1,272 @@
+"""A `call` ticket in a process of its own, once a run died while it ran.
+
+A `call` function runs inside the runner, so whatever it raises fails its ticket only
+(`workers.run_call`). What it does not raise cannot be caught: `os._exit()`, a crash in
+native code (a segfault, an abort), the kernel's OOM killer. Those end the runner, and each
+re-run starts the same ticket again and dies again, taking the tickets beside it along.
+
+So a run that finds tickets the last process died under (`StateStore.died_under`: they were
+in progress when it ended without recording them) runs those that are calls here, each in a
+child interpreter (`python -m conductor.isolation`), from then on in that state. There the
+call behaves as in the runner (`run_call` runs it, on the same backend), and if the child
+dies, its ticket fails with how it died, and the run goes on. The price, a new interpreter
+per attempt (about 0.1 s), is paid only by tickets that were in flight when a run died.
+
+The protocol, parent to child: the ticket as one line of JSON on the child's stdin, which
+then stays open: its end (the runner gone, even by SIGKILL) ends the child at once. Child
+to parent: the outcome as JSON on the child's stdout, written when the call is over; the
+function's own prints on fd 1 go to stderr (the runner's), never into the outcome. No
+pickle: nothing the child writes is ever executed by the runner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import faulthandler
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Collection, Mapping
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from .dag_engine import Status, Ticket
+from .workers import (
+ REAP_TIMEOUT,
+ CallWork,
+ PausePipeline,
+ Usage,
+ Worker,
+ WorkFailed,
+ WorkInterrupted,
+ WorkResult,
+ run_call,
+)
+
+__all__ = ["isolating", "run_call_isolated"]
+
+
+def isolating(worker: Worker, ids: Collection[str], env: Mapping[str, str] | None = None) -> Worker:
+ """`worker`, except that the `call` tickets among `ids` run in processes of their own
+ (`run_call_isolated`, with `env` added to the child's environment)."""
+ chosen = frozenset(ids)
+
+ async def run(ticket: Ticket, /) -> WorkResult | None:
+  work = ticket.work
+  if ticket.id in chosen and isinstance(work, CallWork):
+   return await run_call_isolated(work, ticket, env=env)
+  return await worker(ticket)
+
+ return run
+
+
+async def run_call_isolated(
+ spec: CallWork, ticket: Ticket, *, env: Mapping[str, str] | None = None
+) -> WorkResult:
+ """`workers.run_call(spec, ticket)` in a child interpreter; the same outcomes.
+
+ The call's result, `WorkFailed` (exit code and output kept), `PausePipeline` and
+ `WorkInterrupted` come back as they were raised; anything else it raises fails the attempt
+ as `run_call` says. If the child dies first (`os._exit`, a signal), `WorkFailed` says how.
+ Cancelled, the child's process group is killed (SIGKILL: a call has no clean stop either
+ in the runner) and the cancellation propagates. The child sees `CONDUCTOR_TICKET` and
+ `CONDUCTOR_ATTEMPT`, as a shell ticket does, and the runner's `sys.path`.
+ """
+ request = json.dumps(_ticket_json(ticket)).encode() + b"\n"
+ child_env = {
+  **os.environ,
+  **(env or {}),
+  "CONDUCTOR_TICKET": ticket.id,
+  "CONDUCTOR_ATTEMPT": str(ticket.attempts),
+  "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+ }
+ command = [sys.executable, "-m", "conductor.isolation", _backend()]
+ with anyio.CancelScope(shield=True):  # started whole, or not at all: no orphan
+  process = await anyio.open_process(
+   command,
+   env=child_env,
+   stdin=subprocess.PIPE,
+   stdout=subprocess.PIPE,
+   stderr=None,
+   start_new_session=True,
+  )
+ assert process.stdin is not None and process.stdout is not None
+ chunks: list[bytes] = []
+ try:
+  with contextlib.suppress(anyio.BrokenResourceError):  # it died before reading
+   await process.stdin.send(request)
+  async for chunk in process.stdout:
+   chunks.append(chunk)
+  code = await process.wait()
+ except BaseException:
+  with anyio.CancelScope(shield=True):
+   _kill_group(process.pid)
+   with anyio.move_on_after(REAP_TIMEOUT):
+    await process.wait()
+   await process.aclose()
+  raise
+ with anyio.CancelScope(shield=True):
+  await process.aclose()
+ outcome = _parse(b"".join(chunks))
+ if outcome is None:
+  raise WorkFailed(
+   f"the call's process died ({_how(code)}); this call runs in a process of its own "
+   "since a run died while it ran"
+  )
+ return _rebuild(outcome)
+
+
+def _backend() -> str:
+ # The child runs the call on the runner's backend (anyio's two): asyncio has a running
+ # loop here, trio none.
+ try:
+  asyncio.get_running_loop()
+ except RuntimeError:
+  return "trio"
+ return "asyncio"
+
+
+def _kill_group(pgid: int) -> None:
+ with contextlib.suppress(ProcessLookupError, PermissionError):  # gone already
+  os.killpg(pgid, signal.SIGKILL)
+
+
+def _how(code: int) -> str:
+ if code < 0:
+  try:
+   return f"killed by {signal.Signals(-code).name}"
+  except ValueError:
+   return f"killed by signal {-code}"
+ if code == 0:
+  return "it exited without a result: os._exit(0)?"
+ return f"exit code {code}"
+
+
+# -- the two messages, as JSON ----------------------------------------------------------------
+
+
+def _ticket_json(ticket: Ticket) -> dict[str, Any]:
+ work = ticket.work
+ assert isinstance(work, CallWork)
+ return {
+  "id": ticket.id,
+  "depends_on": list(ticket.depends_on),
+  "description": ticket.description,
+  "target": work.target,
+  "search_path": None if work.search_path is None else os.fspath(work.search_path),
+  "retries": ticket.retries,
+  "attempts": ticket.attempts,
+  "inputs": None if ticket.inputs is None else dict(ticket.inputs),
+ }
+
+
+def _ticket(data: dict[str, Any]) -> tuple[CallWork, Ticket]:
+ search = data["search_path"]
+ spec = CallWork(data["target"], None if search is None else Path(search))
+ ticket = Ticket(
+  data["id"],
+  tuple(data["depends_on"]),
+  data["description"],
+  spec,
+  data["retries"],
+  Status.IN_PROGRESS,
+  data["attempts"],
+  inputs=data["inputs"],
+ )
+ return spec, ticket
+
+
+def _usage(usage: Usage | None) -> list[int] | None:
+ return None if usage is None else [usage.prompt_tokens, usage.completion_tokens]
+
+
+def _outcome(exc: BaseException | None, result: WorkResult | None) -> dict[str, Any]:
+ if isinstance(exc, WorkFailed):
+  return {"kind": "failed", "error": exc.error, "exit_code": exc.exit_code, "output": exc.output}
+ if isinstance(exc, PausePipeline):
+  return {
+   "kind": "pause",
+   "reason": exc.reason,
+   "resume_after": exc.resume_after,
+   "usage": _usage(exc.usage),
+  }
+ if isinstance(exc, WorkInterrupted):
+  return {"kind": "interrupted", "reason": exc.reason}
+ assert exc is None and result is not None
+ return {
+  "kind": "result",
+  "output": result.output,
+  "exit_code": result.exit_code,
+  "usage": _usage(result.usage),
+ }
+
+
+def _parse(data: bytes) -> dict[str, Any] | None:
+ # None: no whole outcome (the child died before or while writing it).
+ try:
+  outcome = json.loads(data)
+ except ValueError:
+  return None
+ return outcome if isinstance(outcome, dict) and "kind" in outcome else None
+
+
+def _rebuild(outcome: dict[str, Any]) -> WorkResult:
+ kind = outcome["kind"]
+ usage = None if outcome.get("usage") is None else Usage(*outcome["usage"])
+ if kind == "failed":
+  raise WorkFailed(outcome["error"], outcome["exit_code"], outcome["output"])
+ if kind == "pause":
+  raise PausePipeline(outcome["reason"], outcome["resume_after"], usage=usage)
+ if kind == "interrupted":
+  raise WorkInterrupted(outcome["reason"])
+ return WorkResult(outcome["output"], outcome["exit_code"], usage)
+
+
+# -- the child --------------------------------------------------------------------------------
+
+
+def _end_with_parent(fd: int) -> None:
+ # The runner keeps our stdin open while the call runs: EOF means it is gone (killed,
+ # crashed) or gave up on us. Then nothing waits for the outcome: end now, as a call in the
+ # runner would have ended with it.
+ while os.read(fd, 4096):
+  pass
+ os._exit(70)
+
+
+def main(backend: str) -> None:
+ """The child: read the ticket, run the call, write the outcome. Not for direct use."""
+ faulthandler.enable()  # a crash in native code shows where it happened, on stderr
+ outcome_fd = os.dup(1)
+ os.dup2(2, 1)  # the call's prints (fd 1, sys.stdout) go to the runner's stderr
+ request_fd = os.dup(0)
+ devnull = os.open(os.devnull, os.O_RDONLY)
+ os.dup2(devnull, 0)  # a call reading stdin reads nothing, as under the runner's terminal
+ os.close(devnull)
+ with os.fdopen(request_fd, "rb", buffering=0, closefd=False) as requests:
+  line = requests.readline()
+ spec, ticket = _ticket(json.loads(line))
+ threading.Thread(target=_end_with_parent, args=(request_fd,), daemon=True).start()
+ exc: BaseException | None = None
+ result: WorkResult | None = None
+ try:
+  result = anyio.run(run_call, spec, ticket, backend=backend)
+ except (WorkFailed, PausePipeline, WorkInterrupted) as raised:
+  exc = raised
+ data = json.dumps(_outcome(exc, result)).encode()
+ view = memoryview(data)
+ while view:
+  view = view[os.write(outcome_fd, view) :]
+ sys.stdout.flush()
+ sys.stderr.flush()
+ os._exit(0)  # not waiting for threads the call may have left running
+
+
+if __name__ == "__main__":
+ main(sys.argv[1])
