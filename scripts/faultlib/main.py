@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CLASSES: dict[str, tuple[str, float]] = {
  "planted": ("planted", 1.0),
  "user-exception": ("usercode", 2.0),
+ "process-exit": ("procexit", 1.5),
  "control-traffic": ("traffic", 2.0),
  "signals": ("interrupts", 2.0),
  "disk-full": ("diskfull", 1.5),
