@@ -41,11 +41,11 @@ from dask_cluster import WAIT, DaskCluster, reap_clusters
 from procs import Child, conductor, one_line_error, pid_fifo, reap_children
 
 from conductor.dag_engine import ExecutionEngine, Status, Ticket
-from conductor.dask_executor import DaskExecutor
+from conductor.dask_executor import WORKER_LOSSES, DaskExecutor
 from conductor.multi_agent_conductor import ConductorEngine
 from conductor.snapshots import Snapshot
 from conductor.transitions import Change, Transition
-from conductor.workers import ShellWork
+from conductor.workers import CallWork, ShellWork
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 
@@ -160,6 +160,41 @@ async def test_a_worker_killed_mid_ticket_runs_it_again_as_attempt_2_once_a_work
   (Change.COMPLETED, 2),
  ]
  assert tickets[2].status == Status.COMPLETED and tickets[2].retries == 0
+
+
+@pytest.mark.anyio
+async def test_a_ticket_that_ends_its_worker_fails_before_it_takes_down_the_whole_cluster(
+ tmp_path: Path, anyio_backend: str
+) -> None:
+ # Its code ends the Dask worker's process each time (os._exit, as a crash or the OOM killer
+ # would): after WORKER_LOSSES workers in a row it fails, instead of running again on the
+ # next worker forever; the other tickets run.
+ (tmp_path / "ender.py").write_text("import os\ndef end(ticket):\n os._exit(7)\n")
+ tickets = [
+  Ticket("first", work=ShellWork(APPEND, tmp_path)),
+  Ticket("ender", ("first",), work=CallWork("ender:end", tmp_path)),
+  Ticket("beside", ("first",), work=ShellWork(APPEND, tmp_path)),
+ ]
+ seen: list[Transition] = []
+ with DaskCluster(tmp_path / "cluster", workers=WORKER_LOSSES + 1) as cluster:
+  async with DaskExecutor(cluster.address, connect_timeout=WAIT) as executor:
+   run = ConductorEngine(ExecutionEngine(tickets), executor, max_workers=1)
+   run.add_listener(seen.append)
+   executor.attach(run)
+   with anyio.fail_after(6 * WAIT):
+    final = await run.run()
+ assert (final.counts.completed, final.counts.failed) == (2, 1), final.counts
+ ender = [(t.change, t.attempt) for t in seen if t.ticket == "ender"]
+ assert ender == [
+  *(
+   (change, n) for n in range(1, WORKER_LOSSES) for change in (Change.STARTED, Change.INTERRUPTED)
+  ),
+  (Change.STARTED, WORKER_LOSSES),
+  (Change.FAILED, WORKER_LOSSES),
+ ]
+ error = tickets[1].error or ""
+ assert error.startswith(f"{WORKER_LOSSES} Dask workers in a row died while it ran"), error
+ assert ran(tmp_path) == ["beside 1", "first 1"]
 
 
 # -- the scheduler killed mid-run (through Python) -------------------------------------------

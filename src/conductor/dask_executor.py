@@ -146,6 +146,12 @@ RECONNECT_FIRST, RECONNECT_MAX = 0.2, 5.0
 SEND_INTERVAL = 0.002
 """Seconds between two batches of messages from the client to the scheduler (see `_new_client`)."""
 
+WORKER_LOSSES = 3
+"""Workers lost in a row while running one ticket after which it fails instead of running
+again: a ticket whose own code ends its worker's process (`os._exit`, a crash, the OOM
+killer) would otherwise take down every worker of the cluster, one after the other. A
+worker lost for another reason under the same ticket three times in a row is unlikely."""
+
 CLEANUP_TIMEOUT = TERM_GRACE + REAP_TIMEOUT + 5.0
 """Upper bound, in seconds, on stopping a cancelled attempt's remote processes (the workers'
 own stop takes at most TERM_GRACE + REAP_TIMEOUT; the rest is the round trip)."""
@@ -630,6 +636,8 @@ class DaskExecutor:
   self._lost: str | None = None
   self._lost_keys: list[str] = []
   self._back: anyio.Event | None = None  # while lost: set once the scheduler is back
+  # Workers lost in a row while running each ticket (`WORKER_LOSSES`); on the runner's loop.
+  self._losses: dict[str, int] = {}
   # On the client's loop only:
   self._client: Any = None
   self._cluster: Any = None
@@ -734,6 +742,16 @@ class DaskExecutor:
   if outcome.kind == "scheduler-lost":
    why = outcome.error
    await self._interrupted(f"{LOST_SCHEDULER}{self.address}: {why}; resumes when it is back", key)
+  if outcome.kind != "worker-lost":
+   self._losses.pop(ticket.id, None)
+  else:
+   lost = self._losses[ticket.id] = self._losses.get(ticket.id, 0) + 1
+   if lost >= WORKER_LOSSES:
+    del self._losses[ticket.id]
+    raise WorkFailed(
+     f"{lost} Dask workers in a row died while it ran (the last: {outcome.error}); its code "
+     "may end its process (os._exit, a crash, memory): fix it, then run again"
+    )
   return self._result(outcome)
 
  def _result(self, outcome: _Outcome) -> WorkResult:
