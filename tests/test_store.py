@@ -1190,3 +1190,100 @@ def test_an_interrupted_attempt_keeps_its_usage_but_not_its_output(tmp_path: Pat
   store.commit()
   assert (store.tokens_used(), store.output("a")) == (9, "kept")
   assert [row.tokens for row in store.tickets()] == [7]
+
+
+@pytest.mark.parametrize("rows", [5, 200])  # one INSERT statement, and several
+def test_buffered_rows_of_every_kind_are_written_in_order(tmp_path: Path, rows: int) -> None:
+ # Starts and plain completions (as the journal hands them over), plain rows and rows with
+ # details, mixed: each is buffered as its own kind, and lands in order with its values.
+ draw = random.Random(rows)
+ with StateStore.open(tmp_path / "p.state.db") as store:
+  store.restore("p", [Ticket("a")])
+  expected: list[tuple[object, ...]] = []
+  for i in range(rows):
+   at, tid = float(i), f"t{i}"
+   kind = draw.choice("SCpg")
+   if kind == "S":
+    store._started(tid, at, i)
+    expected.append((at, tid, "in_progress", "in_progress", i, None, None, None))
+   elif kind == "C":
+    store._completed(tid, at, i)
+    expected.append((at, tid, "completed", "completed", i, None, None, None))
+   else:
+    detail, code = ("why", i) if kind == "g" else (None, None)
+    store._log(at, tid, "failed", status="failed", attempt=i, detail=detail, exit_code=code)
+    expected.append((at, tid, "failed", "failed", i, detail, None, code))
+  store.commit()
+  got = store._conn.execute(
+   "SELECT at, ticket, event, status, attempt, detail, error, exit_code FROM history "
+   "WHERE ticket LIKE 't%' ORDER BY seq"
+  ).fetchall()
+  assert got == expected
+  assert {pid for (pid,) in store._conn.execute("SELECT pid FROM history")} == {os.getpid()}
+
+
+def test_the_history_statements_kept_are_bounded(
+ tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+ monkeypatch.setattr(store_module, "_STATEMENTS", 4)
+ with StateStore.open(tmp_path / "p.state.db") as store:
+  store.restore("p", [Ticket("a")])
+  for i in range(10):  # ten commits, each of its own kinds
+   for j in range(i + 1):
+    store._started(f"t{i}", float(i), j)
+   store._completed(f"t{i}", float(i), i)
+   store.commit()
+   assert len(store._inserts) <= 4
+  count = store._conn.execute("SELECT count(*) FROM history WHERE ticket LIKE 't%'").fetchone()
+  assert count == (sum(range(1, 11)) + 10,)
+
+
+async def test_a_plain_completion_clears_the_output_of_a_failed_attempt(tmp_path: Path) -> None:
+ # The journal hands a completion with no output over as values (journal.Recorder); the
+ # ticket's stored output, from its failed attempt, must still go.
+ path = tmp_path / "p.state.db"
+ tickets = [Ticket("a", retries=1)]
+
+ async def worker(ticket: Ticket) -> WorkResult | None:
+  if ticket.attempts == 1:
+   raise WorkFailed("broke", output="first attempt's words")
+  return None
+
+ with StateStore.open(path) as store:
+  store.restore("p", tickets)
+  snap = await run_with_store(store, tickets, worker)
+  assert snap.counts.completed == 1 and store.output("a") is None
+ with StateStore.open(path) as store:
+  assert store.output("a") is None
+
+
+async def test_watchers_see_every_transition_a_listener_sees(tmp_path: Path) -> None:
+ # Starts and plain completions reach the store as values, not Transitions: what it hands
+ # its watchers is still the Transitions, field for field.
+ tickets = [
+  Ticket("a"),
+  Ticket("b", ("a",), retries=1),
+  Ticket("c", ("b",)),
+  Ticket("d"),
+  Ticket("e", ("d",)),
+ ]
+
+ async def worker(ticket: Ticket) -> WorkResult | None:
+  if ticket.id == "b" and ticket.attempts == 1:
+   raise WorkFailed("once", exit_code=3)
+  if ticket.id == "d":
+   raise WorkFailed("always")
+  return WorkResult("said") if ticket.id == "c" else None
+
+ watched: list[Transition] = []
+ heard: list[Transition] = []
+ with StateStore.open(tmp_path / "p.state.db") as store:
+  store.restore("p", tickets)
+  store.watch(watched.append)
+  conductor = ConductorEngine(ExecutionEngine(tickets), worker, 2)
+  store.attach(conductor)
+  conductor.add_listener(heard.append)
+  await conductor.run()
+  store.commit()
+ assert watched == heard
+ assert {t.change for t in heard} >= {Change.STARTED, Change.COMPLETED, Change.RETRYING}

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 from .dag_engine import Status, Ticket
 from .transitions import Change, Transition
 from .workers import Usage
 
-__all__ = ["Flush", "Journal", "Listener"]
+__all__ = ["Flush", "Journal", "Listener", "Recorder"]
 
 Listener = Callable[[Transition], None]
 Flush = Callable[[], None]
@@ -29,7 +30,27 @@ Flush = Callable[[], None]
 # equal the `Transition(...)` they stand for.
 _new = tuple.__new__
 _STARTED, _COMPLETED, _IN_PROGRESS = Change.STARTED, Change.COMPLETED, Status.IN_PROGRESS
+_DONE = Status.COMPLETED
 _NOTHING_MORE = (None, None, None, (), None, None, None, True)  # a start's other fields
+
+
+@runtime_checkable
+class Recorder(Protocol):
+ """A listener that also takes the two transitions of every ticket's way as plain values:
+ a start, and a plain completion (status completed; no error, exit code, output or usage).
+
+ The journal calls `started` and `completed` for those instead of building a `Transition`
+ (each stands for the `Transition` the journal would have built, at the same `at`); every
+ other transition still comes through `__call__`. A store only appends a row for them:
+ building the tuple and taking it apart again was a tenth of a chain's ticket with a store.
+ The first `Recorder` added is called so; any later one is called as a plain listener.
+ """
+
+ def __call__(self, transition: Transition, /) -> None: ...
+
+ def started(self, ticket: str, at: float, attempt: int, /) -> None: ...
+
+ def completed(self, ticket: str, at: float, attempt: int, /) -> None: ...
 
 
 class Journal:
@@ -58,19 +79,36 @@ class Journal:
  keeps the reason), since no worker may start on a state that is not durable.
  """
 
- __slots__ = ("_flushes", "_listeners", "_unflushed", "_unflushed_starts", "listening")
+ __slots__ = (
+  "_flushes",
+  "_listeners",
+  "_on_completed",
+  "_on_started",
+  "_others",
+  "_unflushed",
+  "_unflushed_starts",
+  "listening",
+ )
 
  def __init__(self) -> None:
   self._listeners: list[Listener] = []
+  self._others: list[Listener] = []  # all but the Recorder whose own calls are below
+  self._on_started: Callable[[str, float, int], None] | None = None  # Recorder.started
+  self._on_completed: Callable[[str, float, int], None] | None = None  # Recorder.completed
   self._flushes: list[Flush] = []
   self.listening = False  # when nobody listens, no Transition is built at all
   self._unflushed = False  # transitions were emitted since the last flush
   self._unflushed_starts: set[str] = set()  # tickets started since the last flush
 
  def add_listener(self, listener: Listener, flush: Flush | None = None) -> None:
-  """Call `listener(transition)` for every transition from now on; `flush` as above."""
+  """Call `listener(transition)` for every transition from now on (a `Recorder`: see
+  there); `flush` as above."""
   self._listeners.append(listener)
   self.listening = True
+  if self._on_started is None and isinstance(listener, Recorder):
+   self._on_started, self._on_completed = listener.started, listener.completed
+  else:
+   self._others.append(listener)
   if flush is not None:
    self._flushes.append(flush)
 
@@ -87,14 +125,15 @@ class Journal:
  def started(self, ticket: Ticket) -> None:
   """An attempt of `ticket` started: its worker flushes before it runs (rule 1)."""
   if self.listening:
-   tid = ticket.id
+   tid, at, attempt = ticket.id, time.time(), ticket.attempts
+   self._unflushed = True
    self._unflushed_starts.add(tid)
-   self.emit(
-    _new(
-     Transition,
-     (tid, _STARTED, time.time(), _IN_PROGRESS, ticket.attempts, *_NOTHING_MORE),
-    )
-   )
+   if self._on_started is not None:
+    self._on_started(tid, at, attempt)
+   if self._others:
+    t = _new(Transition, (tid, _STARTED, at, _IN_PROGRESS, attempt, *_NOTHING_MORE))
+    for listener in self._others:
+     listener(t)
 
  def changed(
   self,
@@ -123,27 +162,43 @@ class Journal:
   """An attempt of `ticket` completed: `changed(COMPLETED)` with its whole output (None
   when empty) and usage; positional, as it is on every ticket's way."""
   if self.listening:
-   t = ticket
-   self.emit(
-    _new(
-     Transition,
-     (
-      t.id,
-      _COMPLETED,
-      time.time(),
-      t.status,
-      t.attempts,
-      None,
-      t.error,
-      exit_code,
-      (),
-      output or None,
-      usage,
-      None,
-      True,
-     ),
-    )
+   t, at = ticket, time.time()
+   self._unflushed = True
+   on_completed = self._on_completed
+   if (
+    on_completed is not None
+    and exit_code is None
+    and not output
+    and usage is None
+    and t.error is None
+    and t.status is _DONE
+   ):
+    on_completed(t.id, at, t.attempts)  # a plain completion: see Recorder
+    listeners = self._others
+    if not listeners:
+     return
+   else:
+    listeners = self._listeners
+   transition = _new(
+    Transition,
+    (
+     t.id,
+     _COMPLETED,
+     at,
+     t.status,
+     t.attempts,
+     None,
+     t.error,
+     exit_code,
+     (),
+     output or None,
+     usage,
+     None,
+     True,
+    ),
    )
+   for listener in listeners:
+    listener(transition)
 
  def pipeline(
   self,

@@ -677,15 +677,31 @@ _EVENTS: dict[Change, str] = {c: str(c.value) for c in Change} | {
 _STATUSES: dict[Status | None, str | None] = {s: str(s.value) for s in Status} | {None: None}
 # A history row as recorded: (at, ticket, event, status, attempt, detail, error, exit_code);
 # the pid is written into the statement. Up to `_BATCH` rows go in one INSERT statement.
-# Most rows have no detail, error or exit code: while all buffered rows are such "plain"
-# rows they are kept without those three and the statement says NULL for them (binding
-# three NULLs a row costs more than a tenth of a no-op ticket's store cost).
+# Rows are buffered as the values they do not share with most rows, and one letter a row (its
+# kind) says which: the statement for the buffered kinds writes the rest as literals (binding
+# a text costs SQLite a copy; three NULLs a row cost more than a tenth of a no-op ticket's
+# store cost). A start, and a completion with no error, exit code, output or usage, are
+# (at, ticket, attempt); another row with no detail, error or exit code is "plain", the first
+# five values; the rest all eight. A commit's kinds follow the run's shape, so its statements
+# are few (a chain's commits are all "CS", a wide DAG's rounds "CSCS...").
 _ROW = 8
 _PLAIN = 5
 _BATCH = 64
 _INSERT_HISTORY = (
  "INSERT INTO history (at, ticket, event, status, attempt, detail, error, exit_code, pid) VALUES "
 )
+_STARTED_ROW, _COMPLETED_ROW, _PLAIN_ROW, _FULL_ROW = "S", "C", "p", "g"
+_WIDTHS = {_STARTED_ROW: 3, _COMPLETED_ROW: 3, _PLAIN_ROW: _PLAIN, _FULL_ROW: _ROW}
+_STATEMENTS = 128  # the history statements kept by kinds; past that, the cache starts again
+# Each kind's VALUES, with `{pid}` to fill in.
+_VALUES = {
+ _STARTED_ROW: f"(?, ?, '{_EVENTS[Change.STARTED]}', '{_STATUSES[Status.IN_PROGRESS]}', ?, "
+ "NULL, NULL, NULL, {pid})",
+ _COMPLETED_ROW: f"(?, ?, '{_EVENTS[Change.COMPLETED]}', '{_STATUSES[Status.COMPLETED]}', ?, "
+ "NULL, NULL, NULL, {pid})",
+ _PLAIN_ROW: "(?, ?, ?, ?, ?, NULL, NULL, NULL, {pid})",
+ _FULL_ROW: "(?, ?, ?, ?, ?, ?, ?, ?, {pid})",
+}
 _TICKET_COLUMNS = "id, position, fingerprint, status, attempts, error, exit_code, updated_at"
 _TICKETS = f"SELECT {_TICKET_COLUMNS} FROM ticket_state ORDER BY position"
 # ... with each ticket's tokens (TicketState.tokens): one seek in `outputs` a ticket.
@@ -752,12 +768,13 @@ class StateStore:
   self._closed = False
   self._pid = os.getpid()
   self._dirty = False  # a transaction is open with writes not yet committed
-  # History rows recorded and not yet written, flat (`_ROW` values a row), in order: they
-  # are written together when committed, in as few INSERT statements as possible.
+  # History rows recorded and not yet written, flat, in order, and their kinds (a letter a
+  # row: `_VALUES`): they are written together when committed, in as few INSERT statements
+  # as possible.
   self._rows: list[object] = []
-  self._row_count = 0
-  self._plain = True  # every buffered row is plain: `_PLAIN` values a row, else `_ROW`
-  self._inserts: dict[tuple[int, bool], str] = {}  # (rows, plain) -> its INSERT statement
+  self._kinds = ""
+  self._inserts: dict[str, str] = {}  # kinds -> its INSERT statement
+  self._cursor = conn.cursor()  # the commits' own (`Connection.execute` makes a new one)
   self._pending: list[Transition] = []  # recorded, not yet committed (only with watchers)
   self._watchers: list[Callable[[Transition], None]] = []
   self._cancel_run: Callable[[], None] | None = None  # the attached run's cancel()
@@ -820,8 +837,10 @@ class StateStore:
  def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
   # We issue BEGIN / COMMIT ourselves. The busy timeout only matters while another program
   # has the file open (see below), and then it is better to say so soon.
-  # Up to 2 x _BATCH history statements (plain or not, by row count) plus a few others.
-  conn = sqlite3.connect(path, isolation_level=None, timeout=2.0, cached_statements=256)
+  # Room for the history statements (`_STATEMENTS`, a few in most runs) and the others.
+  conn = sqlite3.connect(
+   path, isolation_level=None, timeout=2.0, cached_statements=_STATEMENTS + 64
+  )
   try:
    # One process at a time owns a state (server.StateOwner's lock). Telling SQLite so
    # before its first read lets it keep the WAL index in its own memory and take the file
@@ -1259,7 +1278,7 @@ class StateStore:
    self._with_output = {
     tid for (tid,) in self._conn.execute("SELECT ticket FROM outputs WHERE output IS NOT NULL")
    }
-  conductor.add_listener(self._record, flush=self.commit)
+  conductor.add_listener(_Recorder(self), flush=self.commit)
 
  def watch(self, fn: Callable[[Transition], None]) -> None:
   """Call `fn(transition)` for every recorded transition once it is committed (on the loop).
@@ -1275,17 +1294,17 @@ class StateStore:
   A write error (disk full, the file deleted, ...) does not raise here: the run is
   cancelled and `failure` says why, so no worker starts on an undurable state.
   """
-  count = self._row_count
-  if not count and not self._dirty:
+  kinds = self._kinds
+  if not kinds and not self._dirty:
    return
   try:
-   if count > _BATCH:  # several statements: one transaction around them
+   if len(kinds) > _BATCH:  # several statements: one transaction around them
     self._begin()
     self._write_rows()
-   elif count:  # `_write_rows` inlined: the one statement of most commits (a chain's all)
-    rows, plain = self._rows, self._plain
-    self._rows, self._row_count, self._plain = [], 0, True
-    self._conn.execute(self._inserts.get((count, plain)) or self._insert(count, plain), rows)
+   elif kinds:  # `_write_rows` inlined: the one statement of most commits (a chain's all)
+    rows = self._rows
+    self._rows, self._kinds = [], ""
+    self._cursor.execute(self._inserts.get(kinds) or self._insert(kinds), rows)
    # Alone, one statement is one transaction: no BEGIN and COMMIT to send.
    if self._dirty:
     self._conn.execute("COMMIT")
@@ -1312,11 +1331,12 @@ class StateStore:
     return
   else:
    event, after = _EVENTS[change], _STATUSES[status]
-   if self._plain and detail is None and error is None and exit_code is None:
+   if detail is None and error is None and exit_code is None:
     self._rows += (at, tid, event, after, attempt)
-    self._row_count += 1
+    self._kinds += _PLAIN_ROW
    else:
-    self._add_row(at, tid, event, after, attempt, detail, error, exit_code)
+    self._rows += (at, tid, event, after, attempt, detail, error, exit_code)
+    self._kinds += _FULL_ROW
    # Only attempts with an output or a usage, or that end one with a stored output, cost more.
    if (
     output is not None
@@ -1330,6 +1350,25 @@ class StateStore:
      return
   if self._watchers:
    self._pending.append(t)
+
+ def _started(self, tid: str, at: float, attempt: int) -> None:
+  # The journal's own call for a start (journal.Recorder): `_record` of its Transition.
+  if self.failure is None:
+   self._rows += (at, tid, attempt)
+   self._kinds += _STARTED_ROW
+   if self._watchers:
+    self._pending.append(Transition(tid, Change.STARTED, at, Status.IN_PROGRESS, attempt))
+
+ def _completed(self, tid: str, at: float, attempt: int) -> None:
+  # The same for a plain completion; one that ends a stored output clears it (`_record`).
+  if self.failure is None:
+   if self._with_output and tid in self._with_output:
+    self._record(Transition(tid, Change.COMPLETED, at, Status.COMPLETED, attempt))
+    return
+   self._rows += (at, tid, attempt)
+   self._kinds += _COMPLETED_ROW
+   if self._watchers:
+    self._pending.append(Transition(tid, Change.COMPLETED, at, Status.COMPLETED, attempt))
 
  def _record_output(self, t: Transition) -> None:
   # The attempt's row in `outputs`, in the transaction its transition commits in. An
@@ -1420,43 +1459,37 @@ class StateStore:
   exit_code: int | None = None,
  ) -> None:
   # Buffered like the run's own rows, so the history stays in order; written on commit.
-  self._add_row(at, ticket, event, status, attempt, detail, error, exit_code)
-
- def _add_row(self, *row: object) -> None:
-  if self._plain:
-   if row[_PLAIN:] == (None, None, None):
-    self._rows += row[:_PLAIN]
-    self._row_count += 1
-    return
-   # The first row with details: widen the plain rows buffered so far.
-   plain, self._rows, self._plain = self._rows, [], False
-   for first in range(0, len(plain), _PLAIN):
-    self._rows += plain[first : first + _PLAIN]
-    self._rows += (None, None, None)
-  self._rows += row
-  self._row_count += 1
+  if detail is None and error is None and exit_code is None:
+   self._rows += (at, ticket, event, status, attempt)
+   self._kinds += _PLAIN_ROW
+  else:
+   self._rows += (at, ticket, event, status, attempt, detail, error, exit_code)
+   self._kinds += _FULL_ROW
 
  def _write_rows(self) -> None:
   # Execute the buffered history rows in order, `_BATCH` to a statement.
-  count = self._row_count
-  if not count:
+  rows, kinds = self._rows, self._kinds
+  if not kinds:
    return
-  rows, plain = self._rows, self._plain
-  self._rows, self._row_count, self._plain = [], 0, True
-  if count <= _BATCH:
-   self._conn.execute(self._insert(count, plain), rows)
+  self._rows, self._kinds = [], ""
+  if len(kinds) <= _BATCH:
+   self._conn.execute(self._insert(kinds), rows)
    return
-  width = _PLAIN if plain else _ROW
-  for first in range(0, count, _BATCH):
-   n = min(_BATCH, count - first)
-   self._conn.execute(self._insert(n, plain), rows[first * width : (first + n) * width])
+  first = 0
+  for start in range(0, len(kinds), _BATCH):
+   some = kinds[start : start + _BATCH]
+   end = first + sum(_WIDTHS[kind] for kind in some)
+   self._conn.execute(self._insert(some), rows[first:end])
+   first = end
 
- def _insert(self, rows: int, plain: bool) -> str:
-  sql = self._inserts.get((rows, plain))
+ def _insert(self, kinds: str) -> str:
+  sql = self._inserts.get(kinds)
   if sql is None:
-   details = "NULL, NULL, NULL" if plain else "?, ?, ?"
-   values = f"(?, ?, ?, ?, ?, {details}, {int(self._pid)})"
-   sql = self._inserts[rows, plain] = _INSERT_HISTORY + ", ".join([values] * rows)
+   if len(self._inserts) >= _STATEMENTS:  # an unusual run: keep the cache bounded
+    self._inserts.clear()
+   pid = int(self._pid)
+   values = ", ".join(_VALUES[kind] for kind in kinds).format(pid=pid)
+   sql = self._inserts[kinds] = _INSERT_HISTORY + values
   return sql
 
  def _transaction(self) -> _Transaction:
@@ -1470,10 +1503,25 @@ class StateStore:
   except sqlite3.Error:
    pass
   self._dirty = False
-  self._rows, self._row_count, self._plain = [], 0, True
+  self._rows, self._kinds = [], ""
   self._pending.clear()
   if self._cancel_run is not None:
    self._cancel_run()
+
+
+class _Recorder:
+ """What `StateStore.attach` adds to the run's journal: a `journal.Recorder` whose calls
+ are the store's own (no call in between on the hot path)."""
+
+ __slots__ = ("_record", "completed", "started")
+
+ def __init__(self, store: StateStore) -> None:
+  self._record = store._record
+  self.started = store._started
+  self.completed = store._completed
+
+ def __call__(self, transition: Transition, /) -> None:
+  self._record(transition)
 
 
 class _Transaction:
@@ -1500,7 +1548,7 @@ class _Transaction:
 
  def _abort(self) -> None:
   store = self._store
-  store._rows, store._row_count, store._plain = [], 0, True
+  store._rows, store._kinds = [], ""
   # SQLite may have rolled back already (it does on some disk-full errors).
   if store._conn.in_transaction:
    with contextlib.suppress(sqlite3.Error):
