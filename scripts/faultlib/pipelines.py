@@ -20,8 +20,10 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 SHAPES = ("chain", "wide", "random")
+T = TypeVar("T")
 
 FPROBE = '''"""Probe tickets for scripts/faulttest: log start and end, one write per line."""
 import json
@@ -192,3 +194,41 @@ def add_bulk(pipeline: Pipeline, shape: str, n: int, rng: random.Random) -> None
 
 def toml_string(text: str) -> str:
  return _toml(text)
+
+
+def with_bad_ticket(pipe: Pipeline, shape: str, rng: random.Random, call: str) -> list[str]:
+ """Put a ticket "bad" doing `call` (a `call = ...` target) into `pipe`, amid its probes,
+ some of them depending on it; return the probes not below it (its siblings)."""
+ ids = list(pipe.deps)
+ i = rng.randint(2, len(ids) - 4)
+ if shape == "chain":
+  bad_deps: tuple[str, ...] = (ids[i - 1],)
+  below = [ids[i + 1]]
+ elif shape == "wide":
+  bad_deps, below = (), [ids[-1]]
+ else:
+  bad_deps = tuple(sorted(rng.sample(ids[:i], rng.randint(0, 2))))
+  below = rng.sample(ids[i + 1 :], 2)
+ deps = dict(pipe.deps)
+ pipe.deps = {}
+ for tid in ids:
+  pipe.deps[tid] = (*deps[tid], "bad") if tid in below else deps[tid]
+  if tid == ids[i]:
+   pipe.deps["bad"] = bad_deps
+ pipe.work["bad"] = f"call = {_toml(call)}"
+ downstream = pipe.descendants("bad")
+ return [t for t in pipe.deps if t != "bad" and t not in downstream]
+
+
+def spread(every: list[T], shape: str, long: bool) -> list[tuple[T, str]]:
+ """Which of `every` trial a row of `shape` runs, on which backend: with `long`, each on
+ both; otherwise each on two of the three shapes, once on each backend."""
+ if long:
+  return [(v, b) for v in every for b in ("asyncio", "trio")]
+ at = SHAPES.index(shape)
+ return [
+  (v, ("asyncio", "trio")[(i + k) % 2])
+  for i, v in enumerate(every)
+  for k in (0, 1)
+  if (i + k) % 3 == at
+ ]

@@ -30,7 +30,7 @@ from .harness import (
  check_log,
  clip,
 )
-from .pipelines import probe_pipeline
+from .pipelines import probe_pipeline, spread, with_bad_ticket
 
 CLASS = "process-exit"
 
@@ -78,22 +78,12 @@ KINDS: dict[str, tuple[str, int, str]] = {
 
 
 def run(cfg: Config, row: Row, rng: random.Random, until: float) -> None:
- shapes = ("chain", "wide", "random")
  every = [
   (f"{kind} ({'async' if flavour == 'coro' else 'sync'})", kind, flavour)
   for kind in KINDS
   for flavour in ("sync", "coro")
  ]
- if cfg.long:
-  mine = [(v, b) for v in every for b in ("asyncio", "trio")]
- else:  # each kind and flavour on two shapes, once on each backend
-  at = shapes.index(row.shape)
-  mine = [
-   (v, ("asyncio", "trio")[(i + k) % 2])
-   for i, v in enumerate(every)
-   for k in (0, 1)
-   if (i + k) % 3 == at
-  ]
+ mine = spread(every, row.shape, cfg.long)
  per_trial = 0.0
  for number, ((label, kind, flavour), backend) in enumerate(mine):
   if number and time.monotonic() + per_trial > until:
@@ -126,28 +116,11 @@ def _trial(
   mix={"shell": 30, "sync": 35, "async": 35},
   seconds=(0.02, 0.15),
  )
- ids = list(pipe.deps)
- i = rng.randint(2, len(ids) - 4)
- if row.shape == "chain":
-  bad_deps: tuple[str, ...] = (ids[i - 1],)
-  below = [ids[i + 1]]
- elif row.shape == "wide":
-  bad_deps, below = (), [ids[-1]]
- else:
-  bad_deps = tuple(sorted(rng.sample(ids[:i], rng.randint(0, 2))))
-  below = rng.sample(ids[i + 1 :], 2)
  module = f"dies{number:02d}"
  (lab.folder / f"{module}.py").write_text(BAD_MODULE.format(kind=kind, body=body))
- deps = dict(pipe.deps)
- pipe.deps = {}
- for tid in ids:
-  pipe.deps[tid] = (*deps[tid], "bad") if tid in below else deps[tid]
-  if tid == ids[i]:
-   pipe.deps["bad"] = bad_deps
- pipe.work["bad"] = f'call = "{module}:{flavour}"'
- pipe.write(lab.folder)
+ siblings = with_bad_ticket(pipe, row.shape, rng, f"{module}:{flavour}")
  downstream = pipe.descendants("bad")
- siblings = [t for t in pipe.deps if t != "bad" and t not in downstream]
+ pipe.write(lab.folder)
  flag = lab.folder / "die-now"
  flag.write_text("")
  ledger = Ledger()
