@@ -95,7 +95,7 @@ def main(doc: str) -> int:
  parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
  parser.add_argument("--keep", action="store_true", help="keep the work folder")
  parser.add_argument(
-  "--budget", type=float, metavar="SECONDS", help="time for the suite (default 330, --long 1800)"
+  "--budget", type=float, metavar="SECONDS", help="time for the suite (default 420, --long 1800)"
  )
  parser.add_argument(
   "--source",
@@ -112,7 +112,7 @@ def main(doc: str) -> int:
   print("faulttest: needs Linux (/proc) to find the processes a run leaves behind")
   return 2
  classes = [c for c in CLASSES if not only or c in only]
- budget = args.budget or (1800.0 if args.long else 330.0)
+ budget = args.budget or (1800.0 if args.long else 420.0)
  source = Path(args.source).resolve() if args.source else None
  command, env = _command(source)
  work = Path(tempfile.mkdtemp(prefix="conductor-faulttest-"))
