@@ -75,7 +75,9 @@ def frozen_for_run() -> Iterator[None]:
 
 def keep_until_exit() -> None:
  """Freeze everything that exists now for the rest of the process, and turn the collector on
- (a command held it off while loading: `gc_paused`). For commands, not for library code: a
- frozen object that becomes garbage is never collected."""
+ (a command held it off while loading: `gc_paused`). Call it inside that `gc_paused`: turned
+ on first, the collector's next allocation would collect all that was built, for nothing.
+ For commands, not for library code: a frozen object that becomes garbage is never
+ collected."""
  gc.freeze()
  gc.enable()

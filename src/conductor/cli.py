@@ -66,11 +66,12 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_validate(args: argparse.Namespace, console: Console) -> int:
  # What is built here lives until the process exits: no cyclic collection walks it, while it
- # is built nor at the exit (`_heap`).
+ # is built nor at the exit (`_heap`). Frozen before the collector is back on: on first, its
+ # next allocation would start a collection of all that was built (0.1 s at 100,000 tickets).
  with gc_paused():
   pipeline = _load(args.file)
   engine = check_pipeline(pipeline)
- keep_until_exit()
+  keep_until_exit()
  edges = sum(len(t.depends_on) for t in engine.tickets.values())
  console.print(
   f"{lit(shown_path(args.file))}: ok — pipeline {lit(repr(pipeline.name))}, "

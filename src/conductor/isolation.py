@@ -21,7 +21,6 @@ pickle: nothing the child writes is ever executed by the runner.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import faulthandler
 import json
@@ -124,7 +123,9 @@ async def run_call_isolated(
 
 def _backend() -> str:
  # The child runs the call on the runner's backend (anyio's two): asyncio has a running
- # loop here, trio none.
+ # loop here, trio none. (Imported here: every command imports this module, few use it.)
+ import asyncio
+
  try:
   asyncio.get_running_loop()
  except RuntimeError:
