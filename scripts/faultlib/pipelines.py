@@ -87,6 +87,28 @@ def hold_command(log: Path, release: Path, limit: float = 90.0) -> str:
  )
 
 
+# The head of a faulttest module with one bad ticket in it: `.format(what=..., flag=...)`
+# with the rest of the module (`usercode`, `procexit`); its `_log` writes the probes' lines.
+BAD_HEAD = '''"""A ticket that {what} while {flag} exists (scripts/faulttest)."""
+import asyncio
+import os
+import signal
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_FLAG = os.path.join(_HERE, "{flag}")
+
+
+def _log(ticket, phase):
+ fd = os.open(os.path.join(_HERE, "runs.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+ try:
+  os.write(fd, f"{{ticket.id}} {{ticket.attempts}} {{phase}}\\n".encode())
+ finally:
+  os.close(fd)
+
+'''
+
+
 @dataclass
 class Pipeline:
  """A DAG of tickets: `deps` in file order, and each ticket's work as TOML lines."""

@@ -30,26 +30,13 @@ from .harness import (
  check_log,
  clip,
 )
-from .pipelines import probe_pipeline, spread, with_bad_ticket
+from .pipelines import BAD_HEAD, probe_pipeline, spread, with_bad_ticket
 
 CLASS = "process-exit"
 
-BAD_MODULE = '''"""A ticket that ends its process by {kind} while die-now exists (scripts/faulttest)."""
-import os
-import signal
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-_FLAG = os.path.join(_HERE, "die-now")
-
-
-def _log(ticket, phase):
- fd = os.open(os.path.join(_HERE, "runs.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
- try:
-  os.write(fd, f"{{ticket.id}} {{ticket.attempts}} {{phase}}\\n".encode())
- finally:
-  os.close(fd)
-
-
+BAD_MODULE = (
+ BAD_HEAD
+ + """
 def _die():
  {body}
 
@@ -66,7 +53,8 @@ async def coro(ticket):
  if os.path.exists(_FLAG):
   _die()
  _log(ticket, "end")
-'''
+"""
+)
 
 # kind -> (body, the first run's exit code, what the failed ticket's error says)
 KINDS: dict[str, tuple[str, int, str]] = {
@@ -117,7 +105,9 @@ def _trial(
   seconds=(0.02, 0.15),
  )
  module = f"dies{number:02d}"
- (lab.folder / f"{module}.py").write_text(BAD_MODULE.format(kind=kind, body=body))
+ (lab.folder / f"{module}.py").write_text(
+  BAD_MODULE.format(what=f"ends its process by {kind}", flag="die-now", body=body)
+ )
  siblings = with_bad_ticket(pipe, row.shape, rng, f"{module}:{flavour}")
  downstream = pipe.descendants("bad")
  pipe.write(lab.folder)

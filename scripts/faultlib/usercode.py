@@ -15,27 +15,13 @@ import random
 import time
 
 from .harness import Config, Lab, Ledger, Row, check_final, check_log, clip
-from .pipelines import probe_pipeline, spread, with_bad_ticket
+from .pipelines import BAD_HEAD, probe_pipeline, spread, with_bad_ticket
 
 CLASS = "user-exception"
 
-BAD_MODULE = '''"""A ticket that raises {kind} while raise-now exists (scripts/faulttest)."""
-import asyncio
-import os
-import sys
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-_FLAG = os.path.join(_HERE, "raise-now")
-
-
-def _log(ticket, phase):
- fd = os.open(os.path.join(_HERE, "runs.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
- try:
-  os.write(fd, f"{{ticket.id}} {{ticket.attempts}} {{phase}}\\n".encode())
- finally:
-  os.close(fd)
-
-
+BAD_MODULE = (
+ BAD_HEAD
+ + '''
 class Custom(BaseException):
  """Not an Exception: a BaseException of the user's own."""
 
@@ -73,6 +59,7 @@ async def coro(ticket):
   _raise()
  _log(ticket, "end")
 '''
+)
 
 KINDS: dict[str, str] = {
  "sys.exit(3)": "sys.exit(3)",
@@ -148,7 +135,7 @@ def _trial(
  )
  module = f"bad{number:02d}"
  (lab.folder / f"{module}.py").write_text(
-  BAD_MODULE.format(kind=label, body=body, at_import=at_import)
+  BAD_MODULE.format(what=f"raises {label}", flag="raise-now", body=body, at_import=at_import)
  )
  siblings = with_bad_ticket(pipe, row.shape, rng, f"{module}:{flavour}")
  pipe.write(lab.folder)
