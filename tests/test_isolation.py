@@ -42,6 +42,9 @@ async def async_ok(ticket):
 def pid(ticket):
  return str(os.getpid())
 
+def sizes(ticket):
+ return " ".join(f"{k}={len(v)}" for k, v in sorted(ticket.inputs.items()))
+
 def fails(ticket):
  raise WorkFailed("nope", 4, "the tail")
 
@@ -95,6 +98,12 @@ async def test_an_isolated_call_returns_what_the_function_returns(steps: Path) -
  assert result == WorkResult("ok 2 ok 2")
  ticket = call(steps, "async_ok", inputs={"up": "its output"})
  assert (await isolated(ticket)).output == "async {'up': 'its output'}"
+
+
+async def test_an_isolated_call_gets_its_inputs_whole_however_large(steps: Path) -> None:
+ # Megabytes through the request pipe (a dependency's whole output is an input).
+ ticket = call(steps, "sizes", inputs={"a": "x" * 3_000_000, "b": "\u00e9" * 1_000_000})
+ assert (await isolated(ticket)).output == "a=3000000 b=1000000"
 
 
 async def test_an_isolated_call_runs_in_another_process(steps: Path) -> None:

@@ -250,7 +250,9 @@ def main(backend: str) -> None:
  devnull = os.open(os.devnull, os.O_RDONLY)
  os.dup2(devnull, 0)  # a call reading stdin reads nothing, as under the runner's terminal
  os.close(devnull)
- with os.fdopen(request_fd, "rb", buffering=0, closefd=False) as requests:
+ # Buffered (the inputs may be megabytes): nothing follows the line, so nothing is read
+ # past it that `_end_with_parent` would miss.
+ with os.fdopen(request_fd, "rb", closefd=False) as requests:
   line = requests.readline()
  spec, ticket = _ticket(json.loads(line))
  threading.Thread(target=_end_with_parent, args=(request_fd,), daemon=True).start()
