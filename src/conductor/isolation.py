@@ -14,7 +14,8 @@ per attempt (about 0.1 s), is paid only by tickets that were in flight when a ru
 
 The protocol, parent to child: the ticket as one line of JSON on the child's stdin, which
 then stays open: its end (the runner gone, even by SIGKILL) ends the child at once. Child
-to parent: the outcome as JSON on the child's stdout, written when the call is over; the
+to parent: the outcome as JSON on the child's stdout, written when the call is over, or, if
+it crashes in native code, where (`faulthandler`), kept as the attempt's output; the
 function's own prints on fd 1 go to stderr (the runner's), never into the outcome. No
 pickle: nothing the child writes is ever executed by the runner.
 """
@@ -37,6 +38,7 @@ import anyio
 
 from .dag_engine import Status, Ticket
 from .workers import (
+ OUTPUT_LIMIT,
  REAP_TIMEOUT,
  CallWork,
  PausePipeline,
@@ -112,11 +114,13 @@ async def run_call_isolated(
   raise
  with anyio.CancelScope(shield=True):
   await process.aclose()
- outcome = _parse(b"".join(chunks))
- if outcome is None:
+ data = b"".join(chunks)
+ outcome = _parse(data)
+ if outcome is None:  # what it wrote instead, if anything, is where it crashed
   raise WorkFailed(
    f"the call's process died ({_how(code)}); this call runs in a process of its own "
-   "since a run died while it ran"
+   "since a run died while it ran",
+   output=data[-OUTPUT_LIMIT:].decode(errors="replace"),
   )
  return _rebuild(outcome)
 
@@ -243,8 +247,11 @@ def _end_with_parent(fd: int) -> None:
 
 def main(backend: str) -> None:
  """The child: read the ticket, run the call, write the outcome. Not for direct use."""
- faulthandler.enable()  # a crash in native code shows where it happened, on stderr
  outcome_fd = os.dup(1)
+ # A crash in native code (SIGSEGV, SIGABRT, ...) writes where it happened into the outcome
+ # channel instead: not JSON, the runner keeps it as the failed attempt's output.
+ crash = os.fdopen(outcome_fd, "wb", buffering=0, closefd=False)
+ faulthandler.enable(crash, all_threads=True)
  os.dup2(2, 1)  # the call's prints (fd 1, sys.stdout) go to the runner's stderr
  request_fd = os.dup(0)
  devnull = os.open(os.devnull, os.O_RDONLY)
