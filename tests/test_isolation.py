@@ -295,3 +295,16 @@ def test_a_call_that_ends_the_runner_fails_alone_once_it_has(tmp_path: Path, bac
  assert died in third.stdout.splitlines()
  assert "the last run died" not in third.stdout
  assert conductor("output", "beside", str(pipeline)).stdout == "beside done"
+
+
+def test_a_call_that_crashes_the_runner_says_where(tmp_path: Path) -> None:
+ # The first time, in the runner: nothing can catch a segfault, but it says where it was.
+ (tmp_path / "crashing_steps.py").write_text(
+  "import ctypes\ndef crash(ticket):\n ctypes.string_at(0)\n"
+ )
+ pipeline = tmp_path / "crashing.toml"
+ pipeline.write_text('[[tickets]]\nid = "crash"\ncall = "crashing_steps:crash"\n')
+ result = conductor("run", str(pipeline))
+ assert result.returncode == -11, result
+ assert "Fatal Python error: Segmentation fault" in result.stderr
+ assert 'crashing_steps.py", line 3 in crash' in result.stderr

@@ -14,6 +14,8 @@ print is `views`.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import faulthandler
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -413,6 +415,10 @@ def main(argv: Sequence[str] | None = None) -> int:
  with output_may_vanish():
   parser = build_parser()
   args = parser.parse_args(argv)
+  # A crash in native code (a call ticket's, a module it imports) then says where it
+  # happened (the Python stack of every thread, on stderr), not only "Segmentation fault".
+  with contextlib.suppress(AttributeError, OSError, RuntimeError, ValueError):  # no stderr
+   faulthandler.enable()
   console = Console(highlight=False, emoji=False)
   if not console.is_terminal:
    console.soft_wrap = True  # log lines stay whole instead of wrapping at 80 columns
