@@ -1319,7 +1319,8 @@ class StateStore:
      fn(transition)
 
  def _record(self, t: Transition) -> None:
-  # The listener: ConductorEngine calls it on the loop for every transition. Hot path.
+  # The listener: ConductorEngine calls it on the loop for every transition but the starts
+  # and plain completions, which come by `_started` / `_completed` (journal.Recorder).
   if self.failure is not None:
    return
   tid, change, at, status, attempt, detail, error, exit_code, _, output, usage, _, _ = t
@@ -1330,13 +1331,16 @@ class StateStore:
     self._failed(exc)
     return
   else:
-   event, after = _EVENTS[change], _STATUSES[status]
-   if detail is None and error is None and exit_code is None:
-    self._rows += (at, tid, event, after, attempt)
-    self._kinds += _PLAIN_ROW
-   else:
-    self._rows += (at, tid, event, after, attempt, detail, error, exit_code)
-    self._kinds += _FULL_ROW
+   self._log(
+    at,
+    tid,
+    _EVENTS[change],
+    status=_STATUSES[status],
+    attempt=attempt,
+    detail=detail,
+    error=error,
+    exit_code=exit_code,
+   )
    # Only attempts with an output or a usage, or that end one with a stored output, cost more.
    if (
     output is not None
