@@ -86,7 +86,6 @@ import time
 import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, NoReturn, Protocol, TypeVar
 
@@ -104,10 +103,10 @@ from .workers import (
  TERM_GRACE,
  CallTargetError,
  CallWork,
+ Outcome,
  PausePipeline,
  ShellWork,
  SleepWork,
- Usage,
  WorkFailed,
  WorkInterrupted,
  WorkResult,
@@ -191,23 +190,6 @@ class _Pausable(Protocol):
 # -- on the Dask worker ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Outcome:
- """How a remote attempt ended, as plain fields (some exceptions do not pickle).
-
- `kind`: "ok" (output, exit_code, usage), "failed" (error, exit_code, output), "pause"
- (error = reason, resume_after, usage), "interrupted" (error = reason); and, made on the
- runner, "worker-lost" (error = the worker's address), "scheduler-lost" (error = why).
- """
-
- kind: str
- output: str = ""
- exit_code: int | None = None
- usage: Usage | None = None
- error: str = ""
- resume_after: float | None = None
-
-
 # `_START_LOCK` guards both. `_DOOMED`: keys whose attempt was stopped (a cancel) before it
 # started its command on this worker: it must not start it any more. The lock makes "not
 # doomed, start the command" one step against `_stop_here`'s "doom it, then look for its
@@ -219,7 +201,7 @@ _RUNNING: dict[str, str] = {}
 _START_LOCK = threading.Lock()
 
 
-def _remote_attempt(ticket: Ticket, key: str, env: Mapping[str, str]) -> _Outcome:
+def _remote_attempt(ticket: Ticket, key: str, env: Mapping[str, str]) -> Outcome:
  """The Dask task: one attempt of `ticket`, in a thread of the Dask worker. Never raises."""
  try:
   work = ticket.work
@@ -231,26 +213,19 @@ def _remote_attempt(ticket: Ticket, key: str, env: Mapping[str, str]) -> _Outcom
    time.sleep(work.seconds)
    if work.fail:
     raise WorkFailed("simulated failure")
-   return _Outcome("ok")  # as run_work: a simulated job prints nothing
-  result = anyio.run(run_work, ticket)
-  if result is None:
-   return _Outcome("ok")
-  return _Outcome("ok", result.output, result.exit_code, result.usage)
- except WorkFailed as exc:
-  return _Outcome("failed", exc.output, exc.exit_code, error=exc.error)
- except PausePipeline as exc:
-  return _Outcome("pause", usage=exc.usage, error=exc.reason, resume_after=exc.resume_after)
- except WorkInterrupted as exc:
-  return _Outcome("interrupted", error=exc.reason)
+   return Outcome("ok")  # as run_work: a simulated job prints nothing
+  return Outcome.of(anyio.run(run_work, ticket))
+ except (WorkFailed, PausePipeline, WorkInterrupted) as exc:
+  return Outcome.raised(exc)
  except BaseException as exc:  # whatever user code raises is the ticket's failure
   try:
    output = "".join(traceback.format_exception(exc))[-OUTPUT_LIMIT:]
   except BaseException:
    output = ""
-  return _Outcome("failed", output, error=describe_exception(exc))
+  return Outcome("failed", output, error=describe_exception(exc))
 
 
-def _run_call_here(spec: CallWork, ticket: Ticket) -> _Outcome:
+def _run_call_here(spec: CallWork, ticket: Ticket) -> Outcome:
  """`workers.run_call`'s contract, in the task's thread: a plain function is called right
  here (the task's thread is already off the Dask worker's loop), not through an event loop
  and a thread of its own (about 0.7 ms a ticket, on a worker that runs one at a time)."""
@@ -261,8 +236,7 @@ def _run_call_here(spec: CallWork, ticket: Ticket) -> _Outcome:
  except BaseException as exc:
   raise _failed_call(exc, f" (while importing {spec.target})") from None
  if _is_async(fn):  # it needs an event loop: run_call's, as locally
-  result = anyio.run(run_work, ticket)
-  return _Outcome("ok", result.output, result.exit_code, result.usage)
+  return Outcome.of(anyio.run(run_work, ticket))
  try:
   value = fn(ticket)
  except (WorkFailed, PausePipeline, WorkInterrupted):
@@ -270,8 +244,8 @@ def _run_call_here(spec: CallWork, ticket: Ticket) -> _Outcome:
  except BaseException as exc:
   raise _failed_call(exc) from None
  if isinstance(value, WorkResult):
-  return _Outcome("ok", value.output, value.exit_code, value.usage)
- return _Outcome("ok", output=value if isinstance(value, str) else "")
+  return Outcome.of(value)
+ return Outcome("ok", output=value if isinstance(value, str) else "")
 
 
 def _die_with_parent() -> None:
@@ -302,7 +276,7 @@ def _worker_address() -> str:
   return ""
 
 
-def _run_shell_here(spec: ShellWork, ticket: Ticket, key: str, env: Mapping[str, str]) -> _Outcome:
+def _run_shell_here(spec: ShellWork, ticket: Ticket, key: str, env: Mapping[str, str]) -> Outcome:
  """`workers.run_shell`'s contract, blocking, in the task's thread: the same output, exit
  code and failure line; plus the death signal and the key in the environment."""
  full_env = {
@@ -317,7 +291,7 @@ def _run_shell_here(spec: ShellWork, ticket: Ticket, key: str, env: Mapping[str,
  _libc()  # loaded here: the child must not load a library between fork and exec
  with _START_LOCK:
   if key in _DOOMED:
-   return _Outcome("interrupted", error="cancelled before it started")
+   return Outcome("interrupted", error="cancelled before it started")
   try:
    process = subprocess.Popen(
     ["/bin/sh", "-c", spec.command],
@@ -343,11 +317,11 @@ def _run_shell_here(spec: ShellWork, ticket: Ticket, key: str, env: Mapping[str,
    _RUNNING.pop(key, None)
    stopped = key in _DOOMED
  if stopped:  # by `_stop_here` (its worker closing, a cancel): not the command's failure
-  return _Outcome("interrupted", error=f"the Dask worker {full_env['CONDUCTOR_WORKER']} stopped it")
+  return Outcome("interrupted", error=f"the Dask worker {full_env['CONDUCTOR_WORKER']} stopped it")
  return outcome
 
 
-def _collect_here(process: subprocess.Popen[bytes]) -> _Outcome:
+def _collect_here(process: subprocess.Popen[bytes]) -> Outcome:
  out, err = _Tail(OUTPUT_LIMIT), _Tail(OUTPUT_LIMIT)
  with process, selectors.DefaultSelector() as selector:
   # Both streams read to EOF at once (no pipe-full deadlock), then the exit code.
@@ -367,8 +341,8 @@ def _collect_here(process: subprocess.Popen[bytes]) -> _Outcome:
   code = process.wait()
  output = _join(out.text(), err.text())
  if code == 0:
-  return _Outcome("ok", output, 0)
- return _Outcome("failed", output, code, error=_failure_line(code, err, out))
+  return Outcome("ok", output, 0)
+ return Outcome("failed", output, code, error=_failure_line(code, err, out))
 
 
 async def _stop_here(keys: Sequence[str] = (), prefix: str | None = None) -> list[str]:
@@ -444,7 +418,7 @@ class _FetchAlone(Exception):
 class _NotSent(Exception):
  """An attempt that `_send_queued` could not send; `outcome` says why."""
 
- def __init__(self, outcome: _Outcome) -> None:
+ def __init__(self, outcome: Outcome) -> None:
   super().__init__(outcome.error)
   self.outcome = outcome
 
@@ -754,17 +728,12 @@ class DaskExecutor:
     )
   return self._result(outcome)
 
- def _result(self, outcome: _Outcome) -> WorkResult:
-  kind = outcome.kind
-  if kind == "ok":
-   return WorkResult(outcome.output, outcome.exit_code, outcome.usage)
-  if kind == "failed":
-   raise WorkFailed(outcome.error, outcome.exit_code, outcome.output)
-  if kind == "pause":
-   raise PausePipeline(outcome.error, outcome.resume_after, usage=outcome.usage)
-  if kind == "worker-lost":
+ def _result(self, outcome: Outcome) -> WorkResult:
+  # Besides the kinds of `workers.Outcome`, made on the runner: "worker-lost" (error = the
+  # worker's address) and "scheduler-lost" (error = why; `__call__` pauses first).
+  if outcome.kind == "worker-lost":
    raise WorkInterrupted(f"the Dask worker {outcome.error} running it went away")
-  raise WorkInterrupted(outcome.error)  # "interrupted"
+  return outcome.result()
 
  async def clear_leftovers(self) -> int:
   """Cancel the scheduler's tasks under this executor's `key_prefix` and stop, on every
@@ -901,10 +870,10 @@ class DaskExecutor:
   if cluster is not None:
    await cluster.close()
 
- async def _attempt(self, ticket: Ticket, key: str) -> _Outcome:
+ async def _attempt(self, ticket: Ticket, key: str) -> Outcome:
   client = self._client
   if client is None or client.status != "running":
-   return _Outcome("scheduler-lost", error="the connection is down")
+   return Outcome("scheduler-lost", error="the connection is down")
   waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
   if not self._queued:
    asyncio.get_running_loop().call_soon(self._send_queued)
@@ -925,18 +894,18 @@ class DaskExecutor:
     result = await future  # raises why it did not finish, handled below
   except FutureCancelledError as exc:
    if exc.reason == "scheduler-connection-lost":
-    return _Outcome("scheduler-lost", error="the connection closed")
-   return _Outcome("interrupted", error=f"cancelled on the Dask cluster ({exc.reason})")
+    return Outcome("scheduler-lost", error="the connection closed")
+   return Outcome("interrupted", error=f"cancelled on the Dask cluster ({exc.reason})")
   except distributed.KilledWorker as exc:
    worker = getattr(getattr(exc, "last_worker", None), "address", "?")
    await self._stop_remote([key], None)  # what the dead worker's command left behind
-   return _Outcome("worker-lost", error=str(worker))
+   return Outcome("worker-lost", error=str(worker))
   except Exception as exc:  # the cluster could not run it (conductor missing on a worker...)
-   return _Outcome("failed", error=f"on the Dask cluster: {describe_exception(exc)}")
+   return Outcome("failed", error=f"on the Dask cluster: {describe_exception(exc)}")
   finally:
    future.release()  # read once: a worker lost later must not make Dask compute it again
-  if not isinstance(result, _Outcome):
-   return _Outcome("failed", error=f"the Dask task returned {type(result).__name__}")
+  if not isinstance(result, Outcome):
+   return Outcome("failed", error=f"the Dask task returned {type(result).__name__}")
   return result
 
  async def _fetch(self, future: Any) -> Any:
@@ -993,7 +962,7 @@ class DaskExecutor:
   client = self._client
   if client is None or client.status != "running":
    for _, _, waiter in batch:
-    waiter.set_exception(_NotSent(_Outcome("scheduler-lost", error="the connection is down")))
+    waiter.set_exception(_NotSent(Outcome("scheduler-lost", error="the connection is down")))
    return
   keys = [key for _, key, _ in batch]
   try:
@@ -1013,7 +982,7 @@ class DaskExecutor:
      futures.append(client.submit(_remote_attempt, ticket, key, self._env, key=key, retries=0))
     except Exception as exc:
      why = f"cannot send it to the Dask cluster: {describe_exception(exc)}"
-     futures.append(_NotSent(_Outcome("failed", error=why)))
+     futures.append(_NotSent(Outcome("failed", error=why)))
   for (_, _, waiter), future in zip(batch, futures, strict=True):
    if isinstance(future, _NotSent):
     waiter.set_exception(future)

@@ -23,6 +23,7 @@ pickle: nothing the child writes is ever executed by the runner.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import faulthandler
 import json
 import os
@@ -41,6 +42,7 @@ from .workers import (
  OUTPUT_LIMIT,
  REAP_TIMEOUT,
  CallWork,
+ Outcome,
  PausePipeline,
  Usage,
  Worker,
@@ -49,6 +51,7 @@ from .workers import (
  WorkResult,
  run_call,
 )
+from .workers import _signal_group as signal_group  # killpg, an empty group is no error
 
 __all__ = ["isolating", "run_call_isolated"]
 
@@ -107,7 +110,7 @@ async def run_call_isolated(
   code = await process.wait()
  except BaseException:
   with anyio.CancelScope(shield=True):
-   _kill_group(process.pid)
+   signal_group(process.pid, signal.SIGKILL)  # the child leads its own group
    with anyio.move_on_after(REAP_TIMEOUT):
     await process.wait()
    await process.aclose()
@@ -122,7 +125,7 @@ async def run_call_isolated(
    "since a run died while it ran",
    output=data[-OUTPUT_LIMIT:].decode(errors="replace"),
   )
- return _rebuild(outcome)
+ return outcome.result()
 
 
 def _backend() -> str:
@@ -135,11 +138,6 @@ def _backend() -> str:
  except RuntimeError:
   return "trio"
  return "asyncio"
-
-
-def _kill_group(pgid: int) -> None:
- with contextlib.suppress(ProcessLookupError, PermissionError):  # gone already
-  os.killpg(pgid, signal.SIGKILL)
 
 
 def _how(code: int) -> str:
@@ -177,60 +175,28 @@ def _ticket(data: dict[str, Any]) -> tuple[CallWork, Ticket]:
  ticket = Ticket(
   data["id"],
   tuple(data["depends_on"]),
-  data["description"],
-  spec,
-  data["retries"],
-  Status.IN_PROGRESS,
-  data["attempts"],
+  description=data["description"],
+  work=spec,
+  retries=data["retries"],
+  status=Status.IN_PROGRESS,
+  attempts=data["attempts"],
   inputs=data["inputs"],
  )
  return spec, ticket
 
 
-def _usage(usage: Usage | None) -> list[int] | None:
- return None if usage is None else [usage.prompt_tokens, usage.completion_tokens]
+def _outcome_json(outcome: Outcome) -> bytes:
+ return json.dumps(dataclasses.asdict(outcome)).encode()
 
 
-def _outcome(exc: BaseException | None, result: WorkResult | None) -> dict[str, Any]:
- if isinstance(exc, WorkFailed):
-  return {"kind": "failed", "error": exc.error, "exit_code": exc.exit_code, "output": exc.output}
- if isinstance(exc, PausePipeline):
-  return {
-   "kind": "pause",
-   "reason": exc.reason,
-   "resume_after": exc.resume_after,
-   "usage": _usage(exc.usage),
-  }
- if isinstance(exc, WorkInterrupted):
-  return {"kind": "interrupted", "reason": exc.reason}
- assert exc is None and result is not None
- return {
-  "kind": "result",
-  "output": result.output,
-  "exit_code": result.exit_code,
-  "usage": _usage(result.usage),
- }
-
-
-def _parse(data: bytes) -> dict[str, Any] | None:
- # None: no whole outcome (the child died before or while writing it).
+def _parse(data: bytes) -> Outcome | None:
+ # None: no whole outcome (the child died before or while writing it, or crashed).
  try:
-  outcome = json.loads(data)
- except ValueError:
+  fields = json.loads(data)
+  usage = fields["usage"]
+  return Outcome(**{**fields, "usage": None if usage is None else Usage(**usage)})
+ except (ValueError, TypeError, KeyError):
   return None
- return outcome if isinstance(outcome, dict) and "kind" in outcome else None
-
-
-def _rebuild(outcome: dict[str, Any]) -> WorkResult:
- kind = outcome["kind"]
- usage = None if outcome.get("usage") is None else Usage(*outcome["usage"])
- if kind == "failed":
-  raise WorkFailed(outcome["error"], outcome["exit_code"], outcome["output"])
- if kind == "pause":
-  raise PausePipeline(outcome["reason"], outcome["resume_after"], usage=usage)
- if kind == "interrupted":
-  raise WorkInterrupted(outcome["reason"])
- return WorkResult(outcome["output"], outcome["exit_code"], usage)
 
 
 # -- the child --------------------------------------------------------------------------------
@@ -263,13 +229,11 @@ def main(backend: str) -> None:
   line = requests.readline()
  spec, ticket = _ticket(json.loads(line))
  threading.Thread(target=_end_with_parent, args=(request_fd,), daemon=True).start()
- exc: BaseException | None = None
- result: WorkResult | None = None
  try:
-  result = anyio.run(run_call, spec, ticket, backend=backend)
- except (WorkFailed, PausePipeline, WorkInterrupted) as raised:
-  exc = raised
- data = json.dumps(_outcome(exc, result)).encode()
+  outcome = Outcome.of(anyio.run(run_call, spec, ticket, backend=backend))
+ except (WorkFailed, PausePipeline, WorkInterrupted) as exc:
+  outcome = Outcome.raised(exc)
+ data = _outcome_json(outcome)
  view = memoryview(data)
  while view:
   view = view[os.write(outcome_fd, view) :]

@@ -216,6 +216,51 @@ class WorkInterrupted(Exception):
   self.reason = reason
 
 
+@dataclass(frozen=True, slots=True)
+class Outcome:
+ """How an attempt ended, as plain fields, for where it ended in another process (a Dask
+ task, an isolated call): exceptions do not all cross a process boundary whole.
+
+ `kind`: "ok" (output, exit_code, usage), "failed" (error, exit_code, output), "pause"
+ (error = reason, resume_after, usage), "interrupted" (error = reason); a caller may add
+ kinds of its own (`dask_executor`'s lost worker), which `result` reads as interrupted.
+ """
+
+ kind: str
+ output: str = ""
+ exit_code: int | None = None
+ usage: Usage | None = None
+ error: str = ""
+ resume_after: float | None = None
+
+ @staticmethod
+ def of(result: WorkResult | None) -> Outcome:
+  """A worker's return value (None: nothing to show)."""
+  if result is None:
+   return Outcome("ok")
+  return Outcome("ok", result.output, result.exit_code, result.usage)
+
+ @staticmethod
+ def raised(exc: WorkFailed | PausePipeline | WorkInterrupted) -> Outcome:
+  """What a worker raised to say how its attempt ended."""
+  if isinstance(exc, WorkFailed):
+   return Outcome("failed", exc.output, exc.exit_code, error=exc.error)
+  if isinstance(exc, PausePipeline):
+   return Outcome("pause", usage=exc.usage, error=exc.reason, resume_after=exc.resume_after)
+  return Outcome("interrupted", error=exc.reason)
+
+ def result(self) -> WorkResult:
+  """The attempt's `WorkResult`, or its exception raised, as the worker would have."""
+  kind = self.kind
+  if kind == "ok":
+   return WorkResult(self.output, self.exit_code, self.usage)
+  if kind == "failed":
+   raise WorkFailed(self.error, self.exit_code, self.output)
+  if kind == "pause":
+   raise PausePipeline(self.error, self.resume_after, usage=self.usage)
+  raise WorkInterrupted(self.error)
+
+
 class Worker(Protocol):
  """The plug-in point: an async callable that performs one attempt of a ticket.
 
@@ -648,6 +693,7 @@ __all__ = [
  "TERM_GRACE",
  "CallTargetError",
  "CallWork",
+ "Outcome",
  "PausePipeline",
  "ShellWork",
  "SleepWork",
